@@ -1,0 +1,7 @@
+"""``python -m alert_worker`` runs the same CLI as ``alert-worker``."""
+
+import sys
+
+from alert_worker.entrypoint import main
+
+sys.exit(main())

@@ -1,0 +1,51 @@
+"""The channel interface: one class per provider, a declarative head and one ``send()``.
+
+A channel's ``prepare`` checks and normalizes a message before any rate-limit slot is taken (raising
+``InvalidInputError``); ``send`` returns a ``SendReceipt`` or raises ``TransientDeliveryError`` /
+``PermanentDeliveryError``. Provider exceptions never leave a channel module.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from alert_worker.errors import ChannelNotConfiguredError
+from alert_worker.models import ChannelType, Message, SendReceipt
+
+
+class Channel(ABC):
+    name: ClassVar[ChannelType]
+    max_text_chars: ClassVar[int]  # longer text is truncated with a visible marker
+    enabled: bool = True
+
+    @abstractmethod
+    def prepare(self, message: Message) -> Message:
+        """Validate the recipient and fit the text to the provider's limits."""
+
+    @abstractmethod
+    def send(self, message: Message) -> SendReceipt:
+        """Hand the message to the provider once."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook; most channels hold nothing
+        """Release per-job resources (sessions, sockets)."""
+
+    def __repr__(self) -> str:  # never show settings: they hold secrets
+        return f"<{type(self).__name__} enabled={self.enabled}>"
+
+
+class DisabledChannel(Channel):
+    """Stands in for a channel whose settings are missing: every delivery on it is poisoned."""
+
+    max_text_chars = 0
+    enabled = False
+
+    def __init__(self, channel: ChannelType, missing: tuple[str, ...]) -> None:
+        self.channel = channel
+        self.missing = missing
+
+    def prepare(self, message: Message) -> Message:
+        raise ChannelNotConfiguredError(self.channel.value)
+
+    def send(self, message: Message) -> SendReceipt:
+        raise ChannelNotConfiguredError(self.channel.value)

@@ -1,0 +1,174 @@
+"""The RQ job ``execute_delivery_job`` and the process entry point ``main``.
+
+Producers enqueue ``alert_worker.entrypoint.execute_delivery_job`` by import path: its name and argument
+order are the wire format (CONTRACT §1). Each job opens its own Postgres pool and Redis client, builds
+its poison queue and rate limiter on them, and closes them in ``finally`` even when delivery raises.
+Module-level imports stay light: every forked RQ work-horse that was not preloaded re-imports this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from psycopg_pool import ConnectionPool
+from rq import get_current_job
+
+from alert_worker.channels import build_channel
+from alert_worker.counters import poison_count, queue_depth
+from alert_worker.executor import DeliveryExecutor, DeliveryRequest
+from alert_worker.logs import ensure_logging
+from alert_worker.models import DeliveryResult
+from alert_worker.poison import PoisonQueue
+from alert_worker.rate_limit import RateLimiter
+from alert_worker.retry import RetryPolicy
+from alert_worker.rq_jobs import RqEnqueuer
+from alert_worker.settings import Settings
+from alert_worker.store import DeliveryStore
+from alert_worker.validation import validate_job_arguments
+
+DB_CONNECT_TIMEOUT_SECONDS = 5
+
+
+@dataclass
+class JobResources:
+    """The connections one job owns. ``close`` closes the database first, then Redis."""
+
+    pool: ConnectionPool
+    redis: redis.Redis
+
+    def close(self) -> list[BaseException]:
+        errors: list[BaseException] = []
+        for close in (self.pool.close, self.redis.close):
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - collected and raised together by the caller
+                errors.append(exc)
+        return errors
+
+
+def open_pool(settings: Settings) -> ConnectionPool:
+    """A one-connection pool: a job is single-threaded and must not start threads it will not use."""
+    return ConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=1,
+        num_workers=1,
+        timeout=settings.send_timeout_seconds,
+        kwargs={"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS, "autocommit": True},
+        open=True,
+    )
+
+
+def open_redis(settings: Settings) -> redis.Redis:
+    timeout = max(settings.send_timeout_seconds, 1.0)
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+def open_job_resources(settings: Settings) -> JobResources:
+    pool = open_pool(settings)
+    try:
+        client = open_redis(settings)
+    except BaseException:
+        pool.close()
+        raise
+    return JobResources(pool=pool, redis=client)
+
+
+def build_executor(settings: Settings, resources: JobResources) -> DeliveryExecutor:
+    """Wire one job's collaborators; tests build ``DeliveryExecutor`` directly with fakes."""
+    store = DeliveryStore(pool=resources.pool, stuck_after_seconds=settings.stuck_after_seconds)
+    prefix = settings.redis_key_prefix
+    return DeliveryExecutor(
+        store=store,
+        poison_queue=PoisonQueue(store=store, gauge=poison_count(resources.redis, prefix)),
+        limiter=RateLimiter(client=resources.redis, key_prefix=prefix),
+        channel_factory=lambda channel: build_channel(channel, settings),
+        scheduler=RqEnqueuer(connection=resources.redis, job_timeout_seconds=settings.job_timeout_seconds),
+        retry_policy=RetryPolicy(
+            max_attempts=settings.max_attempts,
+            delays=settings.retry_delays,
+            max_retry_delay_seconds=settings.max_retry_delay_seconds,
+        ),
+        rate_limits=settings.rate_limits,
+        queue_depth=queue_depth(resources.redis, prefix),
+        hash_secret=store.recipient_hash_secret(settings.recipient_hash_secret),
+        max_defer_seconds=settings.max_defer_seconds,
+    )
+
+
+@contextmanager
+def closing_resources(resources: JobResources) -> Iterator[JobResources]:
+    """Close everything on the way out; a close failure never hides the delivery's own error.
+
+    One close fails: it is raised. Both fail: an ``ExceptionGroup`` (database first). The delivery
+    raised and a close failed too: both are raised together in one group, the delivery's error first.
+    """
+    try:
+        yield resources
+    except BaseException as primary:
+        errors = resources.close()
+        if errors:
+            raise BaseExceptionGroup("delivery failed and closing its resources failed", [primary, *errors]) from None
+        raise
+    errors = resources.close()
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise BaseExceptionGroup("closing the job's resources failed", errors)
+
+
+def _origin_queue(settings: Settings) -> str:
+    job = get_current_job()
+    return job.origin if job is not None else settings.queues[0]
+
+
+def run_delivery_job(
+    request: DeliveryRequest,
+    *,
+    settings: Settings,
+    open_resources: Callable[[Settings], JobResources] = open_job_resources,
+    make_executor: Callable[[Settings, JobResources], Any] = build_executor,
+) -> DeliveryResult:
+    """One delivery with per-job resources and guaranteed cleanup."""
+    with closing_resources(open_resources(settings)) as resources:
+        result: DeliveryResult = make_executor(settings, resources).run(request)
+    return result
+
+
+def execute_delivery_job(
+    delivery_id: str,
+    channel: str,
+    recipient: str,
+    subject: str,
+    body: str,
+    attempt: int = 0,
+) -> DeliveryResult:
+    """Deliver one alert at most once per claim; see CONTRACT §1 for arguments and the result.
+
+    Raises ``ValueError`` for a bad ``delivery_id``, ``channel`` or ``attempt`` before any I/O; every
+    other bad input ends as a poisoned delivery. Never sleeps: retries and deferrals go to RQ's scheduler.
+    """
+    delivery_id, channel_type, attempt = validate_job_arguments(delivery_id, channel, attempt)
+    settings = Settings.from_env()
+    ensure_logging(settings.log_format)
+    request = DeliveryRequest(
+        delivery_id=delivery_id,
+        channel=channel_type,
+        recipient=recipient,
+        subject=subject,
+        body=body,
+        attempt=attempt,
+        queue=_origin_queue(settings),
+    )
+    return run_delivery_job(request, settings=settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``alert-worker`` / ``python -m alert_worker``: the CLI, whose default command runs the worker."""
+    from alert_worker.cli import main as cli_main
+
+    return cli_main(argv)

@@ -1,0 +1,65 @@
+"""The one exception tree of alert_worker, split by what the caller must do.
+
+    AlertWorkerError
+    ├── ConfigurationError          bad settings; found at start-up, never mid-delivery
+    ├── DeliveryError               one send failed; carries a sanitized, operator-safe ``reason``
+    │   ├── TransientDeliveryError  retry later (timeouts, 429, 5xx, SMTP 4xx); may carry ``retry_after``
+    │   └── PermanentDeliveryError  poison now (4xx, SMTP 5xx, invalid recipient)
+    │       ├── InvalidInputError       the job's arguments cannot be sent on any attempt
+    │       └── ChannelNotConfiguredError
+    ├── ClaimLostError              another job reclaimed the row; this job must stop writing
+    └── RateLimiterUnavailableError Redis could not be asked; the limiter fails closed
+
+Provider exceptions (smtplib, requests, twilio) are translated into these once, in
+``alert_worker.channels``, with ``raise ... from exc``; nothing above the channels sees them.
+"""
+
+from __future__ import annotations
+
+
+class AlertWorkerError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ConfigurationError(AlertWorkerError, ValueError):
+    """A setting is missing or malformed; names the variable, never its secret value."""
+
+
+class DeliveryError(AlertWorkerError):
+    """A send attempt failed. ``reason`` is short, sanitized and safe to store and log."""
+
+    retryable: bool = False
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class TransientDeliveryError(DeliveryError):
+    """The provider may accept the same message later."""
+
+    retryable = True
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Sending the same message again cannot succeed."""
+
+
+class InvalidInputError(PermanentDeliveryError):
+    """The delivery's own arguments are unusable (bad recipient, oversize body...)."""
+
+
+class ChannelNotConfiguredError(PermanentDeliveryError):
+    """The channel's settings are missing on this worker."""
+
+    def __init__(self, channel: str) -> None:
+        super().__init__(f"channel_not_configured: {channel}")
+
+
+class ClaimLostError(AlertWorkerError):
+    """The row's claim token changed under us: a newer claimer owns the delivery now."""
+
+
+class RateLimiterUnavailableError(AlertWorkerError):
+    """The rate limiter could not reach Redis; callers must treat this as a denial."""

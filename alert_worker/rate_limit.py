@@ -1,0 +1,99 @@
+"""Rolling-window rate limits shared by every worker: one atomic Lua script checks them all.
+
+Each limit is a sliding log (a sorted set of send times). A send is allowed only if every limit has room
+in the window that ends now, counted inclusively, so no closed window of ``window_seconds`` ever holds more
+than ``limit`` sends. A denial records nothing and returns how long until the tightest limit frees a slot.
+Redis errors deny: an alert worker that cannot count must not send unbounded SMS (fail closed).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import redis
+
+from alert_worker.errors import RateLimiterUnavailableError
+from alert_worker.settings import RateLimit
+
+# KEYS: one sorted set per limit. ARGV: now (seconds, float; < 0 = use Redis TIME), member, then
+# (limit, window_seconds) per key. Returns {1} when allowed, {0, wait_ms, index_of_tightest_limit} when not.
+_SCRIPT = """
+local now = tonumber(ARGV[1])
+if now < 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local stamp = string.format('%.6f', now)
+local member = ARGV[2]
+local wait, tightest = 0, 0
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[1 + 2 * i])
+  local window = tonumber(ARGV[2 + 2 * i])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%.6f', now - window))
+  local count = redis.call('ZCARD', key)
+  if count >= limit then
+    local freeing = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+    local until_free = tonumber(freeing[2]) + window - now
+    if until_free > wait then wait, tightest = until_free, i end
+  end
+end
+if tightest > 0 then
+  return {0, math.ceil(wait * 1000), tightest}
+end
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, stamp, member)
+  redis.call('PEXPIRE', key, math.ceil(tonumber(ARGV[2 + 2 * i]) * 1000) + 1000)
+end
+return {1}
+"""
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    allowed: bool
+    wait_seconds: float = 0.0
+    limit_name: str | None = None  # which limit denied
+
+
+class RateLimiter:
+    """Checks and consumes the channel, recipient and global limits of one send, atomically."""
+
+    def __init__(
+        self,
+        *,
+        client: redis.Redis,
+        key_prefix: str = "alert:",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._client = client
+        self._prefix = key_prefix
+        self._clock = clock  # None: use the Redis server's clock, shared by every worker
+        self._script = client.register_script(_SCRIPT)
+
+    def _key(self, limit: RateLimit, channel: str, recipient_hash: str) -> str:
+        if limit.name == "channel":
+            return f"{self._prefix}rl:channel:{channel}"
+        if limit.name == "recipient":
+            return f"{self._prefix}rl:recipient:{channel}:{recipient_hash}"
+        return f"{self._prefix}rl:{limit.name}"
+
+    def acquire(self, channel: str, recipient_hash: str, limits: Sequence[RateLimit]) -> RateDecision:
+        """Take one slot in every enabled limit, or none; raises ``RateLimiterUnavailableError``."""
+        active = [limit for limit in limits if limit.limit > 0]
+        if not active:
+            return RateDecision(allowed=True)
+        keys = [self._key(limit, channel, recipient_hash) for limit in active]
+        args: list[float | str | int] = [self._clock() if self._clock else -1, uuid.uuid4().hex]
+        for limit in active:
+            args += [limit.limit, limit.window_seconds]
+        try:
+            answer = self._script(keys=keys, args=args)
+        except redis.RedisError as exc:
+            raise RateLimiterUnavailableError(f"rate limiter unavailable: {type(exc).__name__}") from exc
+        if int(answer[0]) == 1:
+            return RateDecision(allowed=True)
+        return RateDecision(
+            allowed=False, wait_seconds=int(answer[1]) / 1000.0, limit_name=active[int(answer[2]) - 1].name
+        )

@@ -1,0 +1,44 @@
+-- alert_worker schema: idempotent, applied by `alert-worker migrate` and by main() at start-up.
+-- The advisory lock makes concurrent migrations from several starting workers safe.
+SELECT pg_advisory_xact_lock(823746512);
+
+CREATE TABLE IF NOT EXISTS alert_deliveries (
+    id                  text PRIMARY KEY CHECK (char_length(id) BETWEEN 1 AND 255),
+    alert_id            text NULL,
+    channel             text NOT NULL CHECK (channel IN ('email', 'slack', 'sms')),
+    recipient           text NOT NULL,
+    recipient_hash      text NOT NULL,
+    dedup_key           text NULL UNIQUE,
+    status              text NOT NULL DEFAULT 'pending'
+                        CHECK (status IN ('pending', 'in_progress', 'delivered', 'failed', 'poison')),
+    attempts            integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    deferrals           integer NOT NULL DEFAULT 0 CHECK (deferrals >= 0),
+    deferred_since      timestamptz NULL,
+    claim_token         uuid NULL,
+    next_attempt_at     timestamptz NULL,
+    last_attempt_at     timestamptz NULL,
+    delivered_at        timestamptz NULL,
+    poison_at           timestamptz NULL,
+    error_message       text NULL,
+    provider_message_id text NULL,
+    queue               text NOT NULL DEFAULT 'alerts',
+    payload             jsonb NULL,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    updated_at          timestamptz NOT NULL DEFAULT now()
+);
+
+-- The sweep scans only rows that can still move; the poison list reads newest first.
+CREATE INDEX IF NOT EXISTS alert_deliveries_open_idx
+    ON alert_deliveries (status, (COALESCE(next_attempt_at, updated_at)))
+    WHERE status IN ('pending', 'in_progress');
+CREATE INDEX IF NOT EXISTS alert_deliveries_poison_idx
+    ON alert_deliveries (poison_at DESC) WHERE status = 'poison';
+CREATE INDEX IF NOT EXISTS alert_deliveries_alert_id_idx
+    ON alert_deliveries (alert_id) WHERE alert_id IS NOT NULL;
+
+-- Worker-wide values shared through the database (the recipient-hash secret when not set by env).
+CREATE TABLE IF NOT EXISTS alert_worker_meta (
+    key        text PRIMARY KEY,
+    value      text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);

@@ -1,0 +1,321 @@
+"""Settings read once from the environment, validated up front, secrets redacted in ``repr``.
+
+A bad value raises ``ConfigurationError`` naming the variable, so a misconfigured worker fails at
+start-up instead of at the first 3 a.m. alert. The variables are listed in README.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from urllib.parse import urlsplit
+
+from alert_worker.errors import ConfigurationError
+from alert_worker.models import ChannelType
+
+_E164 = re.compile(r"^\+[0-9]{8,15}$")
+
+
+def _text(env: Mapping[str, str], name: str, default: str = "") -> str:
+    return env.get(name, default).strip()
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = _text(env, name)
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = _text(env, name)
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= minimum:  # also rejects NaN
+        raise ConfigurationError(f"{name} must be >= {minimum}, got {raw}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _text(env, name).lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be 0 or 1, got {raw!r}")
+
+
+def parse_delays(raw: str, *, name: str = "ALERT_RETRY_DELAYS") -> tuple[float, ...]:
+    """``"5,30,120"`` -> ``(5.0, 30.0, 120.0)``; every delay positive, at least one."""
+    try:
+        delays = tuple(float(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise ConfigurationError(f"{name} must be comma-separated seconds, got {raw!r}") from None
+    if not delays or any(not d > 0 for d in delays):
+        raise ConfigurationError(f"{name} must list positive seconds, got {raw!r}")
+    return delays
+
+
+def parse_queues(raw: str) -> tuple[str, ...]:
+    """Comma-separated queue names, order kept, duplicates dropped; default ``alerts``."""
+    names: list[str] = []
+    for part in raw.split(","):
+        name = part.strip()
+        if name and name not in names:
+            names.append(name)
+    return tuple(names) or ("alerts",)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``limit`` sends in any rolling window of ``window_seconds``; 0 disables."""
+
+    name: str
+    limit: int
+    window_seconds: int
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    per_channel_minute: Mapping[ChannelType, int]
+    per_recipient_hour: Mapping[ChannelType, int]
+    global_per_minute: int
+
+    def for_delivery(self, channel: ChannelType) -> tuple[RateLimit, RateLimit, RateLimit]:
+        """The three limits a send on ``channel`` must fit in (channel, recipient, global)."""
+        return (
+            RateLimit("channel", self.per_channel_minute[channel], 60),
+            RateLimit("recipient", self.per_recipient_hour[channel], 3600),
+            RateLimit("global", self.global_per_minute, 60),
+        )
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)
+    from_address: str
+    security: str  # starttls | ssl | none
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        gaps = []
+        if not self.host:
+            gaps.append("SMTP_HOST")
+        if not self.from_address:
+            gaps.append("ALERTS_FROM_EMAIL")
+        return tuple(gaps)
+
+    @property
+    def login(self) -> bool:
+        return bool(self.user and self.password)
+
+
+@dataclass(frozen=True)
+class SlackSettings:
+    default_webhook_url: str = field(repr=False)
+    allowed_hosts: tuple[str, ...]
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return ()  # a recipient may name its own webhook; only the default needs the variable
+
+
+@dataclass(frozen=True)
+class TwilioSettings:
+    account_sid: str
+    auth_token: str = field(repr=False)
+    from_number: str
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        names = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER")
+        values = (self.account_sid, self.auth_token, self.from_number)
+        return tuple(n for n, v in zip(names, values, strict=False) if not v)
+
+
+def _redact_url(url: str) -> str:
+    """Keep scheme, host, port and path of a DSN; drop the password."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = field(repr=False)
+    redis_url: str = field(repr=False)
+    queues: tuple[str, ...] = ("alerts",)
+    resource_scope: str = "job"
+    job_timeout_seconds: int = 60
+    stuck_after_seconds: int = 900
+    max_attempts: int = 5
+    retry_delays: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
+    max_retry_delay_seconds: float = 3600.0
+    max_defer_seconds: float = 3600.0
+    send_timeout_seconds: float = 10.0
+    sweep_grace_seconds: int = 60
+    sweep_interval_seconds: float = 30.0
+    auto_migrate: bool = True
+    recipient_hash_secret: str = field(default="", repr=False)
+    redis_key_prefix: str = "alert:"
+    max_queue_depth: int = 10_000
+    metrics_port: int = 0
+    log_format: str = "json"
+    rate_limits: RateLimits = field(
+        default_factory=lambda: RateLimits(
+            per_channel_minute={ChannelType.EMAIL: 100, ChannelType.SLACK: 50, ChannelType.SMS: 10},
+            per_recipient_hour={ChannelType.EMAIL: 5, ChannelType.SLACK: 10, ChannelType.SMS: 3},
+            global_per_minute=500,
+        )
+    )
+    smtp: SmtpSettings = field(default_factory=lambda: SmtpSettings("", 587, "", "", "", "starttls"))
+    slack: SlackSettings = field(default_factory=lambda: SlackSettings("", ("hooks.slack.com",)))
+    twilio: TwilioSettings = field(default_factory=lambda: TwilioSettings("", "", ""))
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("database_url", "redis_url"):
+                value = _redact_url(value)
+            elif not f.repr:
+                value = "***" if value else ""
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build and validate settings; raises ``ConfigurationError`` naming the bad variable."""
+        env = os.environ if env is None else env
+        scope = _text(env, "ALERT_RESOURCE_SCOPE", "job").lower() or "job"
+        if scope not in ("job", "process"):
+            raise ConfigurationError(f"ALERT_RESOURCE_SCOPE must be 'job' or 'process', got {scope!r}")
+        log_format = _text(env, "ALERT_LOG_FORMAT", "json").lower() or "json"
+        if log_format not in ("json", "console"):
+            raise ConfigurationError(f"ALERT_LOG_FORMAT must be 'json' or 'console', got {log_format!r}")
+        job_timeout = _int(env, "ALERT_JOB_TIMEOUT_SECONDS", 60, minimum=1)
+        stuck_after = _int(env, "ALERT_STUCK_AFTER_SECONDS", 900, minimum=1)
+        if stuck_after <= job_timeout:
+            raise ConfigurationError(
+                "ALERT_STUCK_AFTER_SECONDS must exceed ALERT_JOB_TIMEOUT_SECONDS "
+                f"({stuck_after} <= {job_timeout}): a running job would be reclaimed"
+            )
+        prefix = _text(env, "ALERT_REDIS_KEY_PREFIX", "alert:") or "alert:"
+        return cls(
+            database_url=_text(env, "DATABASE_URL"),
+            redis_url=_text(env, "REDIS_URL"),
+            queues=parse_queues(_text(env, "RQ_QUEUES", "alerts")),
+            resource_scope=scope,
+            job_timeout_seconds=job_timeout,
+            stuck_after_seconds=stuck_after,
+            max_attempts=_int(env, "ALERT_MAX_ATTEMPTS", 5, minimum=1),
+            retry_delays=parse_delays(_text(env, "ALERT_RETRY_DELAYS", "5,30,120,600") or "5,30,120,600"),
+            max_retry_delay_seconds=_float(env, "ALERT_MAX_RETRY_DELAY", 3600.0, minimum=1.0),
+            max_defer_seconds=_float(env, "ALERT_MAX_DEFER_SECONDS", 3600.0, minimum=0.0),
+            send_timeout_seconds=_float(env, "ALERT_SEND_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+            sweep_grace_seconds=_int(env, "ALERT_SWEEP_GRACE_SECONDS", 60, minimum=0),
+            sweep_interval_seconds=_float(env, "ALERT_SWEEP_INTERVAL_SECONDS", 30.0, minimum=0.1),
+            auto_migrate=_flag(env, "ALERT_AUTO_MIGRATE", True),
+            recipient_hash_secret=_text(env, "ALERT_RECIPIENT_HASH_SECRET"),
+            redis_key_prefix=prefix,
+            max_queue_depth=_int(env, "ALERT_MAX_QUEUE_DEPTH", 10_000, minimum=1),
+            metrics_port=_int(env, "ALERT_METRICS_PORT", 0, minimum=0),
+            log_format=log_format,
+            rate_limits=RateLimits(
+                per_channel_minute={
+                    ChannelType.EMAIL: _int(env, "ALERT_RATE_EMAIL_PER_MIN", 100),
+                    ChannelType.SLACK: _int(env, "ALERT_RATE_SLACK_PER_MIN", 50),
+                    ChannelType.SMS: _int(env, "ALERT_RATE_SMS_PER_MIN", 10),
+                },
+                per_recipient_hour={
+                    ChannelType.EMAIL: _int(env, "ALERT_RATE_EMAIL_PER_RECIPIENT_HOUR", 5),
+                    ChannelType.SLACK: _int(env, "ALERT_RATE_SLACK_PER_RECIPIENT_HOUR", 10),
+                    ChannelType.SMS: _int(env, "ALERT_RATE_SMS_PER_RECIPIENT_HOUR", 3),
+                },
+                global_per_minute=_int(env, "ALERT_RATE_GLOBAL_PER_MIN", 500),
+            ),
+            smtp=_smtp_from_env(env),
+            slack=_slack_from_env(env),
+            twilio=TwilioSettings(
+                account_sid=_text(env, "TWILIO_ACCOUNT_SID"),
+                auth_token=_text(env, "TWILIO_AUTH_TOKEN"),
+                from_number=_twilio_from(env),
+            ),
+        )
+
+    def missing_channel_settings(self) -> dict[ChannelType, tuple[str, ...]]:
+        """Channels that are disabled on this worker, with the variables they lack."""
+        gaps = {
+            ChannelType.EMAIL: self.smtp.missing,
+            ChannelType.SLACK: self.slack.missing,
+            ChannelType.SMS: self.twilio.missing,
+        }
+        return {channel: names for channel, names in gaps.items() if names}
+
+
+def _smtp_from_env(env: Mapping[str, str]) -> SmtpSettings:
+    port = _int(env, "SMTP_PORT", 587, minimum=1)
+    if port > 65535:
+        raise ConfigurationError(f"SMTP_PORT must be a TCP port, got {port}")
+    default_security = {465: "ssl", 587: "starttls"}.get(port, "none")
+    security = _text(env, "SMTP_SECURITY", default_security).lower() or default_security
+    if security not in ("starttls", "ssl", "none"):
+        raise ConfigurationError(f"SMTP_SECURITY must be starttls, ssl or none, got {security!r}")
+    user = _text(env, "SMTP_USER")
+    return SmtpSettings(
+        host=_text(env, "SMTP_HOST"),
+        port=port,
+        user=user,
+        password=env.get("SMTP_PASSWORD", ""),
+        from_address=_text(env, "ALERTS_FROM_EMAIL") or user,
+        security=security,
+    )
+
+
+def _slack_from_env(env: Mapping[str, str]) -> SlackSettings:
+    hosts = tuple(
+        h.strip().lower() for h in _text(env, "SLACK_WEBHOOK_HOSTS", "hooks.slack.com").split(",") if h.strip()
+    )
+    return SlackSettings(
+        default_webhook_url=_text(env, "SLACK_WEBHOOK_URL"),
+        allowed_hosts=hosts or ("hooks.slack.com",),
+    )
+
+
+def _twilio_from(env: Mapping[str, str]) -> str:
+    number = _text(env, "TWILIO_FROM_NUMBER")
+    if number and not _E164.match(number) and not number.startswith("MG"):
+        raise ConfigurationError("TWILIO_FROM_NUMBER must be an E.164 number (+ and 8-15 digits)")
+    return number

@@ -1,0 +1,352 @@
+"""Every state change of a delivery: one SQL statement each, timed by the database clock.
+
+Writes made on behalf of a job are fenced by the row's ``claim_token``: a job whose claim was taken over
+(stuck reclaim) gets ``ClaimLostError`` instead of overwriting the newer claimer's state.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from alert_worker.errors import ClaimLostError
+from alert_worker.models import DeliveryRow, DeliveryStatus
+
+_ROW_COLUMNS = (
+    "id, channel, status, attempts, deferrals, recipient_hash, payload, queue, deferred_since, "
+    "next_attempt_at, claim_token"
+)
+_SECRET_KEY = "recipient_hash_secret"  # noqa: S105 - a key name, not a secret
+_secret_cache: dict[str, str] = {}  # conninfo -> secret; plain data, shared by jobs of one process
+
+
+def _row(values: tuple[Any, ...], db_now: datetime | None = None) -> DeliveryRow:
+    (id_, channel, status, attempts, deferrals, rhash, payload, queue, deferred_since, next_at, token) = values
+    return DeliveryRow(
+        id=id_,
+        channel=channel,
+        status=DeliveryStatus(status),
+        attempts=attempts,
+        deferrals=deferrals,
+        recipient_hash=rhash,
+        payload=payload,
+        queue=queue,
+        deferred_since=deferred_since,
+        next_attempt_at=next_at,
+        claim_token=str(token) if token else None,
+        db_now=db_now,
+    )
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """What a producer or a job knows about a delivery before its row exists."""
+
+    id: str
+    channel: str
+    recipient_masked: str
+    recipient_hash: str
+    payload: dict[str, str] | None
+    queue: str = "alerts"
+    alert_id: str | None = None
+    dedup_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A won claim: the row as it is now, and whether this job created it."""
+
+    row: DeliveryRow
+    token: str
+    created: bool
+
+
+@dataclass(frozen=True)
+class RecoveredDelivery:
+    """A row the sweep or a replay hands back to the queue."""
+
+    id: str
+    channel: str
+    payload: dict[str, Any] | None
+    queue: str
+    attempts: int
+    stamp: datetime
+
+
+class DeliveryStore:
+    """Postgres access for ``alert_deliveries``. Owns no connection: the pool is passed in."""
+
+    def __init__(self, *, pool: ConnectionPool, stuck_after_seconds: int = 900) -> None:
+        self._pool = pool
+        self._stuck_after_seconds = stuck_after_seconds
+
+    # -- schema ----------------------------------------------------------------------------------
+    def migrate(self) -> None:
+        """Create or update the schema; safe to run from many workers at once."""
+        sql = resources.files("alert_worker").joinpath("schema.sql").read_text()
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute(sql)  # trusted file shipped with the package
+            conn.execute(
+                "INSERT INTO alert_worker_meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+                (_SECRET_KEY, secrets.token_hex(32)),
+            )
+
+    def recipient_hash_secret(self, configured: str = "") -> str:
+        """The configured secret, else the one ``migrate`` generated and keeps in Postgres."""
+        if configured:
+            return configured
+        key = str(self._pool.conninfo)
+        if key not in _secret_cache:
+            with self._pool.connection() as conn:
+                found = conn.execute("SELECT value FROM alert_worker_meta WHERE key = %s", (_SECRET_KEY,)).fetchone()
+            if found is None:
+                raise RuntimeError("no recipient hash secret: run `alert-worker migrate` first")
+            _secret_cache[key] = found[0]
+        return _secret_cache[key]
+
+    # -- producer side -----------------------------------------------------------------------------
+    def create(self, new: NewDelivery) -> tuple[str, bool]:
+        """Insert a pending row; an existing id or dedup key creates nothing and returns that row's id."""
+        with self._pool.connection() as conn:
+            created = conn.execute(
+                """
+                INSERT INTO alert_deliveries
+                    (id, alert_id, channel, recipient, recipient_hash, dedup_key, payload, queue)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+                ON CONFLICT DO NOTHING
+                RETURNING id
+                """,
+                (
+                    new.id,
+                    new.alert_id,
+                    new.channel,
+                    new.recipient_masked,
+                    new.recipient_hash,
+                    new.dedup_key,
+                    Jsonb(new.payload),
+                    new.queue,
+                ),
+            ).fetchone()
+            if created is not None:
+                return created[0], True
+            existing = conn.execute(
+                "SELECT id FROM alert_deliveries WHERE id = %s OR (dedup_key IS NOT NULL AND dedup_key = %s) "
+                "ORDER BY (id = %s) DESC LIMIT 1",
+                (new.id, new.dedup_key, new.id),
+            ).fetchone()
+        if existing is None:  # lost a race with a delete; treat as created by someone else
+            return new.id, False
+        return existing[0], False
+
+    # -- the job's claim ---------------------------------------------------------------------------
+    def claim(self, new: NewDelivery) -> Claim | None:
+        """Create the row if missing and claim it, atomically; ``None`` when it is not ours to send.
+
+        Claimable: pending and due, or in progress with a claim older than the stuck threshold. A stuck
+        reclaim counts the lost attempt, so a delivery that crashes its worker every time still ends.
+        """
+        token = str(uuid.uuid4())
+        with self._pool.connection() as conn:
+            found = conn.execute(
+                f"""
+                INSERT INTO alert_deliveries AS d
+                    (id, channel, recipient, recipient_hash, status, payload, queue, claim_token,
+                     last_attempt_at)
+                VALUES (%(id)s, %(channel)s, %(masked)s, %(hash)s, 'in_progress', %(payload)s, %(queue)s,
+                        %(token)s, now())
+                ON CONFLICT (id) DO UPDATE
+                   SET status = 'in_progress', claim_token = EXCLUDED.claim_token,
+                       last_attempt_at = now(), updated_at = now(),
+                       attempts = d.attempts + (d.status = 'in_progress')::int
+                 WHERE (d.status = 'pending' AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= now()))
+                    OR (d.status = 'in_progress'
+                        AND d.last_attempt_at < now() - make_interval(secs => %(stuck)s))
+                RETURNING {_ROW_COLUMNS}, (xmax = 0) AS created, now()
+                """,
+                {
+                    "id": new.id,
+                    "channel": new.channel,
+                    "masked": new.recipient_masked,
+                    "hash": new.recipient_hash,
+                    "payload": Jsonb(new.payload) if new.payload else None,
+                    "queue": new.queue,
+                    "token": token,
+                    "stuck": self._stuck_after_seconds,
+                },
+            ).fetchone()
+        if found is None:
+            return None
+        return Claim(row=_row(found[:11], db_now=found[12]), token=token, created=bool(found[11]))
+
+    def get(self, delivery_id: str) -> DeliveryRow | None:
+        with self._pool.connection() as conn:
+            found = conn.execute(
+                f"SELECT {_ROW_COLUMNS}, now() FROM alert_deliveries WHERE id = %s", (delivery_id,)
+            ).fetchone()
+        return None if found is None else _row(found[:11], db_now=found[11])
+
+    # -- fenced writes: only the current claimer may move the row ---------------------------------
+    def _fenced(self, sql: str, params: dict[str, Any]) -> tuple[Any, ...]:
+        with self._pool.connection() as conn:
+            found = conn.execute(
+                sql
+                + " WHERE id = %(id)s AND claim_token = %(token)s AND status = 'in_progress' RETURNING "
+                + params.pop("_returning"),
+                params,
+            ).fetchone()
+        if found is None:
+            raise ClaimLostError(f"claim on delivery {params['id']!r} was lost")
+        return tuple(found)
+
+    def mark_delivered(self, delivery_id: str, token: str, *, attempts: int, message_id: str | None) -> float:
+        """Record acceptance; erase the payload. Returns seconds from row creation to acceptance."""
+        (latency,) = self._fenced(
+            """
+            UPDATE alert_deliveries
+               SET status = 'delivered', attempts = %(attempts)s, delivered_at = now(),
+                   provider_message_id = %(mid)s, error_message = NULL, payload = NULL,
+                   next_attempt_at = NULL, deferred_since = NULL, updated_at = now()
+            """,
+            {
+                "id": delivery_id,
+                "token": token,
+                "attempts": attempts,
+                "mid": message_id,
+                "_returning": "EXTRACT(EPOCH FROM now() - created_at)::float8",
+            },
+        )
+        return float(latency)
+
+    def schedule_retry(
+        self, delivery_id: str, token: str, *, attempts: int, delay_seconds: float, error: str
+    ) -> tuple[datetime, datetime]:
+        """Back to pending after a failed send; returns (next_attempt_at, database now)."""
+        next_at, now = self._fenced(
+            """
+            UPDATE alert_deliveries
+               SET status = 'pending', attempts = %(attempts)s, error_message = %(error)s,
+                   next_attempt_at = now() + make_interval(secs => %(delay)s),
+                   deferred_since = NULL, updated_at = now()
+            """,
+            {
+                "id": delivery_id,
+                "token": token,
+                "attempts": attempts,
+                "delay": delay_seconds,
+                "error": error,
+                "_returning": "next_attempt_at, now()",
+            },
+        )
+        return next_at, now
+
+    def defer(self, delivery_id: str, token: str, *, delay_seconds: float, error: str) -> tuple[datetime, datetime]:
+        """Back to pending after a rate-limit denial, without using an attempt."""
+        next_at, now = self._fenced(
+            """
+            UPDATE alert_deliveries
+               SET status = 'pending', deferrals = deferrals + 1,
+                   deferred_since = COALESCE(deferred_since, now()), error_message = %(error)s,
+                   next_attempt_at = now() + make_interval(secs => %(delay)s), updated_at = now()
+            """,
+            {
+                "id": delivery_id,
+                "token": token,
+                "delay": delay_seconds,
+                "error": error,
+                "_returning": "next_attempt_at, now()",
+            },
+        )
+        return next_at, now
+
+    def poison(self, delivery_id: str, token: str, *, attempts: int, error: str) -> None:
+        """Park the delivery; the payload stays so an operator can replay it."""
+        self._fenced(
+            """
+            UPDATE alert_deliveries
+               SET status = 'poison', attempts = %(attempts)s, poison_at = now(), error_message = %(error)s,
+                   next_attempt_at = NULL, updated_at = now()
+            """,
+            {"id": delivery_id, "token": token, "attempts": attempts, "error": error, "_returning": "id"},
+        )
+
+    def release(self, delivery_id: str, token: str, *, error: str) -> None:
+        """Give the claim back without an attempt; the sweep re-enqueues it after its grace period."""
+        self._fenced(
+            """
+            UPDATE alert_deliveries
+               SET status = 'pending', next_attempt_at = NULL, error_message = %(error)s, updated_at = now()
+            """,
+            {"id": delivery_id, "token": token, "error": error, "_returning": "id"},
+        )
+
+    # -- recovery and operators ----------------------------------------------------------------------
+    def take_overdue(self, *, grace_seconds: int, limit: int = 500) -> list[RecoveredDelivery]:
+        """Stamp and return overdue pending rows and stuck in-progress rows, each once per grace period.
+
+        ``FOR UPDATE SKIP LOCKED`` lets two sweepers run at once without taking the same row.
+        """
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                """
+                UPDATE alert_deliveries AS d
+                   SET next_attempt_at = CASE WHEN d.status = 'pending' THEN now() ELSE d.next_attempt_at END,
+                       updated_at = now()
+                 WHERE d.id IN (
+                       SELECT id FROM alert_deliveries
+                        WHERE (status = 'pending'
+                               AND COALESCE(next_attempt_at, updated_at) < now() - make_interval(secs => %(grace)s))
+                           OR (status = 'in_progress'
+                               AND last_attempt_at < now() - make_interval(secs => %(stuck)s)
+                               AND updated_at < now() - make_interval(secs => %(grace)s))
+                        ORDER BY COALESCE(next_attempt_at, updated_at)
+                        LIMIT %(limit)s
+                        FOR UPDATE SKIP LOCKED)
+                RETURNING d.id, d.channel, d.payload, d.queue, d.attempts, now()
+                """,
+                {"grace": grace_seconds, "stuck": self._stuck_after_seconds, "limit": limit},
+            ).fetchall()
+        return [RecoveredDelivery(*r) for r in rows]
+
+    def replay(self, delivery_ids: list[str]) -> list[RecoveredDelivery]:
+        """Poison rows back to pending with attempts and deferrals cleared; each returned once only."""
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                """
+                UPDATE alert_deliveries
+                   SET status = 'pending', attempts = 0, deferrals = 0, deferred_since = NULL,
+                       next_attempt_at = now(), claim_token = NULL, error_message = NULL, updated_at = now()
+                 WHERE id = ANY(%s) AND status = 'poison' AND payload IS NOT NULL
+                RETURNING id, channel, payload, queue, attempts, now()
+                """,
+                (delivery_ids,),
+            ).fetchall()
+        return [RecoveredDelivery(*r) for r in rows]
+
+    def resolve(self, delivery_ids: list[str], *, note: str | None = None) -> list[str]:
+        """Poison rows to ``failed`` with the payload erased; returns the ids moved."""
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                """
+                UPDATE alert_deliveries
+                   SET status = 'failed', payload = NULL, next_attempt_at = NULL, updated_at = now(),
+                       error_message = COALESCE(%s, error_message)
+                 WHERE id = ANY(%s) AND status = 'poison'
+                RETURNING id
+                """,
+                (note, delivery_ids),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Rows per status (every status present, zero when none)."""
+        with self._pool.connection() as conn:
+            rows = conn.execute("SELECT status, count(*) FROM alert_deliveries GROUP BY status").fetchall()
+        found = {status: int(n) for status, n in rows}
+        return {s.value: found.get(s.value, 0) for s in DeliveryStatus}

@@ -1,0 +1,99 @@
+"""Recover deliveries whose RQ job was lost: overdue pending rows and stuck in-progress rows.
+
+Postgres is the truth and Redis may forget (a restart, an eviction, a crash between writing a row and
+enqueueing its job). The sweep stamps candidate rows in one statement (so each is re-enqueued once per
+grace period, even with two sweepers at once) and enqueues a job for each from its payload; the claim
+makes any duplicate job harmless. It also resets the queue-depth and poison gauges from Postgres.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from alert_worker.counters import Gauge
+from alert_worker.store import DeliveryStore
+
+log = structlog.get_logger("alert_worker.sweep")
+
+
+class Enqueuer(Protocol):
+    def enqueue_now(
+        self, *, queue: str, delivery_id: str, channel: str, payload: dict[str, str], attempt: int, suffix: str
+    ) -> bool: ...
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    requeued: int
+    queue_depth: int
+    poison: int
+
+
+def sweep_once(
+    *,
+    store: DeliveryStore,
+    enqueuer: Enqueuer,
+    queue_depth: Gauge,
+    poison_gauge: Gauge,
+    grace_seconds: int,
+    batch_size: int = 500,
+) -> SweepReport:
+    """One pass: re-enqueue what is overdue, then reconcile the gauges."""
+    requeued = 0
+    while True:
+        batch = store.take_overdue(grace_seconds=grace_seconds, limit=batch_size)
+        for row in batch:
+            stamp = int(row.stamp.timestamp() * 1000)
+            enqueuer.enqueue_now(
+                queue=row.queue,
+                delivery_id=row.id,
+                channel=row.channel,
+                payload=_payload(row.payload),
+                attempt=row.attempts,
+                suffix=f"sweep-{stamp}",
+            )
+            requeued += 1
+        if len(batch) < batch_size:
+            break
+    counts = store.counts()
+    depth = counts["pending"] + counts["in_progress"]
+    queue_depth.set(depth)
+    poison_gauge.set(counts["poison"])
+    log.info("sweep_done", requeued=requeued, queue_depth=depth, poison=counts["poison"])
+    return SweepReport(requeued=requeued, queue_depth=depth, poison=counts["poison"])
+
+
+def _payload(payload: dict[str, Any] | None) -> dict[str, str]:
+    """A row whose arguments could not be stored is enqueued empty; its job poisons it."""
+    if not payload:
+        return {"recipient": "", "subject": "", "body": ""}
+    return {k: str(payload.get(k) or "") for k in ("recipient", "subject", "body")}
+
+
+class SweepLock:
+    """One sweeper at a time cluster-wide: a Redis key set with NX and an expiry, released by owner."""
+
+    _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+    def __init__(self, *, client: Any, key: str, ttl_seconds: float, token_factory: Callable[[], str]) -> None:
+        self._client = client
+        self._key = key
+        self._ttl_ms = max(1000, int(ttl_seconds * 1000))
+        self._token_factory = token_factory
+        self._token: str | None = None
+
+    def acquire(self) -> bool:
+        token = self._token_factory()
+        if self._client.set(self._key, token, nx=True, px=self._ttl_ms):
+            self._token = token
+            return True
+        return False
+
+    def release(self) -> None:
+        if self._token is not None:
+            self._client.eval(self._RELEASE, 1, self._key, self._token)
+            self._token = None

@@ -1,0 +1,117 @@
+"""Pure checks on a job's arguments.
+
+Two kinds of bad input are treated differently (CONTRACT §1): a malformed ``delivery_id``, ``channel`` or
+``attempt`` raises ``ValueError`` before any connection is opened (the producer has a bug and must see it);
+anything wrong with the recipient, subject or body poisons the delivery with a clear reason instead.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+from alert_worker.errors import InvalidInputError
+from alert_worker.models import ChannelType
+
+MAX_DELIVERY_ID_CHARS = 255
+MAX_BODY_BYTES = 1_000_000
+MAX_SUBJECT_CHARS = 255
+MAX_RECIPIENT_CHARS = 2048
+TRUNCATION_MARKER = "…"
+
+_WHITESPACE_RUN = re.compile(r"\s+")
+
+
+def validate_job_arguments(delivery_id: Any, channel: Any, attempt: Any) -> tuple[str, ChannelType, int]:
+    """Raise ``ValueError`` for the three arguments a producer must get right; no I/O."""
+    if not isinstance(delivery_id, str) or not 1 <= len(delivery_id) <= MAX_DELIVERY_ID_CHARS:
+        raise ValueError("delivery_id must be a string of 1-255 characters")
+    if not delivery_id.strip() or _has_unstorable(delivery_id):
+        raise ValueError("delivery_id must be printable text")
+    try:
+        channel_type = ChannelType(channel)
+    except ValueError:
+        raise ValueError(f"channel must be one of email, slack, sms; got {_short_repr(channel)}") from None
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
+        raise ValueError(f"attempt must be a non-negative integer; got {_short_repr(attempt)}")
+    return delivery_id, channel_type, attempt
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _has_unstorable(text: str) -> bool:
+    """Lone surrogates and NUL cannot be stored in Postgres text or encoded as UTF-8."""
+    return "\x00" in text or any(0xD800 <= ord(ch) <= 0xDFFF for ch in text)
+
+
+def coerce_text(name: str, value: Any) -> str:
+    """``None`` means empty; any other non-string is invalid input."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"invalid_input: {name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def storable_payload(recipient: Any, subject: Any, body: Any) -> dict[str, str] | None:
+    """The payload to store for a new row, or ``None`` when the arguments cannot be stored at all."""
+    values = (recipient, subject, body)
+    if not all(v is None or isinstance(v, str) for v in values):
+        return None
+    texts = ["" if v is None else v for v in values]
+    if any(_has_unstorable(t) for t in texts) or len(texts[2].encode("utf-8")) > MAX_BODY_BYTES:
+        return None
+    return {"recipient": texts[0], "subject": texts[1], "body": texts[2]}
+
+
+def _check_characters(name: str, text: str, *, allow: str) -> None:
+    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in text):
+        raise InvalidInputError(f"invalid_input: {name} contains lone surrogates")
+    for ch in text:
+        if ch not in allow and unicodedata.category(ch) == "Cc":
+            raise InvalidInputError(f"invalid_input: {name} contains control character U+{ord(ch):04X}")
+
+
+def truncate(text: str, limit: int) -> str:
+    """Cut ``text`` to at most ``limit`` characters, ending in a visible marker when cut."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+
+
+def clean_subject(subject: Any) -> str:
+    """Whitespace runs (CR/LF included) collapse to one space; other control characters are refused."""
+    text = coerce_text("subject", subject)
+    text = _WHITESPACE_RUN.sub(" ", text).strip()
+    _check_characters("subject", text, allow="")
+    return truncate(text, MAX_SUBJECT_CHARS)
+
+
+def clean_body(body: Any) -> str:
+    text = coerce_text("body", body)
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
+        raise InvalidInputError(f"invalid_input: body is larger than {MAX_BODY_BYTES} bytes")
+    _check_characters("body", text, allow="\t\n\r")
+    return text
+
+
+def clean_recipient(recipient: Any) -> str:
+    text = coerce_text("recipient", recipient).strip()
+    if len(text) > MAX_RECIPIENT_CHARS:
+        raise InvalidInputError(f"invalid_input: recipient is longer than {MAX_RECIPIENT_CHARS} characters")
+    _check_characters("recipient", text, allow="")
+    if any(ch.isspace() for ch in text):
+        raise InvalidInputError("invalid_input: recipient contains whitespace")
+    return text
+
+
+def clean_content(subject: Any, body: Any) -> tuple[str, str]:
+    """Subject and body, cleaned; at least one of them must say something."""
+    clean_s, clean_b = clean_subject(subject), clean_body(body)
+    if not clean_s and not clean_b.strip():
+        raise InvalidInputError("invalid_input: neither subject nor body")
+    return clean_s, clean_b
