@@ -22,6 +22,7 @@ from alert_worker.counters import Gauge
 from alert_worker.errors import (
     ClaimLostError,
     DeliveryError,
+    InvalidInputError,
     PermanentDeliveryError,
     RateLimiterUnavailableError,
     TransientDeliveryError,
@@ -157,7 +158,7 @@ class DeliveryExecutor:
         row = claim.row
         attempts = max(request.attempt, row.attempts)
         if row.payload is None:
-            return self._poison(claim, log, attempts, "invalid_input: the job's arguments cannot be stored")
+            return self._poison(claim, log, attempts, _why_unstorable(request))
         if attempts >= self.retry_policy.max_attempts:
             return self._poison(claim, log, attempts, "attempts_exhausted")
         channel_type = ChannelType(row.channel)
@@ -340,6 +341,16 @@ def _message(row: DeliveryRow, attempts: int) -> Message:
         body=body,
         attempt=attempts,
     )
+
+
+def _why_unstorable(request: DeliveryRequest) -> str:
+    """The specific reason a job's arguments could not be stored, for the operator."""
+    try:
+        clean_recipient(request.recipient)
+        clean_content(request.subject, request.body)
+    except InvalidInputError as exc:
+        return exc.reason
+    return "invalid_input: the job's arguments cannot be stored"
 
 
 def _differs(request: DeliveryRequest, row: DeliveryRow) -> bool:

@@ -35,8 +35,9 @@ for i, key in ipairs(KEYS) do
   local count = redis.call('ZCARD', key)
   if count >= limit then
     local freeing = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
-    local until_free = tonumber(freeing[2]) + window - now
-    if until_free > wait then wait, tightest = until_free, i end
+    -- the entry leaves the window strictly after score + window; never report a zero wait
+    local until_free = math.max(tonumber(freeing[2]) + window - now, 0.001)
+    if tightest == 0 or until_free > wait then wait, tightest = until_free, i end
   end
 end
 if tightest > 0 then

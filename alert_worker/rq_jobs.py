@@ -40,10 +40,11 @@ def schedule_delay(delay_seconds: float, now: float) -> timedelta:
     """The ``enqueue_in`` delta that makes RQ run the job no earlier than ``now + delay_seconds``.
 
     RQ stores the schedule in whole seconds, truncating, and enqueues a job once its second has
-    come: rounding the target up to the next whole second means the job never runs early.
+    come: rounding the target up to the next whole second means the job never runs early. The 10 ms
+    margin absorbs float and microsecond rounding on the way to that second.
     """
     target = now + max(0.0, delay_seconds)
-    return timedelta(seconds=math.ceil(target) - now)
+    return timedelta(seconds=math.ceil(target) - now + 0.01)
 
 
 class RqEnqueuer:

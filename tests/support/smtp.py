@@ -75,8 +75,10 @@ class SmtpSink:
 
 def _authenticator(user: str, password: str) -> Any:
     def check(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
-        ok = isinstance(auth_data, LoginPassword) and auth_data.login.decode() == user and (
-            auth_data.password.decode() == password
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login.decode() == user
+            and (auth_data.password.decode() == password)
         )
         # A failing authenticator must return handled=False or the client hangs (aiosmtpd quirk).
         return AuthResult(success=ok, handled=False)
@@ -96,13 +98,13 @@ def running_smtp_sink(
     if starttls_context is not None:
         kwargs.update(tls_context=starttls_context, require_starttls=True)
     if login is not None:
-        kwargs.update(authenticator=_authenticator(*login), auth_require_tls=starttls_context is not None
-                      or implicit_tls_context is not None)
+        kwargs.update(
+            authenticator=_authenticator(*login),
+            auth_require_tls=starttls_context is not None or implicit_tls_context is not None,
+        )
         if implicit_tls_context is None and starttls_context is None:
             kwargs["auth_require_tls"] = False
-    controller = Controller(
-        sink, hostname="127.0.0.1", port=sink.port, ssl_context=implicit_tls_context, **kwargs
-    )
+    controller = Controller(sink, hostname="127.0.0.1", port=sink.port, ssl_context=implicit_tls_context, **kwargs)
     controller.start()
     try:
         yield sink

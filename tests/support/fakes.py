@@ -1,0 +1,221 @@
+"""Hand-written fakes for the executor's collaborators: an in-memory store, a scripted channel and limiter,
+a recording scheduler and gauges. The store mirrors DeliveryStore's claim and fencing rules; the contract
+test in tests/integration/test_store.py holds the real one to the same behaviour."""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from alert_worker.channels.base import Channel
+from alert_worker.channels.email import parse_address
+from alert_worker.errors import ClaimLostError, DeliveryError, RateLimiterUnavailableError
+from alert_worker.models import ChannelType, DeliveryRow, DeliveryStatus, Message, SendReceipt
+from alert_worker.rate_limit import RateDecision
+from alert_worker.store import Claim, NewDelivery
+
+
+@dataclass
+class FakeRow:
+    row: DeliveryRow
+    error: str | None = None
+    message_id: str | None = None
+    last_attempt_at: datetime | None = None
+
+
+class FakeClock:
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class FakeStore:
+    """In-memory ``DeliveryStore`` with the same claim conditions and claim-token fencing."""
+
+    def __init__(self, *, clock: FakeClock | None = None, stuck_after_seconds: int = 900) -> None:
+        self.clock = clock or FakeClock()
+        self.rows: dict[str, FakeRow] = {}
+        self.stuck_after = timedelta(seconds=stuck_after_seconds)
+        self.steal_claim_on_write = False  # simulate another job reclaiming mid-delivery
+
+    def add(self, row: DeliveryRow, **extra: Any) -> None:
+        self.rows[row.id] = FakeRow(row=row, **extra)
+
+    def claim(self, new: NewDelivery) -> Claim | None:
+        now = self.clock.now
+        token = str(uuid.uuid4())
+        found = self.rows.get(new.id)
+        if found is None:
+            row = DeliveryRow(
+                id=new.id,
+                channel=new.channel,
+                status=DeliveryStatus.IN_PROGRESS,
+                attempts=0,
+                deferrals=0,
+                recipient_hash=new.recipient_hash,
+                payload=new.payload,
+                queue=new.queue,
+                deferred_since=None,
+                next_attempt_at=None,
+                claim_token=token,
+                db_now=now,
+            )
+            self.rows[new.id] = FakeRow(row=row, last_attempt_at=now)
+            return Claim(row=row, token=token, created=True)
+        row = found.row
+        due = row.status is DeliveryStatus.PENDING and (row.next_attempt_at is None or row.next_attempt_at <= now)
+        stuck = (
+            row.status is DeliveryStatus.IN_PROGRESS
+            and found.last_attempt_at is not None
+            and found.last_attempt_at < now - self.stuck_after
+        )
+        if not (due or stuck):
+            return None
+        row = replace(
+            row,
+            status=DeliveryStatus.IN_PROGRESS,
+            claim_token=token,
+            db_now=now,
+            attempts=row.attempts + (1 if stuck else 0),
+        )
+        found.row, found.last_attempt_at = row, now
+        return Claim(row=row, token=token, created=False)
+
+    def get(self, delivery_id: str) -> DeliveryRow | None:
+        found = self.rows.get(delivery_id)
+        return None if found is None else replace(found.row, db_now=self.clock.now)
+
+    def _fenced(self, delivery_id: str, token: str) -> FakeRow:
+        found = self.rows.get(delivery_id)
+        if self.steal_claim_on_write and found is not None:
+            found.row = replace(found.row, claim_token=str(uuid.uuid4()))
+        if found is None or found.row.claim_token != token or found.row.status is not DeliveryStatus.IN_PROGRESS:
+            raise ClaimLostError(delivery_id)
+        return found
+
+    def mark_delivered(self, delivery_id: str, token: str, *, attempts: int, message_id: str | None) -> float:
+        found = self._fenced(delivery_id, token)
+        found.row = replace(
+            found.row,
+            status=DeliveryStatus.DELIVERED,
+            attempts=attempts,
+            payload=None,
+            next_attempt_at=None,
+            deferred_since=None,
+        )
+        found.message_id, found.error = message_id, None
+        return 1.5
+
+    def schedule_retry(
+        self, delivery_id: str, token: str, *, attempts: int, delay_seconds: float, error: str
+    ) -> tuple[datetime, datetime]:
+        found = self._fenced(delivery_id, token)
+        next_at = self.clock.now + timedelta(seconds=delay_seconds)
+        found.row = replace(
+            found.row, status=DeliveryStatus.PENDING, attempts=attempts, next_attempt_at=next_at, deferred_since=None
+        )
+        found.error = error
+        return next_at, self.clock.now
+
+    def defer(self, delivery_id: str, token: str, *, delay_seconds: float, error: str) -> tuple[datetime, datetime]:
+        found = self._fenced(delivery_id, token)
+        next_at = self.clock.now + timedelta(seconds=delay_seconds)
+        found.row = replace(
+            found.row,
+            status=DeliveryStatus.PENDING,
+            deferrals=found.row.deferrals + 1,
+            next_attempt_at=next_at,
+            deferred_since=found.row.deferred_since or self.clock.now,
+        )
+        found.error = error
+        return next_at, self.clock.now
+
+    def poison(self, delivery_id: str, token: str, *, attempts: int, error: str) -> None:
+        found = self._fenced(delivery_id, token)
+        found.row = replace(found.row, status=DeliveryStatus.POISON, attempts=attempts, next_attempt_at=None)
+        found.error = error
+
+    def release(self, delivery_id: str, token: str, *, error: str) -> None:
+        found = self._fenced(delivery_id, token)
+        found.row = replace(found.row, status=DeliveryStatus.PENDING, next_attempt_at=None)
+        found.error = error
+
+
+class FakeGauge:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def add(self, delta: int) -> None:
+        self.value += delta
+
+    def set(self, value: int) -> None:
+        self.value = value
+
+
+class FakePoisonQueue:
+    def __init__(self, store: FakeStore, gauge: FakeGauge) -> None:
+        self.store, self.gauge = store, gauge
+
+    def park(self, delivery_id: str, token: str, *, attempts: int, error: str) -> None:
+        self.store.poison(delivery_id, token, attempts=attempts, error=error)
+        self.gauge.add(1)
+
+
+class FakeLimiter:
+    """Answers from a script of decisions (default: allow); an exception in the script is raised."""
+
+    def __init__(self, *decisions: RateDecision | Exception) -> None:
+        self.script: deque[RateDecision | Exception] = deque(decisions)
+        self.calls: list[tuple[str, str]] = []
+
+    def acquire(self, channel: str, recipient_hash: str, limits: Any) -> RateDecision:
+        self.calls.append((channel, recipient_hash))
+        answer = self.script.popleft() if self.script else RateDecision(allowed=True)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def limiter_down() -> RateLimiterUnavailableError:
+    return RateLimiterUnavailableError("rate limiter unavailable: ConnectionError")
+
+
+class FakeChannel(Channel):
+    """Accepts, or raises the scripted errors in order; records every message it was asked to send."""
+
+    name = ChannelType.EMAIL
+    max_text_chars = 10_000
+
+    def __init__(self, *errors: DeliveryError) -> None:
+        self.errors: deque[DeliveryError] = deque(errors)
+        self.sent: list[Message] = []
+        self.closed = 0
+
+    def prepare(self, message: Message) -> Message:
+        parse_address(message.recipient)  # the real e-mail recipient check
+        return message
+
+    def send(self, message: Message) -> SendReceipt:
+        self.sent.append(message)
+        if self.errors:
+            raise self.errors.popleft()
+        return SendReceipt(message_id=f"<{message.delivery_id}.{message.attempt}@test>")
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@dataclass
+class RecordingScheduler:
+    scheduled: list[Any] = field(default_factory=list)
+    fail: bool = False
+
+    def schedule(self, follow_up: Any) -> None:
+        if self.fail:
+            raise ConnectionError("redis down")
+        self.scheduled.append(follow_up)
