@@ -98,3 +98,16 @@ def test_the_row_wins_over_the_jobs_arguments(smtp_sink: SmtpSink) -> None:
     result = execute_delivery_job("row-wins", "email", "attacker@example.net", "Other", "other")
     assert result["outcome"] == "delivered"
     assert [m.rcpt_tos for m in smtp_sink.accepted] == [["oncall@example.com"]]
+
+
+def test_with_redis_unreachable_nothing_is_sent_and_the_row_waits_for_the_sweep(
+    monkeypatch: pytest.MonkeyPatch, smtp_sink: SmtpSink, database_url: str
+) -> None:
+    """The limiter fails closed: no send without a rate check; the row is pending for recovery."""
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("ALERT_SEND_TIMEOUT_SECONDS", "1")
+    result = execute_delivery_job("no-redis", "email", "ops@example.com", "s", "b")
+    assert result["outcome"] == "retry_scheduled" and result["error"] == "rate_limiter_unavailable"
+    assert smtp_sink.data_calls == 0
+    status, attempts, *_ = _row(database_url, "no-redis")
+    assert (status, attempts) == ("pending", 0)

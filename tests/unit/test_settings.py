@@ -1,0 +1,124 @@
+"""Settings are validated at start-up and never show a secret in their repr."""
+
+from __future__ import annotations
+
+import pytest
+
+from alert_worker.errors import ConfigurationError
+from alert_worker.models import ChannelType
+from alert_worker.settings import Settings, parse_queues
+
+BASE = {"DATABASE_URL": "postgresql://alert:db-pass-canary@db:5432/alerts", "REDIS_URL": "redis://:redis-pass@r:6379/0"}
+
+
+def test_defaults_follow_the_contract() -> None:
+    s = Settings.from_env(BASE)
+    assert (s.max_attempts, s.retry_delays, s.max_retry_delay_seconds) == (5, (5.0, 30.0, 120.0, 600.0), 3600.0)
+    assert (s.job_timeout_seconds, s.stuck_after_seconds, s.sweep_grace_seconds) == (60, 900, 60)
+    assert (s.sweep_interval_seconds, s.max_defer_seconds, s.send_timeout_seconds) == (30.0, 3600.0, 10.0)
+    assert s.rate_limits.per_channel_minute == {ChannelType.EMAIL: 100, ChannelType.SLACK: 50, ChannelType.SMS: 10}
+    assert s.rate_limits.per_recipient_hour == {ChannelType.EMAIL: 5, ChannelType.SLACK: 10, ChannelType.SMS: 3}
+    assert s.rate_limits.global_per_minute == 500
+    assert s.queues == ("alerts",) and s.resource_scope == "job" and s.auto_migrate is True
+    assert s.slack.allowed_hosts == ("hooks.slack.com",)
+
+
+def test_repr_hides_every_secret() -> None:
+    env = {
+        **BASE,
+        "SMTP_PASSWORD": "smtp-pass-canary",
+        "TWILIO_AUTH_TOKEN": "twilio-token-canary",
+        "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/webhook-canary",
+        "ALERT_RECIPIENT_HASH_SECRET": "hash-secret-canary",
+    }
+    text = repr(Settings.from_env(env))
+    for canary in (
+        "db-pass-canary",
+        "redis-pass",
+        "smtp-pass-canary",
+        "twilio-token-canary",
+        "webhook-canary",
+        "hash-secret-canary",
+    ):
+        assert canary not in text
+    assert "alert:***@db:5432/alerts" in text, "the DSN stays recognisable"
+
+
+@pytest.mark.parametrize(
+    ("port", "security"),
+    [("465", "ssl"), ("587", "starttls"), ("25", "none"), ("2525", "none")],
+    ids=["465-implicit-tls", "587-starttls", "25-plain", "other-plain"],
+)
+def test_smtp_security_defaults_by_port(port: str, security: str) -> None:
+    assert Settings.from_env({**BASE, "SMTP_PORT": port}).smtp.security == security
+
+
+def test_from_address_falls_back_to_the_smtp_user_and_login_needs_both() -> None:
+    s = Settings.from_env({**BASE, "SMTP_HOST": "mx", "SMTP_USER": "bot@example.org"})
+    assert s.smtp.from_address == "bot@example.org" and s.smtp.login is False
+    assert Settings.from_env({**BASE, "SMTP_USER": "u", "SMTP_PASSWORD": "p"}).smtp.login is True
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        (
+            {},
+            {
+                ChannelType.EMAIL: ("SMTP_HOST", "ALERTS_FROM_EMAIL"),
+                ChannelType.SMS: ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER"),
+            },
+        ),
+        (
+            {
+                "SMTP_HOST": "mx",
+                "ALERTS_FROM_EMAIL": "a@example.org",
+                "TWILIO_ACCOUNT_SID": "AC1",
+                "TWILIO_AUTH_TOKEN": "t",
+            },
+            {ChannelType.SMS: ("TWILIO_FROM_NUMBER",)},
+        ),
+    ],
+    ids=["nothing-configured", "sms-missing-from-number"],
+)
+def test_disabled_channels_name_their_missing_variables(
+    env: dict[str, str], names: dict[ChannelType, tuple[str, ...]]
+) -> None:
+    assert Settings.from_env({**BASE, **env}).missing_channel_settings() == names
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ALERT_MAX_ATTEMPTS", "0"),
+        ("ALERT_MAX_ATTEMPTS", "five"),
+        ("ALERT_RETRY_DELAYS", "5,-1"),
+        ("ALERT_RETRY_DELAYS", "5,x"),
+        ("ALERT_RATE_SMS_PER_MIN", "-1"),
+        ("ALERT_RESOURCE_SCOPE", "thread"),
+        ("SMTP_SECURITY", "tls"),
+        ("SMTP_PORT", "70000"),
+        ("ALERT_SEND_TIMEOUT_SECONDS", "nan"),
+        ("ALERT_AUTO_MIGRATE", "maybe"),
+        ("TWILIO_FROM_NUMBER", "555-1234"),
+        ("ALERT_LOG_FORMAT", "xml"),
+    ],
+)
+def test_a_bad_value_fails_at_start_up_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigurationError, match=name):
+        Settings.from_env({**BASE, name: value})
+
+
+def test_the_stuck_threshold_must_exceed_the_job_timeout() -> None:
+    """Otherwise a job still running would be reclaimed and its alert sent twice."""
+    with pytest.raises(ConfigurationError, match="ALERT_STUCK_AFTER_SECONDS"):
+        Settings.from_env({**BASE, "ALERT_JOB_TIMEOUT_SECONDS": "60", "ALERT_STUCK_AFTER_SECONDS": "60"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "queues"),
+    [("", ("alerts",)), ("high,alerts,high, low ", ("high", "alerts", "low")), (",,", ("alerts",))],
+    ids=["default", "order-kept-duplicates-dropped", "empty-items"],
+)
+def test_rq_queues_parsing(raw: str, queues: tuple[str, ...]) -> None:
+    assert parse_queues(raw) == queues
