@@ -1,4 +1,8 @@
-"""Pure helpers that keep recipients and secrets out of logs, errors and operator columns."""
+"""Pure helpers that keep recipients and secrets out of logs, errors and operator columns.
+
+Every function here is total: it accepts any string (lone surrogates, NUL, malformed URLs) and returns
+text that can be stored in Postgres and logged, because it runs before the input has been validated.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,13 @@ from urllib.parse import urlsplit
 from alert_worker.models import ChannelType
 
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+_HOST_PATH = re.compile(r"\b(?:[a-zA-Z0-9-]+\.)+[a-zA-Z]{2,}(?::\d+)?/[^\s'\"<>]*")  # hooks.slack.com/services/...
 _EMAIL = re.compile(r"[^\s'\"<>()\[\],;:]+@[^\s'\"<>()\[\],;:]+")
 _PHONE = re.compile(r"\+?\d[\d ()./-]{6,}\d")
+_TOKEN = re.compile(r"\b[A-Za-z0-9_-]{24,}\b")  # auth tokens, account SIDs, webhook secrets
+_UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _MAX_ERROR_CHARS = 300
+_MAX_MASKED_CHARS = 120
 
 
 def recipient_hash(secret: str, channel: str, recipient: str) -> str:
@@ -23,6 +31,12 @@ def recipient_hash(secret: str, channel: str, recipient: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _storable(text: str) -> str:
+    """Control characters and lone surrogates replaced, length bounded: safe for a text column."""
+    text = _UNSTORABLE.sub("?", text)
+    return text if len(text) <= _MAX_MASKED_CHARS else text[: _MAX_MASKED_CHARS - 1] + "…"
+
+
 def mask_recipient(channel: ChannelType | str, recipient: str) -> str:
     """The operator-facing form: ``o***@example.com``, ``***4567``, ``hooks.slack.com/***``."""
     channel = ChannelType(channel)
@@ -30,24 +44,34 @@ def mask_recipient(channel: ChannelType | str, recipient: str) -> str:
         local, sep, domain = recipient.rpartition("@")
         if not sep or not local:
             return "***"
-        return f"{local[0]}***@{domain}"
+        return _storable(f"{local[0]}***@{domain}")
     if channel is ChannelType.SMS:
-        digits = re.sub(r"\D", "", recipient)
+        digits = re.sub(r"[^0-9]", "", recipient)
         return f"***{digits[-4:]}" if len(digits) >= 4 else "***"
-    host = urlsplit(recipient).hostname if "://" in recipient else None
-    return f"{host}/***" if host else "default"
+    if recipient.strip() in ("", "default"):
+        return "default"
+    try:
+        host = urlsplit(recipient.strip()).hostname if "://" in recipient else None
+    except ValueError:  # "https://[::1" and other malformed URLs
+        host = None
+    return _storable(f"{host}/***") if host else "***"
 
 
 def mask_tail(value: str) -> str:
     """``***`` plus the last four characters: enough to tell two recipients apart."""
-    return f"***{value[-4:]}" if len(value) > 4 else "***"
+    return _storable(f"***{value[-4:]}") if len(value) > 4 else "***"
 
 
 def sanitize_text(text: str, *, limit: int = _MAX_ERROR_CHARS) -> str:
-    """Strip URLs, e-mail addresses and phone numbers from provider text; one line, bounded."""
+    """Strip URLs, e-mail addresses, phone numbers and token-like strings from provider text.
+
+    One line, bounded, storable: the result may go to ``error_message``, a log line or a job result.
+    """
     text = _URL.sub("<url>", text)
     text = _EMAIL.sub("<email>", text)
+    text = _HOST_PATH.sub("<url>", text)
     text = _PHONE.sub("<number>", text)
+    text = _TOKEN.sub("<redacted>", text)
+    text = _UNSTORABLE.sub(" ", text)
     text = " ".join(text.split())
-    text = text.encode("utf-8", "replace").decode("utf-8")
     return text if len(text) <= limit else text[: limit - 1] + "…"

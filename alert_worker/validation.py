@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from typing import Any
 
 from alert_worker.errors import InvalidInputError
@@ -81,6 +82,33 @@ def truncate(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     return text[: limit - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+
+
+def fit_body(head: str, body: str, limit: int, *, cost: Callable[[str], int] = len) -> str:
+    """``body`` cut so that ``cost(head + body)`` stays within ``limit``, ending in the marker when cut.
+
+    ``cost`` measures text the way the provider counts it (characters, UTF-16 units, escaped length); it
+    must be additive and at least 1 per character, so at most ``limit`` characters are ever examined.
+    """
+    budget = limit - cost(head)
+    if len(body) <= budget and cost(body) <= budget:
+        return body
+    budget -= cost(TRUNCATION_MARKER)
+    if budget <= 0:
+        return TRUNCATION_MARKER if budget == 0 else ""
+    kept: list[str] = []
+    used = 0
+    for ch in body[:budget]:
+        used += cost(ch)
+        if used > budget:
+            break
+        kept.append(ch)
+    return "".join(kept) + TRUNCATION_MARKER
+
+
+def utf16_units(text: str) -> int:
+    """Length as SMS providers count it: characters outside the BMP take two UTF-16 code units."""
+    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
 
 
 def clean_subject(subject: Any) -> str:

@@ -1,23 +1,185 @@
-"""Slack incoming webhooks over ``requests`` (placeholder until the channels issue lands)."""
+"""Slack incoming webhooks over ``requests``: one POST of ``{"text": ...}`` per delivery.
+
+The recipient is a webhook URL, or empty / ``default`` for ``SLACK_WEBHOOK_URL``. Before any request
+the URL passes the SSRF guard (CONTRACT §4): exact host match against ``SLACK_WEBHOOK_HOSTS``, ``https``
+only (plain ``http`` only for an allowed loopback host), no credentials, no non-default port except on
+loopback; redirects are never followed. The webhook path is a secret: no error built here contains a
+URL, and ``requests`` exceptions (whose ``str()`` holds the full URL) are reduced to their class names.
+
+Answers: ``200`` + ``ok`` delivered; ``408``/``429``/``5xx``, timeouts and connection errors transient
+(``Retry-After`` honoured); ``3xx`` and every other ``4xx`` permanent, with Slack's reason word when it
+is one of the documented ones.
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
+from urllib.parse import urlsplit
+
+import requests
+
 from alert_worker.channels.base import Channel
-from alert_worker.errors import PermanentDeliveryError
+from alert_worker.errors import (
+    ChannelNotConfiguredError,
+    InvalidInputError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 from alert_worker.models import ChannelType, Message, SendReceipt
-from alert_worker.settings import SlackSettings
+from alert_worker.retry import parse_retry_after
+from alert_worker.settings import SlackSettings, is_loopback_host
+from alert_worker.validation import fit_body
+
+MAX_SLACK_TEXT_CHARS = 40_000
+DEFAULT_RECIPIENTS = ("", "default")
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+# The error words Slack documents for incoming webhooks; anything else is reduced to the status code.
+KNOWN_SLACK_ERRORS = frozenset(
+    {
+        "invalid_payload",
+        "invalid_token",
+        "action_prohibited",
+        "no_service",
+        "no_service_id",
+        "no_team",
+        "team_disabled",
+        "channel_not_found",
+        "channel_is_archived",
+        "user_not_found",
+        "posting_to_general_channel_denied",
+        "too_many_attachments",
+        "no_text",
+        "rollup_error",
+        "no_active_hooks",
+        "invalid_team",
+    }
+)
+_TRANSIENT_STATUSES = frozenset({408, 429})
+
+# urllib3 logs the request line (with the secret webhook path) at DEBUG; keep it quiet.
+logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def check_webhook_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
+    """The URL itself if it may be posted to, else ``InvalidInputError`` (no request is made).
+
+    The reason names the rule that failed, never the URL.
+    """
+    if not url or any(ch.isspace() or ch == "\\" or ord(ch) < 0x20 for ch in url):
+        raise InvalidInputError("invalid_recipient: slack webhook URL is malformed")
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidInputError("invalid_recipient: slack webhook URL is malformed") from exc
+    if "@" in parts.netloc or parts.username is not None or parts.password is not None:
+        raise InvalidInputError("invalid_recipient: slack webhook URL must not carry credentials")
+    allowed = {h.strip().lower().strip("[]") for h in allowed_hosts}
+    if not host or host not in allowed:
+        raise InvalidInputError("invalid_recipient: slack webhook host is not in SLACK_WEBHOOK_HOSTS")
+    scheme = parts.scheme.lower()
+    loopback = is_loopback_host(host)
+    if scheme != "https" and not (scheme == "http" and loopback):
+        raise InvalidInputError("invalid_recipient: slack webhook URL must use https")
+    if port is not None and port != _DEFAULT_PORTS[scheme] and not loopback:
+        raise InvalidInputError("invalid_recipient: slack webhook URL must use the default port")
+    return url
+
+
+def _escape(text: str) -> str:
+    """Slack's three control characters: stops ``<!channel>`` or ``<url|label>`` injection."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _escaped_len(text: str) -> int:
+    return len(text) + 4 * text.count("&") + 3 * text.count("<") + 3 * text.count(">")
+
+
+def _head(subject: str, body: str) -> str:
+    if not subject:
+        return ""
+    return f"*{_escape(subject)}*\n" if body else f"*{_escape(subject)}*"
+
+
+def slack_text(subject: str, body: str) -> str:
+    """``*subject*`` + newline + body, escaped; either part may be empty."""
+    return _head(subject, body) + _escape(body)
 
 
 class SlackChannel(Channel):
     name = ChannelType.SLACK
-    max_text_chars = 40_000
+    max_text_chars = MAX_SLACK_TEXT_CHARS
 
-    def __init__(self, *, settings: SlackSettings, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        *,
+        settings: SlackSettings,
+        timeout_seconds: float,
+        session_factory: type[requests.Session] = requests.Session,
+    ) -> None:
         self._settings = settings
         self._timeout = timeout_seconds
+        self._session_factory = session_factory
+        self._session: requests.Session | None = None
+
+    def webhook_url(self, recipient: str) -> str:
+        """The URL a recipient stands for, checked by the SSRF guard."""
+        if recipient.strip() in DEFAULT_RECIPIENTS:
+            default = self._settings.default_webhook_url
+            if not default:
+                raise ChannelNotConfiguredError("slack (SLACK_WEBHOOK_URL is not set for a default recipient)")
+            try:
+                return check_webhook_url(default, self._settings.allowed_hosts)
+            except InvalidInputError as exc:
+                raise ChannelNotConfiguredError(f"slack (SLACK_WEBHOOK_URL rejected: {exc.reason})") from exc
+        return check_webhook_url(recipient, self._settings.allowed_hosts)
 
     def prepare(self, message: Message) -> Message:
-        return message
+        """Resolve and check the webhook URL; cut the body so the whole text fits Slack's limit."""
+        url = self.webhook_url(message.recipient)
+        head = _head(message.subject, message.body)
+        body = fit_body(head, message.body, self.max_text_chars, cost=_escaped_len)
+        return replace(message, recipient=url, body=body)
 
     def send(self, message: Message) -> SendReceipt:
-        raise PermanentDeliveryError("channel_not_configured: slack")
+        url = self.webhook_url(message.recipient)
+        text = slack_text(message.subject, message.body)
+        if self._session is None:
+            self._session = self._session_factory()
+        try:
+            response = self._session.post(url, json={"text": text}, timeout=self._timeout, allow_redirects=False)
+        except requests.Timeout as exc:
+            raise TransientDeliveryError(f"slack timeout: {type(exc).__name__}") from exc
+        except requests.ConnectionError as exc:
+            raise TransientDeliveryError(f"slack connection error: {type(exc).__name__}") from exc
+        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
+            raise PermanentDeliveryError(f"slack invalid request: {type(exc).__name__}") from exc
+        except requests.RequestException as exc:
+            raise TransientDeliveryError(f"slack request error: {type(exc).__name__}") from exc
+        try:
+            return self._receipt(response)
+        finally:
+            response.close()
+
+    @staticmethod
+    def _receipt(response: requests.Response) -> SendReceipt:
+        status = response.status_code
+        word = response.text.strip()[:64]
+        if status == 200 and word == "ok":
+            return SendReceipt(message_id=None)
+        label = f"slack {status} {word}" if word in KNOWN_SLACK_ERRORS else f"slack {status}"
+        if status in _TRANSIENT_STATUSES or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise TransientDeliveryError(label, retry_after=retry_after)
+        if 300 <= status < 400:
+            raise PermanentDeliveryError(f"slack {status} redirect refused")
+        if 200 <= status < 300:
+            raise PermanentDeliveryError(f"slack {status} unexpected response")
+        raise PermanentDeliveryError(label)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None

@@ -1,23 +1,175 @@
-"""SMS through Twilio (placeholder until the channels issue lands)."""
+"""SMS through Twilio's Messages API, with every answer classified once (``classify_twilio``).
+
+``twilio`` is imported on the first send only (``import twilio.rest`` costs ~150 ms, paid per forked
+work-horse otherwise). Its HTTP client gets the configured timeout (its default is none) and a response
+hook that remembers ``Retry-After``, since Twilio's exceptions carry no headers. Error texts are built
+from the HTTP status and Twilio's numeric code only: Twilio's own messages quote the ``To`` number and
+``str()`` of a ``requests`` exception quotes the URL.
+
+    HTTP 429 / code 20429, 5xx, timeouts, connection errors   transient (Retry-After honoured)
+    20003 authentication, 20404, 21212 invalid From            permanent, marked as a configuration error
+    21211, 21408, 21606, 21610, 21612, 21614, 21635, other 4xx permanent
+"""
 
 from __future__ import annotations
 
+import logging
+import re
+from dataclasses import replace
+from typing import Any
+
+import requests
+
 from alert_worker.channels.base import Channel
-from alert_worker.errors import PermanentDeliveryError
+from alert_worker.errors import (
+    DeliveryError,
+    InvalidInputError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 from alert_worker.models import ChannelType, Message, SendReceipt
+from alert_worker.retry import parse_retry_after
 from alert_worker.settings import TwilioSettings
+from alert_worker.validation import fit_body, utf16_units
+
+MAX_SMS_UNITS = 1_600  # Twilio's limit for one message body, counted in UTF-16 code units
+E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+
+TWILIO_ERRORS: dict[int, str] = {
+    20429: "too many requests",
+    21211: "invalid 'To' number",
+    21408: "permission to send to this region is not enabled",
+    21606: "'From' number cannot send to this destination",
+    21610: "recipient has unsubscribed (STOP)",
+    21612: "'To' number is not reachable from this 'From' number",
+    21614: "'To' number is not SMS-capable",
+    21635: "'To' number is a landline or unreachable",
+}
+CONFIGURATION_ERRORS: dict[int, str] = {
+    20003: "authentication failed",
+    20404: "account or resource not found",
+    21212: "invalid 'From' number",
+}
+
+# The Twilio HTTP client logs request URLs and response headers at INFO.
+logging.getLogger("twilio").setLevel(logging.WARNING)
+
+
+def check_e164(recipient: str) -> str:
+    """``+`` then 8-15 digits (no leading zero), checked before any request is made."""
+    if not E164.fullmatch(recipient):
+        raise InvalidInputError("invalid_recipient: expected an E.164 phone number (+ and 8-15 digits)")
+    return recipient
+
+
+def sms_text(subject: str, body: str) -> str:
+    """``"{subject}: {body}"``; either part may be empty."""
+    if subject and body:
+        return f"{subject}: {body}"
+    return subject or body
+
+
+def classify_twilio(
+    status: int | None, code: int | None, *, retry_after: float | None = None
+) -> TransientDeliveryError | PermanentDeliveryError:
+    """One Twilio error answer -> our error; the reason carries the code and a fixed description."""
+    if code in CONFIGURATION_ERRORS:
+        return PermanentDeliveryError(f"twilio {code} {CONFIGURATION_ERRORS[code]} (configuration error)")
+    if status == 429 or code == 20429:
+        return TransientDeliveryError(f"twilio {code or status} too many requests", retry_after=retry_after)
+    if status is not None and status >= 500:
+        suffix = f" (code {code})" if code and code != status else ""
+        return TransientDeliveryError(f"twilio {status} server error{suffix}", retry_after=retry_after)
+    if code in TWILIO_ERRORS:
+        return PermanentDeliveryError(f"twilio {code} {TWILIO_ERRORS[code]}")
+    if status == 401:
+        return PermanentDeliveryError(f"twilio {code or status} authentication failed (configuration error)")
+    if code and code != status:
+        return PermanentDeliveryError(f"twilio {code} rejected (HTTP {status})")
+    return PermanentDeliveryError(f"twilio {status} rejected")
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 class SmsChannel(Channel):
     name = ChannelType.SMS
-    max_text_chars = 1_600
+    max_text_chars = MAX_SMS_UNITS
 
-    def __init__(self, *, settings: TwilioSettings, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        *,
+        settings: TwilioSettings,
+        timeout_seconds: float,
+        client_factory: Any = None,
+    ) -> None:
         self._settings = settings
         self._timeout = timeout_seconds
+        self._client_factory = client_factory
+        self._client: Any = None
+        self._http: Any = None
+        self._retry_after: str | None = None
 
     def prepare(self, message: Message) -> Message:
-        return message
+        """Check the number; cut the body so ``"{subject}: {body}"`` fits in one Twilio message."""
+        check_e164(message.recipient)
+        head = f"{message.subject}: " if message.subject and message.body else message.subject
+        body = fit_body(head, message.body, self.max_text_chars, cost=utf16_units)
+        return replace(message, body=body)
+
+    def _remember_retry_after(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self._retry_after = response.headers.get("Retry-After")
+
+    def _build_client(self) -> Any:
+        """Imported and built on first use: most jobs never send an SMS."""
+        if self._client_factory is not None:
+            return self._client_factory()
+        from twilio.http.http_client import TwilioHttpClient
+        from twilio.rest import Client
+
+        self._http = TwilioHttpClient(timeout=self._timeout, request_hooks={"response": [self._remember_retry_after]})
+        return Client(self._settings.account_sid, self._settings.auth_token, http_client=self._http)
 
     def send(self, message: Message) -> SendReceipt:
-        raise PermanentDeliveryError("channel_not_configured: sms")
+        from twilio.base.exceptions import TwilioException
+
+        check_e164(message.recipient)
+        if self._client is None:
+            self._client = self._build_client()
+        sender = self._settings.from_number
+        route = {"messaging_service_sid": sender} if sender.startswith("MG") else {"from_": sender}
+        self._retry_after = None
+        try:
+            created = self._client.messages.create(
+                to=message.recipient, body=sms_text(message.subject, message.body), **route
+            )
+        except TwilioException as exc:
+            raise self._classify(exc) from exc
+        except requests.Timeout as exc:
+            raise TransientDeliveryError(f"twilio timeout: {type(exc).__name__}") from exc
+        except requests.ConnectionError as exc:
+            raise TransientDeliveryError(f"twilio connection error: {type(exc).__name__}") from exc
+        except requests.RequestException as exc:
+            raise TransientDeliveryError(f"twilio request error: {type(exc).__name__}") from exc
+        except ValueError as exc:  # a 2xx whose body is not JSON: the message may have gone out
+            raise PermanentDeliveryError("twilio unexpected response (not JSON); not resent") from exc
+        sid = getattr(created, "sid", None)
+        return SendReceipt(message_id=str(sid) if sid else None)
+
+    def _classify(self, exc: Exception) -> DeliveryError:
+        status = _as_int(getattr(exc, "status", None))
+        code = _as_int(getattr(exc, "code", None))
+        if status is None and code is None:
+            return PermanentDeliveryError(f"twilio client error: {type(exc).__name__} (configuration error)")
+        return classify_twilio(status, code, retry_after=parse_retry_after(self._retry_after))
+
+    def close(self) -> None:
+        session = getattr(self._http, "session", None)
+        if session is not None:
+            session.close()
+        self._client = None
+        self._http = None
