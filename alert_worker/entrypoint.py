@@ -1,13 +1,17 @@
 """The RQ job ``execute_delivery_job`` and the process entry point ``main``.
 
 Producers enqueue ``alert_worker.entrypoint.execute_delivery_job`` by import path: its name and argument
-order are the wire format (CONTRACT §1). Each job opens its own Postgres pool and Redis client, builds
-its poison queue and rate limiter on them, and closes them in ``finally`` even when delivery raises.
+order are the wire format (CONTRACT §1). By default each job opens its own Postgres pool and Redis client,
+builds its poison queue and rate limiter on them, and closes them in ``finally`` even when delivery raises.
+``ALERT_RESOURCE_SCOPE=process`` keeps one pool and client per process instead (made after any fork,
+closed at exit), for workers that run many jobs in one process; the per-job objects stay per job.
 Module-level imports stay light: every forked RQ work-horse that was not preloaded re-imports this.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,12 +39,22 @@ DB_CONNECT_TIMEOUT_SECONDS = 5
 
 @dataclass
 class JobResources:
-    """The connections one job owns. ``close`` closes the database first, then Redis."""
+    """The connections a job uses. ``close`` closes the database first, then Redis.
+
+    ``owned`` is False for process-scoped resources: a job must not close what the next job reuses;
+    they are closed once, at process exit.
+    """
 
     pool: ConnectionPool
     redis: redis.Redis
+    owned: bool = True
 
     def close(self) -> list[BaseException]:
+        if not self.owned:
+            return []
+        return self.close_now()
+
+    def close_now(self) -> list[BaseException]:
         errors: list[BaseException] = []
         for close in (self.pool.close, self.redis.close):
             try:
@@ -50,8 +64,12 @@ class JobResources:
         return errors
 
 
-def open_pool(settings: Settings) -> ConnectionPool:
-    """A one-connection pool: a job is single-threaded and must not start threads it will not use."""
+def open_pool(settings: Settings, *, check: bool = False) -> ConnectionPool:
+    """A one-connection pool: a job is single-threaded and must not start threads it will not use.
+
+    ``check=True`` (process scope) tests a pooled connection before handing it out, so a connection
+    broken by a database restart is replaced instead of failing the next job.
+    """
     return ConnectionPool(
         settings.database_url,
         min_size=1,
@@ -59,13 +77,25 @@ def open_pool(settings: Settings) -> ConnectionPool:
         num_workers=1,
         timeout=settings.send_timeout_seconds,
         kwargs={"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS, "autocommit": True},
+        check=ConnectionPool.check_connection if check else None,
         open=True,
     )
 
 
 def open_redis(settings: Settings) -> redis.Redis:
+    """RESP2 and no ``CLIENT SETINFO``: one handshake round trip (``SELECT``) instead of five.
+
+    redis-py retries a command once the connection is found broken, reconnecting (its default
+    ``Retry``), so a process-scoped client survives a Redis restart.
+    """
     timeout = max(settings.send_timeout_seconds, 1.0)
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        protocol=2,
+        driver_info=None,
+    )
 
 
 def open_job_resources(settings: Settings) -> JobResources:
@@ -76,6 +106,42 @@ def open_job_resources(settings: Settings) -> JobResources:
         pool.close()
         raise
     return JobResources(pool=pool, redis=client)
+
+
+# pid -> that process's resources. Keyed by pid so a forked child never uses (or closes) its parent's
+# pool and sockets; a parent's entry stays referenced in the child so it is never garbage-collected there.
+_process_resources: dict[int, JobResources] = {}
+
+
+def process_resources(settings: Settings) -> JobResources:
+    """``ALERT_RESOURCE_SCOPE=process``: one pool and Redis client per process, made after any fork."""
+    pid = os.getpid()
+    found = _process_resources.get(pid)
+    if found is None:
+        pool = open_pool(settings, check=True)
+        try:
+            client = open_redis(settings)
+        except BaseException:
+            pool.close()
+            raise
+        found = _process_resources[pid] = JobResources(pool=pool, redis=client, owned=False)
+    return found
+
+
+def close_process_resources() -> list[BaseException]:
+    """Close this process's shared resources (worker shutdown); a no-op in any other process."""
+    found = _process_resources.pop(os.getpid(), None)
+    return found.close_now() if found is not None else []
+
+
+atexit.register(close_process_resources)  # a forked RQ work-horse leaves by os._exit and skips this
+
+
+def open_resources_for(settings: Settings) -> JobResources:
+    """The resources one job runs on, per ``settings.resource_scope``."""
+    if settings.resource_scope == "process":
+        return process_resources(settings)
+    return open_job_resources(settings)
 
 
 def build_executor(settings: Settings, resources: JobResources) -> DeliveryExecutor:
@@ -130,10 +196,10 @@ def run_delivery_job(
     request: DeliveryRequest,
     *,
     settings: Settings,
-    open_resources: Callable[[Settings], JobResources] = open_job_resources,
+    open_resources: Callable[[Settings], JobResources] = open_resources_for,
     make_executor: Callable[[Settings, JobResources], Any] = build_executor,
 ) -> DeliveryResult:
-    """One delivery with per-job resources and guaranteed cleanup."""
+    """One delivery; job-scoped resources are closed on the way out, process-scoped ones are kept."""
     with closing_resources(open_resources(settings)) as resources:
         result: DeliveryResult = make_executor(settings, resources).run(request)
     return result

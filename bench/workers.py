@@ -1,0 +1,13 @@
+"""A forking RQ worker whose parent imported the job modules, as ``alert-worker run`` does (``-w``)."""
+
+from __future__ import annotations
+
+from rq.worker import Worker
+
+import alert_worker.entrypoint  # noqa: F401 - preloaded: work-horses inherit it instead of importing it
+import bench.jobs  # noqa: F401
+import bench.reference_async  # noqa: F401
+
+
+class PreloadedWorker(Worker):
+    """``rq.worker.Worker`` with the job modules already in ``sys.modules`` before every fork."""
