@@ -62,6 +62,11 @@ def mask_tail(value: str) -> str:
     return _storable(f"***{value[-4:]}") if len(value) > 4 else "***"
 
 
+def _number_if_phone(match: re.Match[str]) -> str:
+    """Seven digits or more is a phone number; ``451 4.3.0`` (a reply and its enhanced code) is not."""
+    return "<number>" if sum(ch.isdigit() for ch in match.group(0)) >= 7 else match.group(0)
+
+
 def sanitize_text(text: str, *, limit: int = _MAX_ERROR_CHARS) -> str:
     """Strip URLs, e-mail addresses, phone numbers and token-like strings from provider text.
 
@@ -70,7 +75,7 @@ def sanitize_text(text: str, *, limit: int = _MAX_ERROR_CHARS) -> str:
     text = _URL.sub("<url>", text)
     text = _EMAIL.sub("<email>", text)
     text = _HOST_PATH.sub("<url>", text)
-    text = _PHONE.sub("<number>", text)
+    text = _PHONE.sub(_number_if_phone, text)
     text = _TOKEN.sub("<redacted>", text)
     text = _UNSTORABLE.sub(" ", text)
     text = " ".join(text.split())

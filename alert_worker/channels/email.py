@@ -19,6 +19,7 @@ import re
 import smtplib
 import ssl
 from dataclasses import replace
+from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -58,7 +59,7 @@ def parse_address(recipient: str) -> Address:
         raise InvalidInputError("invalid_recipient: expected exactly one e-mail address")
     try:
         address = Address(addr_spec=recipient)
-    except (ValueError, IndexError, TypeError) as exc:  # HeaderParseError is a ValueError
+    except (HeaderParseError, ValueError, IndexError, TypeError) as exc:  # HeaderParseError is no ValueError
         raise InvalidInputError("invalid_recipient: not a valid e-mail address") from exc
     if not address.username or not address.domain or address.addr_spec != recipient:
         raise InvalidInputError("invalid_recipient: not a valid e-mail address")

@@ -60,7 +60,7 @@ class SmtpSink:
             self.data_calls += 1
             reply = self.data_replies.popleft() if self.data_replies else None
         if reply == "DROP":
-            session.transport.abort()
+            server.transport.abort()  # aiosmtpd's Session has no transport; the protocol does
             return "421 4.4.2 connection dropped"
         if reply:
             return reply
@@ -100,7 +100,8 @@ def running_smtp_sink(
     if login is not None:
         kwargs.update(
             authenticator=_authenticator(*login),
-            auth_require_tls=starttls_context is not None or implicit_tls_context is not None,
+            # aiosmtpd only knows about STARTTLS: with implicit TLS it would refuse AUTH if TLS were required.
+            auth_require_tls=starttls_context is not None,
         )
         if implicit_tls_context is None and starttls_context is None:
             kwargs["auth_require_tls"] = False
