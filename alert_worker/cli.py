@@ -1,71 +1,157 @@
-"""``alert-worker``: run the worker (default), migrate, send, sweep."""
+"""``alert-worker``: run the worker (the default), and the operator commands.
+
+Exit codes: 0 done, 1 failed (a server down, a delivery not found, the queue full), 2 usage error.
+The worker logs JSON to stdout; operator commands print their answer on stdout (``--json`` on the read
+commands) and their log lines on stderr, so ``alert-worker status ID --json | jq`` works.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import structlog
+
+from alert_worker.errors import ConfigurationError
+from alert_worker.logs import configure_logging
 from alert_worker.settings import Settings
 
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alert-worker", description="Deliver alerts from RQ jobs.")
-    sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="run the worker (the default command)")
-    run.add_argument("--burst", action="store_true", help="exit when the queues are empty")
-    run.add_argument("--worker-class", default="rq.worker.Worker", help="RQ worker class (import path)")
+
+def parse_since(raw: str, *, now: datetime | None = None) -> datetime:
+    """``30m``, ``2h``, ``7d`` ago, or an ISO-8601 time (UTC when it has no offset)."""
+    found = _DURATION.match(raw.strip())
+    if found:
+        amount, unit = int(found.group(1)), _UNITS[found.group(2)]
+        return (now or datetime.now(UTC)) - timedelta(**{unit: amount})
+    try:
+        when = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration like 30m, 2h, 7d or an ISO time, got {raw!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _positive(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {raw!r}")
+    return value
+
+
+def _worker_class(raw: str) -> type[Any]:
+    """An importable RQ worker class, e.g. ``rq.worker.SimpleWorker``; checked before anything starts."""
+    from rq.utils import import_attribute
+    from rq.worker import BaseWorker
+
+    try:
+        cls = import_attribute(raw)
+    except (ImportError, AttributeError, ValueError):
+        raise argparse.ArgumentTypeError(f"cannot import worker class {raw!r}") from None
+    if not (isinstance(cls, type) and issubclass(cls, BaseWorker)):
+        raise argparse.ArgumentTypeError(f"{raw!r} is not an RQ worker class")
+    return cls
+
+
+def _run_options(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        default=default,
+        help="exit when the queues are empty (no scheduler, no sweeper)",
+    )
+    parser.add_argument(
+        "--worker-class", type=_worker_class, default=default, help="RQ worker class, e.g. rq.worker.SimpleWorker"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alert-worker",
+        description="Deliver alerts by e-mail, Slack and SMS from RQ jobs. With no command: run the worker.",
+    )
+    _run_options(parser, default=None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the worker (the default command)", description="Run the RQ worker.")
+    _run_options(run, default=argparse.SUPPRESS)
     sub.add_parser("migrate", help="create or update the database schema (idempotent)")
-    send = sub.add_parser("send", help="record a delivery and enqueue it; prints its id last")
+
+    send = sub.add_parser(
+        "send",
+        help="record a delivery and enqueue it; prints its id on the last line",
+        description="Record a delivery and enqueue it. An existing --id or --dedup-key creates nothing and "
+        "prints the existing id. Refused (exit 1) while the queue is over ALERT_MAX_QUEUE_DEPTH.",
+    )
     send.add_argument("--channel", required=True, choices=["email", "slack", "sms"])
-    send.add_argument("--to", required=True)
+    send.add_argument("--to", required=True, help="e-mail address, Slack webhook URL (or 'default'), E.164 number")
     send.add_argument("--subject", default="")
     send.add_argument("--body", default="")
-    send.add_argument("--id")
-    send.add_argument("--queue")
-    send.add_argument("--alert-id")
-    send.add_argument("--dedup-key")
-    sub.add_parser("sweep", help="re-enqueue overdue and stuck deliveries once")
+    send.add_argument("--id", help="delivery id (idempotency key); default a new UUID")
+    send.add_argument("--queue", help="RQ queue; default the first of RQ_QUEUES")
+    send.add_argument("--alert-id", help="grouping id from the producer")
+    send.add_argument("--dedup-key", help="producer dedup key; a second send with it creates nothing")
+
+    status = sub.add_parser("status", help="show one delivery (never its payload)")
+    status.add_argument("id")
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    poison = sub.add_parser("poison", help="list, replay or resolve parked deliveries")
+    psub = poison.add_subparsers(dest="poison_command", metavar="ACTION", required=True)
+    plist = psub.add_parser("list", help="list poisoned deliveries, newest first")
+    plist.add_argument("--channel", choices=["email", "slack", "sms"])
+    plist.add_argument("--since", type=parse_since, help="poisoned since: 30m, 2h, 7d or an ISO time")
+    plist.add_argument("--limit", type=_positive, default=50)
+    plist.add_argument("--json", action="store_true", help="print JSON")
+    replay = psub.add_parser(
+        "replay",
+        help="send poisoned deliveries again (back to pending, attempts 0, enqueued once)",
+        description="Move poisoned deliveries back to pending with attempts 0 and enqueue each once. "
+        "Replaying again before they fail again does nothing.",
+    )
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("ids", nargs="*", default=[], metavar="ID")
+    which.add_argument("--all", action="store_true", help="every replayable poisoned delivery (see filters)")
+    replay.add_argument("--channel", choices=["email", "slack", "sms"], help="with --all: only this channel")
+    replay.add_argument("--since", type=parse_since, help="with --all: poisoned since 30m, 2h, 7d or an ISO time")
+    replay.add_argument("--dry-run", action="store_true", help="print what would be replayed; change nothing")
+    replay.add_argument("--json", action="store_true", help="print JSON")
+    resolve = psub.add_parser("resolve", help="give up on poisoned deliveries: status failed, payload erased")
+    resolve.add_argument("ids", nargs="+", metavar="ID")
+    resolve.add_argument("--note", help="replaces the stored error (sanitized)")
+
+    sweep = sub.add_parser("sweep", help="re-enqueue overdue and stuck deliveries once (for cron/systemd timers)")
+    sweep.add_argument("--json", action="store_true", help="print JSON")
+    check = sub.add_parser("check", help="check Postgres, Redis, the scheduler and channels; exit 0 when both answer")
+    check.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     command = args.command or "run"
-    settings = Settings.from_env()
-    if command == "run":
+    if getattr(args, "poison_command", None) == "replay" and args.ids and (args.channel or args.since):
+        parser.error("--channel and --since go with --all, not with IDs")
+    is_worker = command == "run"
+    try:
+        settings = Settings.from_env()
+    except ConfigurationError as exc:
+        configure_logging("json", stream=None if is_worker else sys.stderr)
+        structlog.get_logger("alert_worker.cli").error("configuration_invalid", error=str(exc))
+        return 1
+    if is_worker:
         from alert_worker.worker import run_worker
 
-        return run_worker(
-            settings, burst=getattr(args, "burst", False), worker_class=getattr(args, "worker_class", None)
-        )
-    if command == "migrate":
-        from alert_worker.entrypoint import closing_resources, open_job_resources
-        from alert_worker.store import DeliveryStore
+        return run_worker(settings, burst=bool(args.burst), worker_class=args.worker_class)
+    configure_logging(settings.log_format, stream=sys.stderr)
+    from alert_worker.commands import run_command
 
-        with closing_resources(open_job_resources(settings)) as res:
-            DeliveryStore(pool=res.pool).migrate()
-        print("migrated")
-        return 0
-    if command == "send":
-        from alert_worker.producer import send_alert
-
-        outcome = send_alert(
-            args.channel,
-            args.to,
-            args.subject,
-            args.body,
-            delivery_id=args.id,
-            queue=args.queue,
-            alert_id=args.alert_id,
-            dedup_key=args.dedup_key,
-            settings=settings,
-        )
-        if not outcome.created:
-            print("already exists; nothing enqueued", file=sys.stderr)
-        print(outcome.delivery_id)
-        return 0
-    if command == "sweep":
-        from alert_worker.worker import sweep_now
-
-        return sweep_now(settings)
-    return 2
+    return run_command(command, args, settings)

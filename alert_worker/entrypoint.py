@@ -25,6 +25,7 @@ from alert_worker.channels import build_channel
 from alert_worker.counters import poison_count, queue_depth
 from alert_worker.executor import DeliveryExecutor, DeliveryRequest
 from alert_worker.logs import ensure_logging
+from alert_worker.metrics import RedisMetrics
 from alert_worker.models import DeliveryResult
 from alert_worker.poison import PoisonQueue
 from alert_worker.rate_limit import RateLimiter
@@ -163,6 +164,7 @@ def build_executor(settings: Settings, resources: JobResources) -> DeliveryExecu
         queue_depth=queue_depth(resources.redis, prefix),
         hash_secret=store.recipient_hash_secret(settings.recipient_hash_secret),
         max_defer_seconds=settings.max_defer_seconds,
+        metrics=RedisMetrics(client=resources.redis, prefix=prefix),
     )
 
 

@@ -1,23 +1,53 @@
-"""structlog configuration: one JSON object per line on stdout (``ALERT_LOG_FORMAT=console`` for humans).
+"""structlog configuration: one JSON object per line (``ALERT_LOG_FORMAT=console`` for humans).
 
-Delivery events carry ``delivery_id``, ``channel``, ``attempt`` and ``recipient_hash``; a last-line
-processor drops any value that looks like a secret-bearing key, as a belt to the executor's braces.
+Our own events and RQ's stdlib ``logging`` lines go through one renderer, so every line a worker prints
+is JSON with ``event``, ``level``, ``timestamp`` (ISO, UTC) and ``logger``. RQ only attaches its own
+(plain-text, coloured) handlers when no ancestor logger has a handler; we install one on the root
+logger first. Delivery events carry ``delivery_id``, ``channel``, ``attempt`` and ``recipient_hash``;
+RQ lines about one of our jobs get ``job_id`` and ``delivery_id`` parsed from the job id. A last
+processor redacts any value under a secret-bearing key, as a belt to the executor's braces.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
-from typing import Any
+from collections.abc import MutableMapping
+from typing import Any, TextIO
 
 import structlog
 
 _SECRET_KEYS = frozenset({"recipient", "body", "subject", "password", "token", "auth_token", "webhook_url", "url"})
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# Our job ids (rq_jobs.job_id_for): alert-<delivery id or h+hash>-<suffix>, suffixes as enqueued by
+# send, sweep, replay and the executor's follow-ups (retry/defer + claim token).
+_JOB_ID = re.compile(
+    r"(?<![A-Za-z0-9_-])alert-(?P<key>[A-Za-z0-9_-]+?)"
+    r"-(?P<suffix>send|sweep-\d+|replay-\d+|(?:retry|defer)-[0-9a-f-]{36})(?![A-Za-z0-9_-])"
+)
+_HASHED_KEY = re.compile(r"h[0-9a-f]{32}")
 
 
 def _drop_secret_keys(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     for key in _SECRET_KEYS.intersection(event_dict):
         event_dict[key] = "[redacted]"
+    return event_dict
+
+
+def _rq_job_context(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Plain RQ lines: strip colour codes, and name the job and delivery they are about."""
+    event = event_dict.get("event")
+    if not isinstance(event, str):
+        return event_dict
+    event = _ANSI.sub("", event)
+    event_dict["event"] = event
+    found = _JOB_ID.search(event)
+    if found and "job_id" not in event_dict:
+        event_dict["job_id"] = found.group(0)
+        key = found.group("key")
+        if "delivery_id" not in event_dict and not _HASHED_KEY.fullmatch(key):
+            event_dict["delivery_id"] = key
     return event_dict
 
 
@@ -30,8 +60,12 @@ def ensure_logging(log_format: str = "json") -> None:
         configure_logging(log_format)
 
 
-def configure_logging(log_format: str = "json", level: int = logging.INFO) -> None:
-    """Route structlog and the stdlib ``logging`` (RQ's own lines) through one JSON renderer."""
+def configure_logging(log_format: str = "json", level: int = logging.INFO, *, stream: TextIO | None = None) -> None:
+    """Route structlog and the stdlib ``logging`` (RQ's own lines, warnings) through one renderer.
+
+    ``stream`` defaults to stdout (the worker); operator commands pass stderr so their own output
+    on stdout stays clean.
+    """
     global _configured
     _configured = True
     renderer: Any = (
@@ -51,19 +85,20 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO) -> No
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=[*shared, _rq_job_context],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for name in ("rq", "rq.worker", "rq.scheduler"):
+    for name in ("rq", "rq.worker", "rq.job", "rq.scheduler"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    logging.captureWarnings(True)  # a library warning becomes a JSON line too, not free text on stderr
     logging.getLogger("twilio").setLevel(logging.WARNING)  # it logs request URLs and headers at INFO

@@ -41,8 +41,13 @@ def sweep_once(
     poison_gauge: Gauge,
     grace_seconds: int,
     batch_size: int = 500,
+    oldest_pending_epoch: Callable[[], int] | None = None,
+    oldest_pending_gauge: Gauge | None = None,
 ) -> SweepReport:
-    """One pass: re-enqueue what is overdue, then reconcile the gauges."""
+    """One pass: re-enqueue what is overdue, then reconcile the gauges.
+
+    ``oldest_pending_epoch`` (a query) and ``oldest_pending_gauge`` feed the metrics' oldest-pending age.
+    """
     requeued = 0
     while True:
         batch = store.take_overdue(grace_seconds=grace_seconds, limit=batch_size)
@@ -52,7 +57,7 @@ def sweep_once(
                 queue=row.queue,
                 delivery_id=row.id,
                 channel=row.channel,
-                payload=_payload(row.payload),
+                payload=job_payload(row.payload),
                 attempt=row.attempts,
                 suffix=f"sweep-{stamp}",
             )
@@ -63,12 +68,15 @@ def sweep_once(
     depth = counts["pending"] + counts["in_progress"]
     queue_depth.set(depth)
     poison_gauge.set(counts["poison"])
+    if oldest_pending_epoch is not None and oldest_pending_gauge is not None:
+        oldest_pending_gauge.set(oldest_pending_epoch())
     log.info("sweep_done", requeued=requeued, queue_depth=depth, poison=counts["poison"])
     return SweepReport(requeued=requeued, queue_depth=depth, poison=counts["poison"])
 
 
-def _payload(payload: dict[str, Any] | None) -> dict[str, str]:
-    """A row whose arguments could not be stored is enqueued empty; its job poisons it."""
+def job_payload(payload: dict[str, Any] | None) -> dict[str, str]:
+    """The job arguments for a stored payload. A row whose arguments could not be stored is enqueued
+    empty; its job poisons it."""
     if not payload:
         return {"recipient": "", "subject": "", "body": ""}
     return {k: str(payload.get(k) or "") for k in ("recipient", "subject", "body")}
