@@ -1,0 +1,114 @@
+"""Redis-kept metrics: written by jobs (any process), rendered as Prometheus text by the parent."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from alert_worker.metrics import RedisMetrics, bucket_for
+from alert_worker.metrics_server import AlertCollector, MetricsServer, render
+from tests.support.smtp import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Parse exposition text into {(sample name, sorted labels): value}."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+@pytest.fixture
+def collector(redis_url: str) -> AlertCollector:
+    return AlertCollector(client_factory=lambda: redis.Redis.from_url(redis_url), clock=lambda: 1_000_100.0)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "bucket"),
+    [(0.0, "0.1"), (0.1, "0.1"), (0.11, "0.25"), (59.9, "60.0"), (7200, "7200.0"), (7200.5, "+Inf")],
+    ids=["zero", "on-a-bound", "just-over", "a-minute", "last-bound", "beyond"],
+)
+def test_a_latency_lands_in_the_smallest_bucket_that_holds_it(seconds: float, bucket: str) -> None:
+    """Bounds are inclusive (Prometheus ``le``)."""
+    assert bucket_for(seconds) == bucket
+
+
+def test_counts_written_by_jobs_render_as_prometheus_counters_histogram_and_gauges(
+    redis_client: redis.Redis, collector: AlertCollector
+) -> None:
+    """Attempts by channel and outcome, throttles by limit, a cumulative latency histogram, gauges."""
+    metrics = RedisMetrics(client=redis_client)
+    for _ in range(3):
+        metrics.attempt("email", "delivered")
+    metrics.attempt("email", "transient_failure")
+    metrics.attempt("sms", "poisoned")
+    metrics.throttled("email", "recipient")
+    metrics.latency("email", 0.2)
+    metrics.latency("email", 3.0)
+    metrics.latency("email", 9000.0)
+    redis_client.set("alert:poison:count", 4)
+    redis_client.set("alert:queue:depth", 7)
+    redis_client.set("alert:pending:oldest_since", 1_000_000)
+
+    found = samples(render(collector).decode())
+    assert found[("alert_delivery_attempts_total", (("channel", "email"), ("outcome", "delivered")))] == 3
+    assert found[("alert_delivery_attempts_total", (("channel", "email"), ("outcome", "transient_failure")))] == 1
+    assert found[("alert_delivery_attempts_total", (("channel", "sms"), ("outcome", "poisoned")))] == 1
+    assert found[("alert_delivery_throttled_total", (("channel", "email"), ("limit", "recipient")))] == 1
+    bucket = "alert_delivery_latency_seconds_bucket"
+    assert found[(bucket, (("channel", "email"), ("le", "0.1")))] == 0
+    assert found[(bucket, (("channel", "email"), ("le", "0.25")))] == 1
+    assert found[(bucket, (("channel", "email"), ("le", "5.0")))] == 2
+    assert found[(bucket, (("channel", "email"), ("le", "+Inf")))] == 3
+    assert found[("alert_delivery_latency_seconds_count", (("channel", "email"),))] == 3
+    assert found[("alert_delivery_latency_seconds_sum", (("channel", "email"),))] == pytest.approx(9003.2)
+    assert found[("alert_poison_queue_size", ())] == 4
+    assert found[("alert_queue_depth", ())] == 7
+    assert found[("alert_oldest_pending_age_seconds", ())] == 100
+    assert found[("alert_metrics_redis_up", ())] == 1
+
+
+def test_an_empty_store_renders_zero_gauges(collector: AlertCollector) -> None:
+    """Nothing recorded yet: gauges at 0, no counter samples, Redis up."""
+    found = samples(render(collector).decode())
+    assert found[("alert_poison_queue_size", ())] == 0
+    assert found[("alert_oldest_pending_age_seconds", ())] == 0
+    assert not any(name.startswith("alert_delivery_attempts") for name, _ in found)
+
+
+def test_metrics_never_raise_into_a_delivery_when_redis_is_down() -> None:
+    """Writes to an unreachable Redis are swallowed; a scrape reports redis_up 0."""
+    down = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    metrics = RedisMetrics(client=down)
+    metrics.attempt("email", "delivered")
+    metrics.throttled("email", "global")
+    metrics.latency("email", 1.0)
+    found = samples(render(AlertCollector(client_factory=lambda: down)).decode())
+    assert found == {("alert_metrics_redis_up", ()): 0}
+
+
+@pytest.fixture
+def server(collector: AlertCollector) -> Iterator[MetricsServer]:
+    server = MetricsServer(collector=collector, port=free_port(), addr="127.0.0.1")
+    yield server
+    server.close()
+
+
+def test_the_http_endpoint_serves_the_current_counts(server: MetricsServer, redis_client: redis.Redis) -> None:
+    """Each scrape reads Redis afresh."""
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    RedisMetrics(client=redis_client).attempt("slack", "delivered")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        first = samples(response.read().decode())
+    RedisMetrics(client=redis_client).attempt("slack", "delivered")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        second = samples(response.read().decode())
+    key = ("alert_delivery_attempts_total", (("channel", "slack"), ("outcome", "delivered")))
+    assert (first[key], second[key]) == (1, 2)
