@@ -5,7 +5,7 @@ from __future__ import annotations
 from rq.worker import Worker
 
 import alert_worker.entrypoint  # noqa: F401 - preloaded: work-horses inherit it instead of importing it
-import bench.jobs  # noqa: F401
+import bench.jobs
 import bench.reference_async  # noqa: F401
 
 
