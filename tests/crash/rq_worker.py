@@ -1,0 +1,18 @@
+"""``rq`` command line with the job modules imported first (what a real deployment's preload does).
+
+``python -m tests.crash.rq_worker worker alerts --with-scheduler --url ...`` is ``rq worker ...``, except
+that the parent process has already imported ``alert_worker.entrypoint`` and the crash wrapper, so the
+forking ``Worker`` does not re-import them in every work-horse (FACTS: ~18 vs ~7 jobs/s).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rq.cli import main
+
+import alert_worker.entrypoint  # noqa: F401 - preload before rq forks work-horses
+import tests.crash.jobs  # noqa: F401
+
+if __name__ == "__main__":
+    sys.exit(main(args=sys.argv[1:], prog_name="rq"))

@@ -1,0 +1,266 @@
+"""The seven crash-consistency scenarios of issue 4, each returning an ``Outcome`` with its own verdict.
+
+Every scenario runs real forking ``rq worker --with-scheduler`` processes against the private servers,
+produces its burst through the producer's order (row first, then job), injects its fault while the burst
+is in flight, polls until every row is terminal (with a deadline), then judges provider-side records.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tests.crash.harness import Cluster, Delivery, Event, Outcome, Run, judge, slack_available, timed
+from tests.crash.jobs import BOUNDARIES
+from tests.support.fake_providers import max_window_rate
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes for one suite run: ``SMALL`` inside pytest (CI), ``FULL`` for ``python -m tests.crash --full``."""
+
+    transient_n: int
+    per_boundary: int
+    worker_kill_n: int
+    worker_kills: int
+    warm_stops: int
+    redis_n: int
+    postgres_n: int
+    postgres_down_seconds: float
+    hang_n: int
+    rate_limit: int
+    rate_burst: int
+    deadline: float
+
+
+SMALL = Scale(
+    transient_n=40,
+    per_boundary=3,
+    worker_kill_n=40,
+    worker_kills=2,
+    warm_stops=1,
+    redis_n=30,
+    postgres_n=30,
+    postgres_down_seconds=4,
+    hang_n=6,
+    rate_limit=5,
+    rate_burst=8,
+    deadline=120,
+)
+FULL = Scale(
+    transient_n=1000,
+    per_boundary=20,
+    worker_kill_n=300,
+    worker_kills=6,
+    warm_stops=4,
+    redis_n=300,
+    postgres_n=300,
+    postgres_down_seconds=10,
+    hang_n=40,
+    rate_limit=20,
+    rate_burst=50,
+    deadline=420,
+)
+
+
+def _channels() -> list[str]:
+    return ["email", "slack"] if slack_available() else ["email"]
+
+
+def _channel(i: int) -> str:
+    channels = _channels()
+    return channels[i % len(channels)]
+
+
+def _wait_for_progress(run: Run, fraction: float, timeout: float = 60) -> int:
+    """Wait until ``fraction`` of the burst is terminal: the fault then lands mid-burst."""
+    goal = max(1, int(len(run.deliveries) * fraction))
+    run.wait_until_terminal(timeout, at_least=goal)
+    return run.terminal_count()
+
+
+# -- 1 ---------------------------------------------------------------------------------------------------
+def transient_failures(cluster: Cluster, scale: Scale, seed: int = 1) -> Outcome:
+    """N deliveries over 3 workers, 20 % of send attempts fail transiently; a few fail for good."""
+    rng = random.Random(seed)
+    deliveries = []
+    for i in range(scale.transient_n):
+        if i % 25 == 7:  # permanent refusal: poisoned at once
+            script, expect = ("permanent",), "poison"
+        elif i % 50 == 13:  # fails every attempt: poisoned when attempts run out
+            script, expect = ("transient",) * 5, "poison"
+        else:
+            failures = 0
+            while rng.random() < 0.2 and failures < 4:
+                failures += 1
+            script, expect = ("transient",) * failures, "delivered"
+        deliveries.append(Delivery(f"t1-{i:05d}", _channel(i), script, expect))
+    outcome = Outcome("transient_20pct")
+    with timed(outcome), Run(cluster, "s1") as run:
+        run.produce(deliveries)
+        finished = run.wait_until_terminal(scale.deadline)
+        judge(run, outcome, finished=finished, events=[])
+        outcome.notes["transient_scripted"] = sum(len(d.script) for d in deliveries if d.expect == "delivered")
+    return outcome
+
+
+# -- 2 ---------------------------------------------------------------------------------------------------
+def kill_at_boundaries(cluster: Cluster, scale: Scale) -> Outcome:
+    """SIGKILL of the work-horse at each boundary, ``per_boundary`` times each, in one mixed burst."""
+    deliveries = []
+    for boundary in BOUNDARIES:
+        script = ("transient",) if boundary.startswith("enqueue_in") else ()
+        for n in range(scale.per_boundary):
+            deliveries.append(Delivery(f"k2-{boundary}-{n:03d}", "email", script, crash=True))
+    outcome = Outcome("kill_at_boundaries")
+    with timed(outcome), Run(cluster, "s2") as run:
+        run.produce(deliveries)
+        finished = run.wait_until_terminal(scale.deadline)
+        kills = run.kills()
+        judge(run, outcome, finished=finished, events=[k for k in kills if k.kind == "after_send"])
+        outcome.kills = len(kills)
+        by_boundary = {b: sum(1 for k in kills if k.kind == b) for b in BOUNDARIES}
+        outcome.notes["kills_by_boundary"] = by_boundary
+        for boundary, count in by_boundary.items():
+            if count != scale.per_boundary:
+                outcome.failures.append(f"{boundary}: {count} kills injected, expected {scale.per_boundary}")
+        accepted = cluster.provider.accepted_counts()
+        for d in deliveries:
+            want = 2 if "-after_send-" in d.id else 1
+            if accepted.get(d.id, 0) != want:
+                outcome.failures.append(f"{d.id}: provider accepted {accepted.get(d.id, 0)}, expected {want}")
+    return outcome
+
+
+# -- 3 ---------------------------------------------------------------------------------------------------
+def worker_kills(cluster: Cluster, scale: Scale) -> Outcome:
+    """kill -9 of whole workers (parent, horse, scheduler) and SIGTERM warm shutdowns mid-burst."""
+    deliveries = [
+        Delivery(f"w3-{i:05d}", _channel(i), ("transient",) if i % 5 == 0 else ("slow:0.05",))
+        for i in range(scale.worker_kill_n)
+    ]
+    outcome = Outcome("worker_kills")
+    events: list[Event] = []
+    with timed(outcome), Run(cluster, "s3") as run:
+        run.produce(deliveries)
+        plan = ["kill"] * scale.worker_kills + ["term"] * scale.warm_stops
+        random.Random(3).shuffle(plan)
+        for step, action in enumerate(plan):
+            _wait_for_progress(run, (step + 1) / (len(plan) + 2))
+            proc = run.processes()[step % len(run.processes())]
+            if action == "kill":
+                proc.signal_group(signal.SIGSTOP)  # freeze the group, then read what its horse is running
+                in_flight = run.current_delivery(proc)
+                proc.signal_group(signal.SIGKILL)
+                if in_flight:
+                    events.append(Event("worker_sigkill", in_flight))
+                outcome.kills += 1
+            elif proc.process is not None:
+                proc.process.send_signal(signal.SIGTERM)
+        finished = run.wait_until_terminal(scale.deadline)
+        judge(run, outcome, finished=finished, events=events)
+        outcome.notes["sigkill_in_flight"] = len(events)
+        outcome.notes["warm_stops"] = scale.warm_stops
+    return outcome
+
+
+# -- 4 ---------------------------------------------------------------------------------------------------
+def redis_restart(cluster: Cluster, scale: Scale) -> Outcome:
+    """Redis SIGKILLed and restarted empty mid-burst: queued jobs and scheduled retries vanish."""
+    deliveries = [
+        Delivery(f"r4-{i:05d}", _channel(i), ("transient",) if i % 3 == 0 else ()) for i in range(scale.redis_n)
+    ]
+    outcome = Outcome("redis_restart_empty")
+    with timed(outcome), Run(cluster, "s4", env_overrides={"ALERT_RETRY_DELAYS": "3"}) as run:
+        run.produce(deliveries)
+        before = _wait_for_progress(run, 0.3)
+        cluster.redis.restart_empty()
+        outcome.notes["terminal_before_restart"] = before
+        finished = run.wait_until_terminal(scale.deadline)
+        judge(run, outcome, finished=finished, events=[])
+        outcome.restarts += 1
+    return outcome
+
+
+# -- 5 ---------------------------------------------------------------------------------------------------
+_DB_ERRORS = ("OperationalError", "PoolTimeout", "psycopg")
+
+
+def postgres_outage(cluster: Cluster, scale: Scale) -> Outcome:
+    """PostgreSQL stopped for a while mid-burst, then started again."""
+    deliveries = [Delivery(f"p5-{i:05d}", _channel(i), ("slow:0.1",)) for i in range(scale.postgres_n)]
+    outcome = Outcome("postgres_outage")
+    with timed(outcome), Run(cluster, "s5") as run:
+        run.produce(deliveries)
+        before = _wait_for_progress(run, 0.2)
+        cluster.postgres.restart(scale.postgres_down_seconds)
+        outcome.notes["terminal_before_outage"] = before
+        finished = run.wait_until_terminal(scale.deadline)
+        failed = run.failed_jobs()
+        db_failures = [(d, exc) for d, exc in failed if any(e in exc for e in _DB_ERRORS)]
+        # A job that sent and then could not write the row is the "accepted, not written" case.
+        events = [Event("db_write_failed_after_send", d) for d, exc in db_failures if "mark_delivered" in exc]
+        judge(run, outcome, finished=finished, events=events)
+        outcome.restarts += 1
+        outcome.notes["failed_jobs_db_error"] = len(db_failures)
+        outcome.notes["failed_after_send"] = len(events)
+        if before < len(deliveries) and not db_failures:
+            outcome.failures.append("the outage hit the burst, yet no job failed loudly with a database error")
+        unexplained = [exc.strip().splitlines()[-1] for _, exc in failed if not any(e in exc for e in _DB_ERRORS)]
+        if unexplained:
+            outcome.notes["other_failed_jobs"] = unexplained[:5]
+    return outcome
+
+
+# -- 6 ---------------------------------------------------------------------------------------------------
+def provider_hang(cluster: Cluster, scale: Scale) -> Outcome:
+    """The provider says nothing for longer than the send timeout: transient, retried, nobody stuck."""
+    deliveries = [Delivery(f"h6-{i:05d}", _channel(i), ("hang:3",)) for i in range(scale.hang_n)]
+    outcome = Outcome("provider_hang")
+    with timed(outcome), Run(cluster, "s6") as run:
+        run.produce(deliveries)
+        finished = run.wait_until_terminal(scale.deadline)
+        judge(run, outcome, finished=finished, events=[])
+        timeout = run.settings.job_timeout_seconds
+        durations = run.finished_job_durations()
+        failed = run.failed_jobs()
+        outcome.notes["longest_job_seconds"] = round(max(durations, default=0.0), 3)
+        if any(t >= timeout for t in durations):
+            outcome.failures.append(f"a job ran {max(durations):.2f} s, past job_timeout {timeout} s")
+        if failed:
+            outcome.failures.append(f"{len(failed)} jobs failed (e.g. {failed[0][1].strip().splitlines()[-1]})")
+        calls = cluster.provider.calls
+        if any(calls[d.id] < 2 for d in deliveries):
+            outcome.failures.append("a hung delivery was not retried")
+    return outcome
+
+
+# -- 7 ---------------------------------------------------------------------------------------------------
+def rate_limit_burst(cluster: Cluster, scale: Scale) -> Outcome:
+    """A burst larger than the per-minute limit: all sent, never more than the limit in any 60 s window."""
+    limit = scale.rate_limit
+    deliveries = [Delivery(f"l7-{i:05d}", "email") for i in range(scale.rate_burst)]
+    outcome = Outcome("rate_limit_burst")
+    overrides = {"ALERT_RATE_EMAIL_PER_MIN": str(limit)}
+    with timed(outcome), Run(cluster, "s7", env_overrides=overrides, sweep_interval=2.0) as run:
+        run.produce(deliveries)
+        finished = run.wait_until_terminal(scale.deadline + 60 * (scale.rate_burst // limit))
+        judge(run, outcome, finished=finished, events=[])
+        outcome.max_window_rate = max_window_rate(cluster.provider.receive_times(), 60.0)
+        outcome.limit = limit
+        if outcome.max_window_rate > limit:
+            outcome.failures.append(f"provider saw {outcome.max_window_rate} sends in 60 s, limit {limit}")
+    return outcome
+
+
+SCENARIOS: dict[str, Callable[[Cluster, Scale], Outcome]] = {
+    "transient_20pct": transient_failures,
+    "kill_at_boundaries": kill_at_boundaries,
+    "worker_kills": worker_kills,
+    "redis_restart_empty": redis_restart,
+    "postgres_outage": postgres_outage,
+    "provider_hang": provider_hang,
+    "rate_limit_burst": rate_limit_burst,
+}

@@ -1,0 +1,83 @@
+"""The crash-consistency scenarios at CI size (``python -m tests.crash --full`` runs them large).
+
+Each runs real forking ``rq worker --with-scheduler`` processes against private PostgreSQL and Redis
+servers and loopback providers, injects its fault mid-burst and polls until every row is terminal.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.crash.harness import Cluster
+from tests.crash.jobs import BOUNDARIES
+from tests.crash.scenarios import (
+    SMALL,
+    kill_at_boundaries,
+    postgres_outage,
+    provider_hang,
+    rate_limit_burst,
+    redis_restart,
+    transient_failures,
+    worker_kills,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+
+def test_transient_failures_end_as_scripted_and_each_delivered_row_is_accepted_once(cluster: Cluster) -> None:
+    """20 % transient failures over 3 workers: delivered or poison as scripted, never a duplicate."""
+    outcome = transient_failures(cluster, SMALL)
+    assert outcome.failures == []
+    assert (outcome.lost, outcome.duplicates) == (0, 0)
+    assert outcome.notes["transient_scripted"] > 0
+
+
+def test_a_work_horse_killed_at_any_boundary_still_ends_delivered(cluster: Cluster) -> None:
+    """SIGKILL at each boundary: all delivered after the sweep; one duplicate per kill after the send, else none."""
+    outcome = kill_at_boundaries(cluster, SMALL)
+    assert outcome.failures == []
+    assert outcome.notes["kills_by_boundary"] == {b: SMALL.per_boundary for b in BOUNDARIES}
+    assert outcome.lost == 0
+    assert outcome.duplicates == outcome.forced == SMALL.per_boundary
+
+
+def test_whole_workers_killed_or_warm_stopped_mid_burst_lose_nothing(cluster: Cluster) -> None:
+    """kill -9 of parent and horse, and SIGTERM warm shutdowns: nothing lost, duplicates only from kills."""
+    outcome = worker_kills(cluster, SMALL)
+    assert outcome.failures == []
+    assert outcome.kills == SMALL.worker_kills
+    assert outcome.lost == 0
+    assert outcome.duplicates <= outcome.notes["sigkill_in_flight"]
+    assert outcome.restarts >= SMALL.worker_kills + SMALL.warm_stops
+
+
+def test_redis_restarted_empty_mid_burst_is_recovered_from_postgres(cluster: Cluster) -> None:
+    """Queued jobs and scheduled retries vanish with Redis; the sweep re-enqueues every row."""
+    outcome = redis_restart(cluster, SMALL)
+    assert outcome.failures == []
+    assert (outcome.lost, outcome.duplicates) == (0, 0)
+    assert outcome.notes["terminal_before_restart"] < SMALL.redis_n
+
+
+def test_a_postgres_outage_fails_jobs_loudly_and_loses_nothing(cluster: Cluster) -> None:
+    """Jobs that cannot record fail in RQ; rows stay recoverable; duplicates only from sends whose write failed."""
+    outcome = postgres_outage(cluster, SMALL)
+    assert outcome.failures == []
+    assert outcome.lost == 0
+    assert outcome.notes["failed_jobs_db_error"] > 0
+    assert outcome.duplicates <= outcome.notes["failed_after_send"]
+
+
+def test_a_provider_hanging_past_the_send_timeout_is_retried_and_no_job_overruns(cluster: Cluster) -> None:
+    """A hang longer than the send timeout is a transient failure; every job ends within job_timeout."""
+    outcome = provider_hang(cluster, SMALL)
+    assert outcome.failures == []
+    assert (outcome.lost, outcome.duplicates) == (0, 0)
+
+
+def test_a_burst_over_the_rate_limit_is_all_sent_and_never_exceeds_it(cluster: Cluster) -> None:
+    """Provider-side, no rolling 60 s window holds more sends than the per-minute limit."""
+    outcome = rate_limit_burst(cluster, SMALL)
+    assert outcome.failures == []
+    assert outcome.lost == 0
+    assert outcome.max_window_rate == outcome.limit == SMALL.rate_limit
