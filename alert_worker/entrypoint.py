@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from psycopg import Connection
 from psycopg_pool import ConnectionPool
+from psycopg_pool.pool import AddConnection, MaintenanceTask, ReturnConnection
 from rq import get_current_job
 
 from alert_worker.channels import build_channel
@@ -65,11 +67,43 @@ class JobResources:
         return errors
 
 
-def open_pool(settings: Settings, *, check: bool = False) -> ConnectionPool:
-    """A one-connection pool: a job is single-threaded and must not start threads it will not use.
+class JobPool(ConnectionPool):
+    """A ``ConnectionPool`` for one job: it connects in the calling thread and starts no threads.
 
-    ``check=True`` (process scope) tests a pooled connection before handing it out, so a connection
-    broken by a database restart is replaced instead of failing the next job.
+    A job is one thread making a few statements; the stock pool would start a scheduler and a worker
+    thread, connect in the worker and join both on close, and each hand-off waits for a CPU on a busy
+    host. This overrides psycopg_pool 3.3 internals (pinned in requirements.txt; guarded by
+    tests/integration/test_resource_scope.py): no threads, no initial connection, a connection made
+    on first use, and a broken one replaced by the next use instead of a background task.
+    """
+
+    def _start_workers(self) -> None:
+        pass
+
+    def _start_initial_tasks(self) -> None:
+        pass
+
+    def _get_ready_connection(self, timeout: float | None) -> Connection[Any] | None:
+        conn = super()._get_ready_connection(timeout)
+        if conn is None and self._nconns < self.max_size:  # called under the pool's lock
+            conn = self._connect(timeout=timeout)
+            self._nconns += 1
+        return conn
+
+    def run_task(self, task: MaintenanceTask) -> None:
+        if isinstance(task, AddConnection):  # a broken connection was dropped: the next use reconnects
+            with self._lock:
+                self._nconns -= 1
+        elif isinstance(task, ReturnConnection):
+            task._run(self)
+        # Nothing else is scheduled without worker threads.
+
+
+def open_pool(settings: Settings, *, check: bool = False) -> ConnectionPool:
+    """The process-scope pool: one connection, kept warm by psycopg_pool's own worker thread.
+
+    ``check=True`` tests a pooled connection before handing it out, so a connection broken by a
+    database restart is replaced instead of failing the next job.
     """
     return ConnectionPool(
         settings.database_url,
@@ -79,6 +113,18 @@ def open_pool(settings: Settings, *, check: bool = False) -> ConnectionPool:
         timeout=settings.send_timeout_seconds,
         kwargs={"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS, "autocommit": True},
         check=ConnectionPool.check_connection if check else None,
+        open=True,
+    )
+
+
+def open_job_pool(settings: Settings) -> JobPool:
+    """The per-job pool: at most one connection, opened on first use in the job's own thread."""
+    return JobPool(
+        settings.database_url,
+        min_size=0,
+        max_size=1,
+        timeout=settings.send_timeout_seconds,
+        kwargs={"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS, "autocommit": True},
         open=True,
     )
 
@@ -100,7 +146,7 @@ def open_redis(settings: Settings) -> redis.Redis:
 
 
 def open_job_resources(settings: Settings) -> JobResources:
-    pool = open_pool(settings)
+    pool = open_job_pool(settings)
     try:
         client = open_redis(settings)
     except BaseException:

@@ -7,6 +7,7 @@ repository root. Cases, each run by a real ``rq worker`` subprocess on a private
   (b) per-job    ``execute_delivery_job``, default ``ALERT_RESOURCE_SCOPE=job``
   (c) process    ``execute_delivery_job`` with ``ALERT_RESOURCE_SCOPE=process``
   (d) reference  ``bench.reference_async``: asyncio.run + AsyncConnectionPool + redis.asyncio per job
+  (e) floor      RQ plus the SMTP send alone (no database, no Redis of ours): what any delivery costs
 
 on ``simple`` (``rq.worker.SimpleWorker``) and ``fork`` (forking ``Worker`` whose parent preloaded the
 job modules, as ``alert-worker run`` does); (b) also on ``plain``: exactly ``rq worker Q --with-scheduler``,
@@ -45,13 +46,26 @@ JOBS = {
     "b": ("per-job scope", "alert_worker.entrypoint.execute_delivery_job"),
     "c": ("process scope", "alert_worker.entrypoint.execute_delivery_job"),
     "d": ("reference async", "bench.reference_async.execute_delivery_job"),
+    "e": ("floor: RQ + SMTP send only", "bench.jobs.send_only"),
 }
 WORKERS = {
     "simple": "rq.worker.SimpleWorker",
     "fork": "bench.workers.PreloadedWorker",
     "plain": "rq.worker.Worker",
 }
-ALL_CASES = ("a-simple", "b-simple", "c-simple", "d-simple", "a-fork", "b-fork", "c-fork", "d-fork", "b-plain")
+ALL_CASES = (
+    "a-simple",
+    "e-simple",
+    "b-simple",
+    "c-simple",
+    "d-simple",
+    "a-fork",
+    "e-fork",
+    "b-fork",
+    "c-fork",
+    "d-fork",
+    "b-plain",
+)
 RATE_VARIABLES = (
     "ALERT_RATE_EMAIL_PER_MIN",
     "ALERT_RATE_SLACK_PER_MIN",
@@ -240,14 +254,14 @@ def table(results: dict[str, CaseResult]) -> Iterator[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small runs: under 3 minutes")
-    parser.add_argument("--jobs", type=int, help="jobs per throughput run (default 200, quick 40)")
+    parser.add_argument("--jobs", type=int, help="jobs per throughput run (default 150, quick 30)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds (default 3)")
-    parser.add_argument("--latency-jobs", type=int, help="jobs per latency run (default 200, quick 40)")
+    parser.add_argument("--latency-jobs", type=int, help="jobs per latency run (default 150, quick 30)")
     parser.add_argument("--latency-rounds", type=int, help="latency rounds (default 2, quick 1)")
     parser.add_argument("--cases", default=",".join(ALL_CASES), help="comma-separated subset of " + " ".join(ALL_CASES))
     args = parser.parse_args(argv)
-    n = args.jobs or (40 if args.quick else 200)
-    m = args.latency_jobs or (40 if args.quick else 200)
+    n = args.jobs or (30 if args.quick else 150)
+    m = args.latency_jobs or (30 if args.quick else 150)
     latency_rounds = args.latency_rounds or (1 if args.quick else 2)
     cases = [c for c in args.cases.split(",") if c]
     unknown = set(cases) - set(ALL_CASES)
