@@ -80,3 +80,19 @@ def sanitize_text(text: str, *, limit: int = _MAX_ERROR_CHARS) -> str:
     text = _UNSTORABLE.sub(" ", text)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_WORD_EDGES = "\"'<>()[]{},;:.!?"
+
+
+def scrub_echoes(text: str, *sources: str, min_chars: int = 4) -> str:
+    """Replace every word of ``text`` that also occurs in ``sources`` (the alert's own subject and body).
+
+    Providers sometimes quote the message back ("rejected: <your subject>"); the reason must not carry it.
+    Words shorter than ``min_chars`` are kept so codes and short protocol words survive.
+    """
+    seen = {w.strip(_WORD_EDGES) for src in sources for w in src.split()}
+    seen = {w for w in seen if len(w) >= min_chars}
+    if not seen:
+        return text
+    return " ".join("<redacted>" if w.strip(_WORD_EDGES) in seen else w for w in text.split(" "))

@@ -33,7 +33,7 @@ from alert_worker.errors import (
     TransientDeliveryError,
 )
 from alert_worker.models import ChannelType, Message, SendReceipt
-from alert_worker.redaction import sanitize_text
+from alert_worker.redaction import sanitize_text, scrub_echoes
 from alert_worker.settings import SmtpSettings
 from alert_worker.validation import MAX_BODY_BYTES, clean_body, clean_subject, truncate
 
@@ -224,5 +224,8 @@ class EmailChannel(Channel):
                 except (smtplib.SMTPException, OSError):
                     smtp.close()
         except (smtplib.SMTPException, OSError, UnicodeError) as exc:
-            raise classify_smtp_error(exc) from exc
+            error = classify_smtp_error(exc)
+            error.reason = scrub_echoes(error.reason, message.subject, message.body)  # a server may quote them
+            error.args = (error.reason,)
+            raise error from exc
         return SendReceipt(message_id=str(mail["Message-ID"]))

@@ -85,3 +85,12 @@ def test_recipient_hash_is_keyed_and_refuses_an_empty_secret() -> None:
     assert len(a) == 16 and a != recipient_hash("s2", "sms", "+15551234567")
     with pytest.raises(ValueError, match="empty"):
         recipient_hash("", "sms", "+15551234567")
+
+
+def test_scrub_echoes_removes_words_the_provider_quoted_from_the_alert() -> None:
+    """A reply quoting the subject or body loses those words; codes and short words stay."""
+    from alert_worker.redaction import scrub_echoes
+
+    reason = "smtp 554 5.7.1: message 'Payroll-export failed' rejected"
+    assert scrub_echoes(reason, "Payroll-export failed", "") == "smtp 554 5.7.1: message <redacted> <redacted> rejected"
+    assert scrub_echoes("smtp 451 4.3.0: try later", "", "") == "smtp 451 4.3.0: try later"
