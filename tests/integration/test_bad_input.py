@@ -179,3 +179,15 @@ def test_email_subject_over_255_is_truncated_with_the_marker(providers: MockedPr
     [accepted] = smtp_sink.accepted
     subject = str(message_from_bytes(accepted.content, policy=policy.default)["Subject"])
     assert subject.endswith("…") and len(subject) == 255
+
+
+@pytest.mark.parametrize("missing", ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER"])
+def test_sms_without_a_twilio_setting_is_poisoned_channel_not_configured(
+    providers: MockedProviders, monkeypatch: pytest.MonkeyPatch, database_url: str, missing: str
+) -> None:
+    """Any one of the three Twilio variables missing disables SMS: poisoned, no request."""
+    monkeypatch.delenv(missing)
+    result = execute_delivery_job("sms-off", "sms", RECIPIENT["sms"], "s", "b")
+    assert (result["outcome"], result["error"]) == ("poisoned", "channel_not_configured: sms")
+    assert _row(database_url, "sms-off")[:2] == ("poison", "channel_not_configured: sms")
+    assert providers.twilio_requests == [] and providers.foreign == []
