@@ -176,7 +176,7 @@ class Bench:
         rss = self.reap(self.start_worker(case, queue_name, burst=True), timeout=60 + n)
         done, _ = self.ended(ids)
         if len(done) < 2:
-            raise RuntimeError(f"{case}: only {len(done)} of {n} jobs finished; see {self.scratch}/{queue_name}.log")
+            raise RuntimeError(f"only {len(done)} of {n} jobs finished (worker stderr: {self.stderr_tail(queue_name)})")
         stamps = sorted(done.values())
         return (len(stamps) - 1) / (stamps[-1] - stamps[0]), rss, n - len(done)
 
@@ -204,6 +204,9 @@ class Bench:
         accepted = self.ended(ids)[0] if case.startswith("a") else self.sink.times(f"{queue_name}-")
         samples = [(accepted[i] - enqueued[i]) * 1000 for i in ids if i in accepted]
         return samples, rss, m - len(samples)
+
+    def stderr_tail(self, queue_name: str) -> str:
+        return (self.scratch / f"{queue_name}.log").read_text(errors="replace")[-500:]
 
     def settled(self, ids: Sequence[str]) -> bool:
         done, failed = self.ended(ids)
@@ -247,7 +250,7 @@ def table(results: dict[str, CaseResult]) -> Iterator[str]:
         yield (
             f"| ({letter}) {JOBS[letter][0]} | {worker} | {r.jobs_per_second:.1f} | {runs} | "
             f"{percentile(lat, 50):.1f} | {percentile(lat, 95):.1f} | {percentile(lat, 99):.1f} | "
-            f"{max(r.rss_kb) / 1024:.0f} | {r.failures} |"
+            f"{max(r.rss_kb, default=0) / 1024:.0f} | {r.failures} |"
         )
 
 
@@ -278,7 +281,12 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(database_url=database_url, redis_url=redis_url, sink=sink, scratch=Path(scratch))
         for round_ in range(args.rounds):
             for case in cases:
-                jobs_per_second, rss, failed = bench.throughput_run(case, n, f"t{round_}")
+                try:
+                    jobs_per_second, rss, failed = bench.throughput_run(case, n, f"t{round_}")
+                except (RuntimeError, TimeoutError) as exc:  # reported in the table; the other cases go on
+                    print(f"  round {round_ + 1} {case}: {exc}", file=sys.stderr, flush=True)
+                    results[case].failures += n
+                    continue
                 results[case].throughputs.append(jobs_per_second)
                 results[case].rss_kb.append(rss)
                 results[case].failures += failed
@@ -286,7 +294,14 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(latency_rounds):
             for case in cases:
                 rate = results[case].jobs_per_second / 2
-                samples, rss, failed = bench.latency_run(case, m, rate, f"l{round_}")
+                if not rate > 0:
+                    continue
+                try:
+                    samples, rss, failed = bench.latency_run(case, m, rate, f"l{round_}")
+                except TimeoutError as exc:
+                    print(f"  latency {case}: {exc}", file=sys.stderr, flush=True)
+                    results[case].failures += m
+                    continue
                 results[case].latencies_ms += samples
                 results[case].rss_kb.append(rss)
                 results[case].failures += failed
