@@ -84,11 +84,13 @@ def _concurrently(n: int, action: Callable[[], object]) -> list[object]:
 
 
 def test_two_sweeps_at_once_without_the_lock_enqueue_a_lost_row_once(
-    settings: Settings, redis_client: redis.Redis
+    worker_env: dict[str, str], redis_client: redis.Redis, database_url: str
 ) -> None:
-    """The stamping UPDATE (SKIP LOCKED) hands each overdue row to one sweeper only."""
+    """The stamping UPDATE (SKIP LOCKED) hands each overdue row to one sweeper per grace period."""
+    settings = Settings.from_env(worker_env)  # the default 60 s grace
     send_alert("email", "ops@example.com", "s", "b", delivery_id="race-1", settings=settings)
     redis_client.flushdb()
+    _sql(database_url, "UPDATE alert_deliveries SET updated_at = now() - interval '1 hour' WHERE id = 'race-1'")
 
     def sweep() -> SweepReport:
         with short_lived(settings) as conns:
@@ -97,12 +99,13 @@ def test_two_sweeps_at_once_without_the_lock_enqueue_a_lost_row_once(
                 enqueuer=RqEnqueuer(connection=conns.redis),
                 queue_depth=queue_depth(conns.redis),
                 poison_gauge=poison_count(conns.redis),
-                grace_seconds=0,
+                grace_seconds=settings.sweep_grace_seconds,
             )
 
     reports = _concurrently(4, sweep)
     assert sum(r.requeued for r in reports if isinstance(r, SweepReport)) == 1
     assert len(Queue("alerts", connection=redis_client).get_job_ids()) == 1
+    assert sweep().requeued == 0, "stamped: not again before another grace period"
 
 
 def test_two_workers_sweeping_at_once_take_turns_through_the_lock(
