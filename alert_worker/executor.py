@@ -21,6 +21,7 @@ from alert_worker.channels.base import Channel
 from alert_worker.counters import Gauge
 from alert_worker.errors import (
     ClaimLostError,
+    ConfigurationError,
     DeliveryError,
     InvalidInputError,
     PermanentDeliveryError,
@@ -162,7 +163,13 @@ class DeliveryExecutor:
         if attempts >= self.retry_policy.max_attempts:
             return self._poison(claim, log, attempts, "attempts_exhausted")
         channel_type = ChannelType(row.channel)
-        channel = self.channel_factory(channel_type)
+        try:
+            channel = self.channel_factory(channel_type)
+        except PermanentDeliveryError as exc:
+            return self._poison(claim, log, attempts, exc.reason)
+        except ConfigurationError as exc:  # a channel whose settings cannot work, found per delivery
+            log.error("channel_misconfigured", error=str(exc))
+            return self._poison(claim, log, attempts, f"channel_not_configured: {row.channel}")
         try:
             try:
                 message = channel.prepare(_message(row, attempts))

@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from alert_worker.channels.base import DisabledChannel
-from alert_worker.errors import PermanentDeliveryError, TransientDeliveryError
+from alert_worker.errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
 from alert_worker.executor import DeliveryExecutor, DeliveryRequest
 from alert_worker.models import ChannelType, DeliveryRow, DeliveryStatus
 from alert_worker.rate_limit import RateDecision
@@ -346,3 +346,29 @@ def _pending_row(
         next_attempt_at=next_attempt_at,
         claim_token=None,
     )
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (ConfigurationError("TWILIO_FROM_NUMBER must be an E.164 number"), "channel_not_configured: email"),
+        (
+            PermanentDeliveryError("channel_not_configured: email (ALERTS_FROM_EMAIL invalid)"),
+            "channel_not_configured: email (ALERTS_FROM_EMAIL invalid)",
+        ),
+    ],
+    ids=["configuration-error", "permanent-error"],
+)
+def test_a_channel_that_cannot_be_built_poisons_instead_of_leaving_the_row_claimed(
+    error: Exception, reason: str
+) -> None:
+    """A constructor failure must not crash the job with the row stuck in_progress."""
+    h = Harness()
+
+    def broken(_: ChannelType) -> Any:
+        raise error
+
+    h.executor.channel_factory = broken
+    result = h.run()
+    assert result["outcome"] == "poisoned" and result["error"] == reason
+    assert h.row().status is DeliveryStatus.POISON
