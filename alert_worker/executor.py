@@ -127,8 +127,6 @@ class DeliveryExecutor:
         claim = self.store.claim(new)
         if claim is None:
             return self._skipped(request, rhash)
-        if claim.created:
-            self.queue_depth.add(1)
         row = claim.row
         log = self.logger.bind(
             delivery_id=row.id,
@@ -139,13 +137,14 @@ class DeliveryExecutor:
         log.info("delivery_claimed", created=claim.created, queue=request.queue)
         if not claim.created and row.payload is not None and _differs(request, row):
             log.warning("delivery_arguments_mismatch", detail="the stored row wins over the job's arguments")
+        result: DeliveryResult | None = None
         try:
-            return self._run_claimed(request, claim, log)
+            result = self._run_claimed(request, claim, log)
         except ClaimLostError:
             log.error("delivery_claim_lost", detail="another job reclaimed this delivery; not writing")
             current = self.store.get(row.id)
             status = current.status if current else DeliveryStatus.IN_PROGRESS
-            return make_result(
+            result = make_result(
                 delivery_id=row.id,
                 channel=row.channel,
                 outcome=Outcome.SKIPPED,
@@ -153,6 +152,16 @@ class DeliveryExecutor:
                 success=status is DeliveryStatus.DELIVERED,
                 error="claim_lost",
             )
+        finally:
+            self._adjust_queue_depth(claim, result)
+        return result
+
+    def _adjust_queue_depth(self, claim: Claim, result: DeliveryResult | None) -> None:
+        """+1 for a row this job created, -1 for a row it ended: one Redis call, none when they cancel."""
+        ended = result is not None and result["outcome"] in (Outcome.DELIVERED, Outcome.POISONED)
+        delta = int(claim.created) - int(ended)
+        if delta:
+            self.queue_depth.add(delta)
 
     # -- the claimed path ----------------------------------------------------------------------------
     def _run_claimed(self, request: DeliveryRequest, claim: Claim, log: Any) -> DeliveryResult:
@@ -203,7 +212,6 @@ class DeliveryExecutor:
         finally:
             channel.close()
         latency = self.store.mark_delivered(row.id, claim.token, attempts=attempts + 1, message_id=receipt.message_id)
-        self.queue_depth.add(-1)
         self.metrics.attempt(row.channel, Outcome.DELIVERED.value)
         self.metrics.latency(row.channel, latency)
         log.info("delivery_delivered", latency_seconds=round(latency, 3))
@@ -297,7 +305,6 @@ class DeliveryExecutor:
     def _poison(self, claim: Claim, log: Any, attempts: int, reason: str, *, retryable: bool = False) -> DeliveryResult:
         row = claim.row
         self.poison_queue.park(row.id, claim.token, attempts=attempts, error=reason)
-        self.queue_depth.add(-1)
         self.metrics.attempt(row.channel, Outcome.POISONED.value)
         log.error("delivery_poisoned", error=reason, attempts=attempts)
         return make_result(

@@ -149,8 +149,10 @@ class FakeStore:
 class FakeGauge:
     def __init__(self) -> None:
         self.value = 0
+        self.calls: list[int] = []
 
     def add(self, delta: int) -> None:
+        self.calls.append(delta)
         self.value += delta
 
     def set(self, value: int) -> None:

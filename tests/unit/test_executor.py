@@ -372,3 +372,31 @@ def test_a_channel_that_cannot_be_built_poisons_instead_of_leaving_the_row_claim
     result = h.run()
     assert result["outcome"] == "poisoned" and result["error"] == reason
     assert h.row().status is DeliveryStatus.POISON
+
+
+@pytest.mark.parametrize(
+    ("existing", "errors", "calls"),
+    [
+        (False, (), []),
+        (False, (TransientDeliveryError("smtp_timeout"),), [1]),
+        (True, (), [-1]),
+        (True, (PermanentDeliveryError("smtp 550"),), [-1]),
+        (True, (TransientDeliveryError("smtp_timeout"),), []),
+    ],
+    ids=[
+        "created-and-delivered",
+        "created-and-retrying",
+        "existing-delivered",
+        "existing-poisoned",
+        "existing-retrying",
+    ],
+)
+def test_the_queue_depth_gauge_moves_once_per_job_by_the_net_change(
+    existing: bool, errors: tuple[Any, ...], calls: list[int]
+) -> None:
+    """+1 for a created row, -1 for an ended one, in one Redis call; none when they cancel out."""
+    h = Harness(FakeChannel(*errors))
+    if existing:
+        h.store.add(_pending_row())
+    h.run()
+    assert h.depth.calls == calls
