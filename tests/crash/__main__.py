@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 import structlog
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="the full sizes (about 5-10 minutes)")
     parser.add_argument("--only", action="append", choices=sorted(SCENARIOS), help="run just these scenarios")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every private server and worker is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     scale = FULL if args.full else SMALL
     outcomes: list[Outcome] = []

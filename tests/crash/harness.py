@@ -1,10 +1,12 @@
-"""The crash suite's machinery: private services, supervised worker processes, a sweeper, a producer.
+"""The crash suite's machinery: private services, supervised worker processes, a producer, observers.
 
 A ``Cluster`` owns one private PostgreSQL cluster, one private Redis and the fake providers for a whole
 run. Each scenario opens a ``Run`` on it: a fresh database, an emptied Redis, fresh provider scripts,
-``workers`` real ``rq worker alerts --with-scheduler`` processes (forking ``Worker``, each in its own
-process group so parent, horse and scheduler die together), a supervisor that restarts a worker that
-exited (as systemd would), and a sweeper thread calling ``alert_worker.sweep.sweep_once``.
+``workers`` real worker processes (forking RQ ``Worker`` with the scheduler, each in its own process
+group so parent, horse and scheduler die together) and a supervisor that restarts a worker that exited
+(as systemd would). Workers are ``python -m alert_worker run`` (the worker main, whose sweeper thread
+recovers lost jobs) or, with ``CRASH_WORKER=rq``, plain ``rq worker alerts --with-scheduler`` with a
+harness thread calling ``alert_worker.sweep.sweep_once`` as the sweeper.
 """
 
 from __future__ import annotations
@@ -107,10 +109,12 @@ class Cluster:
 
 
 class WorkerProcess:
-    """One ``rq worker alerts --with-scheduler`` in its own process group."""
+    """One worker in its own process group: ``python -m alert_worker run`` or ``rq worker alerts -s``."""
 
-    def __init__(self, index: int, env: dict[str, str], log_dir: str) -> None:
+    def __init__(self, index: int, env: dict[str, str], log_dir: str, mode: str) -> None:
         self.index = index
+        self.mode = mode
+        self.started_at = 0.0
         self.env = env
         self.log_dir = log_dir
         self.generation = 0
@@ -119,28 +123,28 @@ class WorkerProcess:
 
     def start(self) -> None:
         self.generation += 1
+        self.started_at = time.monotonic()
         self.name = f"crash-w{self.index}-g{self.generation}-{uuid.uuid4().hex[:6]}"
+        if self.mode == "main":  # the worker main: preflight, migrate, sweeper thread, rq Worker
+            command = [sys.executable, "-m", "alert_worker", "run"]
+        else:  # plain `rq worker alerts --with-scheduler` (job module preloaded); the harness sweeps
+            command = [
+                sys.executable,
+                "-m",
+                "tests.crash.rq_worker",
+                "worker",
+                "alerts",
+                "--with-scheduler",
+                "--url",
+                self.env["REDIS_URL"],
+                "--name",
+                self.name,
+                "--disable-job-desc-logging",
+            ]
         log = open(os.path.join(self.log_dir, f"worker-{self.index}.log"), "ab")  # noqa: SIM115 - child owns it
         try:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.crash.rq_worker",
-                    "worker",
-                    "alerts",
-                    "--with-scheduler",
-                    "--url",
-                    self.env["REDIS_URL"],
-                    "--name",
-                    self.name,
-                    "--disable-job-desc-logging",
-                ],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         finally:
             log.close()
@@ -184,6 +188,8 @@ class Run:
     workers: int = 3
     env_overrides: dict[str, str] = field(default_factory=dict)
     sweep_interval: float = 1.0
+    grace_seconds: int = 2
+    mode: str = field(default_factory=lambda: os.environ.get("CRASH_WORKER", "main"))
     deliveries: list[Delivery] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     worker_restarts: int = 0
@@ -227,7 +233,8 @@ class Run:
                 "ALERT_SEND_TIMEOUT_SECONDS": "1",
                 "ALERT_JOB_TIMEOUT_SECONDS": "2",
                 "ALERT_STUCK_AFTER_SECONDS": "3",
-                "ALERT_SWEEP_GRACE_SECONDS": "2",
+                "ALERT_SWEEP_GRACE_SECONDS": str(self.grace_seconds),
+                "ALERT_SWEEP_INTERVAL_SECONDS": str(self.sweep_interval),
                 "ALERT_RETRY_DELAYS": "1",
                 "ALERT_MAX_ATTEMPTS": "5",
                 "ALERT_RATE_EMAIL_PER_MIN": "100000",
@@ -248,11 +255,12 @@ class Run:
             DeliveryStore(pool=res.pool).migrate()
         try:
             for i in range(self.workers):
-                proc = WorkerProcess(i, env, self.log_dir)
+                proc = WorkerProcess(i, env, self.log_dir, self.mode)
                 proc.start()
                 self._procs.append(proc)
             self._spawn(self._supervise, "crash-supervisor")
-            self._spawn(self._sweep_loop, "crash-sweeper")
+            if self.mode != "main":  # main() runs its own sweeper thread (one cluster-wide, Redis lock)
+                self._spawn(self._sweep_loop, "crash-sweeper")
         except BaseException:
             self.close()
             raise
@@ -282,7 +290,8 @@ class Run:
             if not self._supervising.is_set():
                 continue
             for proc in self._procs:
-                if not proc.alive() and not self._stop.is_set():
+                # at most one restart a second: a worker whose start-up check fails (database down) exits 1
+                if not proc.alive() and not self._stop.is_set() and time.monotonic() - proc.started_at > 1.0:
                     proc.start()
                     self.worker_restarts += 1
 
@@ -396,7 +405,8 @@ class Run:
         """The delivery the worker's horse is running now (read from RQ's worker record)."""
         conn = redis.Redis.from_url(self.cluster.redis.url, socket_timeout=2)
         try:
-            worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + proc.name, connection=conn)
+            pid = proc.process.pid if proc.process else -1
+            worker = next((w for w in Worker.all(connection=conn) if w.pid == pid), None)
             job_id = worker.get_current_job_id() if worker else None
             if not job_id:
                 return None

@@ -33,6 +33,7 @@ class Scale:
     rate_limit: int
     rate_burst: int
     deadline: float
+    grace_seconds: int  # ALERT_SWEEP_GRACE_SECONDS where a scenario needs the sweep to recover
 
 
 SMALL = Scale(
@@ -48,6 +49,7 @@ SMALL = Scale(
     rate_limit=5,
     rate_burst=8,
     deadline=120,
+    grace_seconds=2,
 )
 FULL = Scale(
     transient_n=1000,
@@ -62,6 +64,7 @@ FULL = Scale(
     rate_limit=20,
     rate_burst=50,
     deadline=420,
+    grace_seconds=8,
 )
 
 
@@ -98,7 +101,9 @@ def transient_failures(cluster: Cluster, scale: Scale, seed: int = 1) -> Outcome
             script, expect = ("transient",) * failures, "delivered"
         deliveries.append(Delivery(f"t1-{i:05d}", _channel(i), script, expect))
     outcome = Outcome("transient_20pct")
-    with timed(outcome), Run(cluster, "s1") as run:
+    # Nothing is lost here, so the sweep keeps its production grace: a short grace with a long queue makes
+    # every pass re-enqueue every queued row (measured: 3.7 skipped jobs per real one at 2 s).
+    with timed(outcome), Run(cluster, "s1", grace_seconds=60) as run:
         run.produce(deliveries)
         finished = run.wait_until_terminal(scale.deadline)
         judge(run, outcome, finished=finished, events=[])
@@ -115,7 +120,7 @@ def kill_at_boundaries(cluster: Cluster, scale: Scale) -> Outcome:
         for n in range(scale.per_boundary):
             deliveries.append(Delivery(f"k2-{boundary}-{n:03d}", "email", script, crash=True))
     outcome = Outcome("kill_at_boundaries")
-    with timed(outcome), Run(cluster, "s2") as run:
+    with timed(outcome), Run(cluster, "s2", grace_seconds=scale.grace_seconds) as run:
         run.produce(deliveries)
         finished = run.wait_until_terminal(scale.deadline)
         kills = run.kills()
@@ -143,7 +148,7 @@ def worker_kills(cluster: Cluster, scale: Scale) -> Outcome:
     ]
     outcome = Outcome("worker_kills")
     events: list[Event] = []
-    with timed(outcome), Run(cluster, "s3") as run:
+    with timed(outcome), Run(cluster, "s3", grace_seconds=scale.grace_seconds) as run:
         run.produce(deliveries)
         plan = ["kill"] * scale.worker_kills + ["term"] * scale.warm_stops
         random.Random(3).shuffle(plan)
@@ -173,7 +178,10 @@ def redis_restart(cluster: Cluster, scale: Scale) -> Outcome:
         Delivery(f"r4-{i:05d}", _channel(i), ("transient",) if i % 3 == 0 else ()) for i in range(scale.redis_n)
     ]
     outcome = Outcome("redis_restart_empty")
-    with timed(outcome), Run(cluster, "s4", env_overrides={"ALERT_RETRY_DELAYS": "3"}) as run:
+    with (
+        timed(outcome),
+        Run(cluster, "s4", env_overrides={"ALERT_RETRY_DELAYS": "3"}, grace_seconds=scale.grace_seconds) as run,
+    ):
         run.produce(deliveries)
         before = _wait_for_progress(run, 0.3)
         cluster.redis.restart_empty()
@@ -192,7 +200,7 @@ def postgres_outage(cluster: Cluster, scale: Scale) -> Outcome:
     """PostgreSQL stopped for a while mid-burst, then started again."""
     deliveries = [Delivery(f"p5-{i:05d}", _channel(i), ("slow:0.1",)) for i in range(scale.postgres_n)]
     outcome = Outcome("postgres_outage")
-    with timed(outcome), Run(cluster, "s5") as run:
+    with timed(outcome), Run(cluster, "s5", grace_seconds=scale.grace_seconds) as run:
         run.produce(deliveries)
         before = _wait_for_progress(run, 0.2)
         cluster.postgres.restart(scale.postgres_down_seconds)
@@ -219,7 +227,7 @@ def provider_hang(cluster: Cluster, scale: Scale) -> Outcome:
     """The provider says nothing for longer than the send timeout: transient, retried, nobody stuck."""
     deliveries = [Delivery(f"h6-{i:05d}", _channel(i), ("hang:3",)) for i in range(scale.hang_n)]
     outcome = Outcome("provider_hang")
-    with timed(outcome), Run(cluster, "s6") as run:
+    with timed(outcome), Run(cluster, "s6", grace_seconds=scale.grace_seconds) as run:
         run.produce(deliveries)
         finished = run.wait_until_terminal(scale.deadline)
         judge(run, outcome, finished=finished, events=[])
@@ -244,7 +252,10 @@ def rate_limit_burst(cluster: Cluster, scale: Scale) -> Outcome:
     deliveries = [Delivery(f"l7-{i:05d}", "email") for i in range(scale.rate_burst)]
     outcome = Outcome("rate_limit_burst")
     overrides = {"ALERT_RATE_EMAIL_PER_MIN": str(limit)}
-    with timed(outcome), Run(cluster, "s7", env_overrides=overrides, sweep_interval=2.0) as run:
+    with (
+        timed(outcome),
+        Run(cluster, "s7", env_overrides=overrides, sweep_interval=2.0, grace_seconds=scale.grace_seconds) as run,
+    ):
         run.produce(deliveries)
         finished = run.wait_until_terminal(scale.deadline + 60 * (scale.rate_burst // limit))
         judge(run, outcome, finished=finished, events=[])
