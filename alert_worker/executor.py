@@ -191,14 +191,7 @@ class DeliveryExecutor:
             except RateLimiterUnavailableError as exc:
                 self.store.release(row.id, claim.token, error="rate_limiter_unavailable")
                 log.error("delivery_released", reason="rate_limiter_unavailable", error=str(exc))
-                return make_result(
-                    delivery_id=row.id,
-                    channel=row.channel,
-                    outcome=Outcome.RETRY_SCHEDULED,
-                    status=DeliveryStatus.PENDING,
-                    error="rate_limiter_unavailable",
-                    retryable=True,
-                )
+                return _waiting(row, "rate_limiter_unavailable")
             if not decision.allowed:
                 self.metrics.throttled(row.channel, decision.limit_name or "unknown")
                 return self._defer(
@@ -241,15 +234,7 @@ class DeliveryExecutor:
                 delay_seconds=round(decision.delay_seconds, 3),
                 next_attempt_at=next_at.isoformat(),
             )
-            return make_result(
-                delivery_id=row.id,
-                channel=row.channel,
-                outcome=Outcome.RETRY_SCHEDULED,
-                status=DeliveryStatus.PENDING,
-                error=exc.reason,
-                retryable=True,
-                next_attempt_at=next_at,
-            )
+            return _waiting(row, exc.reason, next_at)
         return self._poison(claim, log, attempts, exc.reason)
 
     def _defer(
@@ -269,15 +254,7 @@ class DeliveryExecutor:
         log.info(
             "delivery_deferred", limit=limit_name, delay_seconds=round(delay, 3), next_attempt_at=next_at.isoformat()
         )
-        return make_result(
-            delivery_id=row.id,
-            channel=row.channel,
-            outcome=Outcome.RETRY_SCHEDULED,
-            status=DeliveryStatus.PENDING,
-            error=error,
-            retryable=True,
-            next_attempt_at=next_at,
-        )
+        return _waiting(row, error, next_at)
 
     def _schedule(self, claim: Claim, log: Any, attempts: int, delay: float, kind: str, queue: str) -> None:
         """Hand the follow-up to RQ on the job's origin queue.
@@ -340,6 +317,19 @@ class DeliveryExecutor:
             success=status is DeliveryStatus.DELIVERED,
             next_attempt_at=next_at,
         )
+
+
+def _waiting(row: DeliveryRow, error: str, next_at: datetime | None = None) -> DeliveryResult:
+    """The result of a job that left the row pending for a later attempt (retry, deferral, release)."""
+    return make_result(
+        delivery_id=row.id,
+        channel=row.channel,
+        outcome=Outcome.RETRY_SCHEDULED,
+        status=DeliveryStatus.PENDING,
+        error=error,
+        retryable=True,
+        next_attempt_at=next_at,
+    )
 
 
 def _message(row: DeliveryRow, attempts: int) -> Message:
