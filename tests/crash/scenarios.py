@@ -62,7 +62,7 @@ FULL = Scale(
     postgres_down_seconds=10,
     hang_n=40,
     rate_limit=20,
-    rate_burst=50,
+    rate_burst=35,
     deadline=420,
     grace_seconds=8,
 )

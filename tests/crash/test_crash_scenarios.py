@@ -32,8 +32,12 @@ def test_transient_failures_end_as_scripted_and_each_delivered_row_is_accepted_o
     assert outcome.notes["transient_scripted"] > 0
 
 
-def test_a_work_horse_killed_at_any_boundary_still_ends_delivered(cluster: Cluster) -> None:
+@pytest.mark.parametrize("worker", ["main", "rq"], ids=["alert-worker-run", "plain-rq-worker"])
+def test_a_work_horse_killed_at_any_boundary_still_ends_delivered(
+    cluster: Cluster, worker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SIGKILL at each boundary: all delivered after the sweep; one duplicate per kill after the send, else none."""
+    monkeypatch.setenv("CRASH_WORKER", worker)  # plain `rq worker -s`: the suite's thread is the sweeper
     outcome = kill_at_boundaries(cluster, SMALL)
     assert outcome.failures == []
     assert outcome.notes["kills_by_boundary"] == {b: SMALL.per_boundary for b in BOUNDARIES}
