@@ -198,7 +198,7 @@ class Run:
 
     def __post_init__(self) -> None:
         self.database = f"crash_{self.name}_{uuid.uuid4().hex[:8]}"
-        self.log_dir = os.path.join(self.cluster.tmp, self.name)
+        self.log_dir = os.path.join(self.cluster.tmp, self.database)  # unique: one scenario may run twice
         os.makedirs(self.log_dir, exist_ok=True)
         self.crash_log = os.path.join(self.log_dir, "kills.log")
         self._procs: list[WorkerProcess] = []
