@@ -16,15 +16,17 @@ from typing import Any
 
 import psycopg
 import redis
+from psycopg_pool import ConnectionPool
 
-from alert_worker.connections import Connections, OneConnection, open_redis, short_lived, store_on
 from alert_worker.counters import poison_count, queue_depth
 from alert_worker.models import ChannelType
 from alert_worker.poison import PoisonQueue
 from alert_worker.queries import OperatorQueries
 from alert_worker.redaction import sanitize_text
+from alert_worker.resources import Connections, open_job_pool, open_redis, short_lived
 from alert_worker.rq_jobs import RqEnqueuer
 from alert_worker.settings import Settings
+from alert_worker.store import DeliveryStore
 from alert_worker.sweep import job_payload
 from alert_worker.worker import check_database, check_redis, require_connection_settings, safe_error, sweep_pass
 
@@ -65,9 +67,9 @@ def _require_database(settings: Settings) -> None:
 
 
 @contextmanager
-def _database(settings: Settings) -> Iterator[OneConnection]:
+def _database(settings: Settings) -> Iterator[ConnectionPool]:
     _require_database(settings)
-    database = OneConnection(settings.database_url)
+    database = open_job_pool(settings)
     try:
         yield database
     finally:
@@ -86,7 +88,7 @@ def _both(settings: Settings) -> Iterator[Connections]:
 # -- commands -----------------------------------------------------------------------------------------
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     with _database(settings) as database:
-        store_on(database).migrate()
+        DeliveryStore(pool=database).migrate()
     _out("migrated")
     return 0
 
@@ -260,7 +262,7 @@ def cmd_poison_resolve(args: argparse.Namespace, settings: Settings) -> int:
     note = sanitize_text(args.note) if args.note else None
     ids = list(dict.fromkeys(args.ids))
     with _database(settings) as database:
-        store = store_on(database)
+        store = DeliveryStore(pool=database)
         client = open_redis(settings) if settings.redis_url else None
         try:
             gauge = poison_count(client, settings.redis_key_prefix) if client else None

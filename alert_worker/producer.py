@@ -135,8 +135,8 @@ def send_alert(
     Raises ``QueueFullError`` when the queue is over ``ALERT_MAX_QUEUE_DEPTH`` (see the module doc),
     ``ValueError`` for arguments that cannot be a delivery.
     """
-    from alert_worker.connections import short_lived
     from alert_worker.queries import OperatorQueries
+    from alert_worker.resources import short_lived
 
     settings = settings or Settings.from_env()
     with short_lived(settings) as conns:

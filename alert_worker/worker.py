@@ -21,10 +21,10 @@ import structlog
 from rq import Queue
 
 import alert_worker.entrypoint  # noqa: F401  - preload the job module before RQ forks work-horses
-from alert_worker.connections import CONNECT_TIMEOUT_SECONDS, Connections, open_redis, short_lived
 from alert_worker.counters import Gauge, poison_count, queue_depth
 from alert_worker.logs import configure_logging
 from alert_worker.metrics import MetricKeys
+from alert_worker.resources import DB_CONNECT_TIMEOUT_SECONDS, Connections, open_redis, short_lived
 
 if TYPE_CHECKING:
     from alert_worker.metrics_server import MetricsServer
@@ -84,7 +84,7 @@ def require_connection_settings(settings: Settings) -> None:
 def check_database(settings: Settings) -> None:
     """``SELECT 1`` on a fresh connection."""
     try:
-        with psycopg.connect(settings.database_url, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+        with psycopg.connect(settings.database_url, connect_timeout=DB_CONNECT_TIMEOUT_SECONDS) as conn:
             conn.execute("SELECT 1")
     except (psycopg.Error, OSError) as exc:
         raise StartupError(

@@ -92,7 +92,8 @@ def per_delivery(run: Callable[[str], object], ids: list[str]) -> dict[str, floa
 
 
 def main() -> int:
-    from alert_worker.entrypoint import close_process_resources, execute_delivery_job
+    from alert_worker.entrypoint import execute_delivery_job
+    from alert_worker.resources import close_process_resources
 
     n = 21
     with throwaway_database() as database_url, locked_redis_db() as redis_url, running_sink() as sink:

@@ -33,7 +33,7 @@ def with_database(dsn: str, name: str) -> str:
 @contextmanager
 def throwaway_database() -> Iterator[str]:
     """A fresh migrated database, dropped on the way out."""
-    from alert_worker.entrypoint import open_pool
+    from alert_worker.resources import open_pool
     from alert_worker.settings import Settings
     from alert_worker.store import DeliveryStore
 

@@ -35,7 +35,7 @@ def _admin() -> psycopg.Connection:
 @pytest.fixture(scope="session")
 def template_database() -> Iterator[str]:
     """A migrated database that each test's database is cloned from (cheaper than migrating each)."""
-    from alert_worker.entrypoint import open_pool
+    from alert_worker.resources import open_pool
     from alert_worker.settings import Settings
     from alert_worker.store import DeliveryStore
 

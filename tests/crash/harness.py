@@ -32,9 +32,9 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from alert_worker.counters import poison_count, queue_depth
-from alert_worker.entrypoint import closing_resources, open_job_resources
 from alert_worker.models import ChannelType
 from alert_worker.redaction import mask_recipient, recipient_hash
+from alert_worker.resources import closing_resources, open_job_resources
 from alert_worker.rq_jobs import FAILURE_TTL_SECONDS, JOB_FUNC, job_id_for
 from alert_worker.settings import Settings
 from alert_worker.store import DeliveryStore, NewDelivery

@@ -19,9 +19,10 @@ from typing import Any
 
 from rq import get_current_job
 
-from alert_worker.entrypoint import JobResources, build_executor, run_delivery_job
+from alert_worker.entrypoint import build_executor, run_delivery_job
 from alert_worker.executor import DeliveryExecutor, DeliveryRequest, FollowUp
 from alert_worker.logs import ensure_logging
+from alert_worker.resources import JobResources
 from alert_worker.settings import Settings
 from alert_worker.validation import validate_job_arguments
 

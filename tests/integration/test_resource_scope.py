@@ -13,16 +13,16 @@ import pytest
 import redis
 
 from alert_worker import execute_delivery_job
-from alert_worker.entrypoint import (
+from alert_worker.entrypoint import run_delivery_job
+from alert_worker.executor import DeliveryRequest
+from alert_worker.models import ChannelType
+from alert_worker.resources import (
     JobResources,
     close_process_resources,
     open_job_pool,
     open_resources_for,
     process_resources,
-    run_delivery_job,
 )
-from alert_worker.executor import DeliveryRequest
-from alert_worker.models import ChannelType
 from alert_worker.settings import Settings
 from tests.conftest import ADMIN_DSN
 from tests.support.smtp import SmtpSink

@@ -10,9 +10,9 @@ import pytest
 import redis
 from rq import Queue, SimpleWorker
 
-from alert_worker.connections import short_lived
 from alert_worker.counters import poison_count, queue_depth
 from alert_worker.producer import send_alert
+from alert_worker.resources import short_lived
 from alert_worker.rq_jobs import RqEnqueuer
 from alert_worker.settings import Settings
 from alert_worker.sweep import SweepReport, sweep_once

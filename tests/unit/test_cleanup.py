@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from alert_worker.entrypoint import JobResources, run_delivery_job
+from alert_worker.entrypoint import run_delivery_job
 from alert_worker.executor import DeliveryRequest
 from alert_worker.models import ChannelType
+from alert_worker.resources import JobResources
 from alert_worker.settings import Settings
 
 SETTINGS = Settings(database_url="postgresql://unused", redis_url="redis://unused")

@@ -1,0 +1,218 @@
+"""Connections for jobs, operator commands and the sweeper: how they are opened, shared and closed.
+
+Job scope (the default, CONTRACT §1): each job opens a ``JobPool`` (a ``ConnectionPool`` that connects in
+the job's own thread and starts no threads) and a Redis client, and ``closing_resources`` closes both on
+the way out, even when the delivery raises. Process scope (``ALERT_RESOURCE_SCOPE=process``): one checked
+pool and one client per process, made after any fork (keyed by pid) and closed at exit. Operator
+commands and the sweeper thread use ``short_lived``: the job-scope pair, for one command or one pass,
+so nothing with threads or locks is held across a ``fork()``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from psycopg import Connection
+from psycopg_pool import ConnectionPool
+from psycopg_pool.pool import AddConnection, MaintenanceTask, ReturnConnection
+
+from alert_worker.settings import Settings
+from alert_worker.store import DeliveryStore
+
+DB_CONNECT_TIMEOUT_SECONDS = 5
+
+
+@dataclass
+class JobResources:
+    """The connections a job uses. ``close`` closes the database first, then Redis.
+
+    ``owned`` is False for process-scoped resources: a job must not close what the next job reuses;
+    they are closed once, at process exit.
+    """
+
+    pool: ConnectionPool
+    redis: redis.Redis
+    owned: bool = True
+
+    def close(self) -> list[BaseException]:
+        if not self.owned:
+            return []
+        return self.close_now()
+
+    def close_now(self) -> list[BaseException]:
+        errors: list[BaseException] = []
+        for close in (self.pool.close, self.redis.close):
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - collected and raised together by the caller
+                errors.append(exc)
+        return errors
+
+
+class JobPool(ConnectionPool):
+    """A ``ConnectionPool`` for one job: it connects in the calling thread and starts no threads.
+
+    A job is one thread making a few statements; the stock pool would start a scheduler and a worker
+    thread, connect in the worker and join both on close, and each hand-off waits for a CPU on a busy
+    host. This overrides psycopg_pool 3.3 internals (pinned in requirements.txt; guarded by
+    tests/integration/test_resource_scope.py): no threads, no initial connection, a connection made
+    on first use, and a broken one replaced by the next use instead of a background task.
+    """
+
+    def _start_workers(self) -> None:
+        pass
+
+    def _start_initial_tasks(self) -> None:
+        pass
+
+    def _get_ready_connection(self, timeout: float | None) -> Connection[Any] | None:
+        conn = super()._get_ready_connection(timeout)
+        if conn is None and self._nconns < self.max_size:  # called under the pool's lock
+            conn = self._connect(timeout=timeout)
+            self._nconns += 1
+        return conn
+
+    def run_task(self, task: MaintenanceTask) -> None:
+        if isinstance(task, AddConnection):  # a broken connection was dropped: the next use reconnects
+            with self._lock:
+                self._nconns -= 1
+        elif isinstance(task, ReturnConnection):
+            task._run(self)
+        # Nothing else is scheduled without worker threads.
+
+
+def open_pool(settings: Settings, *, check: bool = False) -> ConnectionPool:
+    """The process-scope pool: one connection, kept warm by psycopg_pool's own worker thread.
+
+    ``check=True`` tests a pooled connection before handing it out, so a connection broken by a
+    database restart is replaced instead of failing the next job.
+    """
+    return ConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=1,
+        num_workers=1,
+        timeout=settings.send_timeout_seconds,
+        kwargs={"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS, "autocommit": True},
+        check=ConnectionPool.check_connection if check else None,
+        open=True,
+    )
+
+
+def open_job_pool(settings: Settings) -> JobPool:
+    """The per-job pool: at most one connection, opened on first use in the job's own thread."""
+    return JobPool(
+        settings.database_url,
+        min_size=0,
+        max_size=1,
+        timeout=settings.send_timeout_seconds,
+        kwargs={"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS, "autocommit": True},
+        open=True,
+    )
+
+
+def open_redis(settings: Settings) -> redis.Redis:
+    """RESP2 and no ``CLIENT SETINFO``: one handshake round trip (``SELECT``) instead of five.
+
+    redis-py retries a command once the connection is found broken, reconnecting (its default
+    ``Retry``), so a process-scoped client survives a Redis restart.
+    """
+    timeout = max(settings.send_timeout_seconds, 1.0)
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        protocol=2,
+        driver_info=None,
+    )
+
+
+def open_job_resources(settings: Settings) -> JobResources:
+    pool = open_job_pool(settings)
+    try:
+        client = open_redis(settings)
+    except BaseException:
+        pool.close()
+        raise
+    return JobResources(pool=pool, redis=client)
+
+
+# pid -> that process's resources. Keyed by pid so a forked child never uses (or closes) its parent's
+# pool and sockets; a parent's entry stays referenced in the child so it is never garbage-collected there.
+_process_resources: dict[int, JobResources] = {}
+
+
+def process_resources(settings: Settings) -> JobResources:
+    """``ALERT_RESOURCE_SCOPE=process``: one pool and Redis client per process, made after any fork."""
+    pid = os.getpid()
+    found = _process_resources.get(pid)
+    if found is None:
+        pool = open_pool(settings, check=True)
+        try:
+            client = open_redis(settings)
+        except BaseException:
+            pool.close()
+            raise
+        found = _process_resources[pid] = JobResources(pool=pool, redis=client, owned=False)
+    return found
+
+
+def close_process_resources() -> list[BaseException]:
+    """Close this process's shared resources (worker shutdown); a no-op in any other process."""
+    found = _process_resources.pop(os.getpid(), None)
+    return found.close_now() if found is not None else []
+
+
+atexit.register(close_process_resources)  # a forked RQ work-horse leaves by os._exit and skips this
+
+
+def open_resources_for(settings: Settings) -> JobResources:
+    """The resources one job runs on, per ``settings.resource_scope``."""
+    if settings.resource_scope == "process":
+        return process_resources(settings)
+    return open_job_resources(settings)
+
+
+@contextmanager
+def closing_resources(resources: JobResources) -> Iterator[JobResources]:
+    """Close everything on the way out; a close failure never hides the delivery's own error.
+
+    One close fails: it is raised. Both fail: an ``ExceptionGroup`` (database first). The delivery
+    raised and a close failed too: both are raised together in one group, the delivery's error first.
+    """
+    try:
+        yield resources
+    except BaseException as primary:
+        errors = resources.close()
+        if errors:
+            raise BaseExceptionGroup("delivery failed and closing its resources failed", [primary, *errors]) from None
+        raise
+    errors = resources.close()
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise BaseExceptionGroup("closing the job's resources failed", errors)
+
+
+@dataclass
+class Connections:
+    """What an operator command or a sweep pass works with."""
+
+    store: DeliveryStore
+    database: ConnectionPool
+    redis: redis.Redis
+
+
+@contextmanager
+def short_lived(settings: Settings) -> Iterator[Connections]:
+    """One thread-free Postgres pool and one Redis client for one command or sweep pass, closed after."""
+    resources = open_job_resources(settings)
+    with closing_resources(resources):
+        store = DeliveryStore(pool=resources.pool, stuck_after_seconds=settings.stuck_after_seconds)
+        yield Connections(store=store, database=resources.pool, redis=resources.redis)
