@@ -20,8 +20,13 @@ import redis
 import structlog
 from rq import Queue
 
-import alert_worker.entrypoint  # noqa: F401  - preload the job module before RQ forks work-horses
+# Preload the job module and the e-mail and Slack channels (smtplib, requests) before RQ forks
+# work-horses, so a horse does not re-import them for every job. twilio stays lazy (SMS only).
+import alert_worker.channels.email
+import alert_worker.entrypoint  # noqa: F401
+from alert_worker.channels.slack import check_webhook_url
 from alert_worker.counters import Gauge, poison_count, queue_depth
+from alert_worker.errors import InvalidInputError
 from alert_worker.logs import configure_logging
 from alert_worker.metrics import MetricKeys
 from alert_worker.resources import DB_CONNECT_TIMEOUT_SECONDS, Connections, open_redis, short_lived
@@ -182,6 +187,17 @@ def _warn_disabled_channels(settings: Settings) -> None:
             missing=list(missing),
             detail=f"{channel.value} deliveries will be poisoned (channel_not_configured)",
         )
+    if settings.slack.default_webhook_url:
+        try:
+            check_webhook_url(settings.slack.default_webhook_url, settings.slack.allowed_hosts)
+        except InvalidInputError as exc:
+            log.warning(
+                "channel_misconfigured",
+                channel="slack",
+                variable="SLACK_WEBHOOK_URL",
+                reason=exc.reason,
+                detail="deliveries to the default webhook will be poisoned (channel_not_configured)",
+            )
 
 
 def run_worker(settings: Settings, *, burst: bool = False, worker_class: type[Any] | None = None) -> int:

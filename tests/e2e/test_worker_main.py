@@ -204,3 +204,14 @@ def test_metrics_scraped_over_http_count_deliveries_made_in_forked_work_horses(
     assert scraped[("alert_delivery_latency_seconds_count", (("channel", "email"),))] == 3
     assert scraped[("alert_queue_depth", ())] == 0
     assert any(e["event"] == "worker_started" and e["metrics_port"] == port for e in events)
+
+
+def test_a_default_slack_webhook_the_guard_refuses_is_reported_once_at_start_up(worker_env: dict[str, str]) -> None:
+    """A bad SLACK_WEBHOOK_URL is found before the first alert, and its path is not printed."""
+    env = {**worker_env, "SLACK_WEBHOOK_URL": "http://evil.example/services/T0/B0/secret-path-canary"}
+    done = run_cli(["run", "--burst"], env, timeout=120)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    events = [e for e in _json_lines(done.stdout + done.stderr) if e["event"] == "channel_misconfigured"]
+    assert len(events) == 1 and events[0]["variable"] == "SLACK_WEBHOOK_URL"
+    assert "SLACK_WEBHOOK_HOSTS" in events[0]["reason"]
+    assert "secret-path-canary" not in done.stdout + done.stderr
