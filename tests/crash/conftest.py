@@ -1,4 +1,4 @@
-"""One private PostgreSQL cluster, Redis and fake providers for every crash scenario of a pytest run."""
+"""Private PostgreSQL, Redis and fake providers for the crash scenarios of one test module."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from tests.crash.harness import Cluster
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     with Cluster() as running:
         yield running
