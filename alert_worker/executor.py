@@ -139,7 +139,13 @@ class DeliveryExecutor:
             log.warning("delivery_arguments_mismatch", detail="the stored row wins over the job's arguments")
         result: DeliveryResult | None = None
         try:
-            result = self._run_claimed(request, claim, log)
+            try:
+                result = self._run_claimed(request, claim, log)
+            except ClaimLostError:
+                raise
+            except Exception as exc:
+                self._hand_back_after_crash(request, claim, log, exc)
+                raise
         except ClaimLostError:
             log.error("delivery_claim_lost", detail="another job reclaimed this delivery; not writing")
             current = self.store.get(row.id)
@@ -162,6 +168,21 @@ class DeliveryExecutor:
         delta = int(claim.created) - int(ended)
         if delta:
             self.queue_depth.add(delta)
+
+    def _hand_back_after_crash(self, request: DeliveryRequest, claim: Claim, log: Any, exc: Exception) -> None:
+        """An unexpected error (a bug, a job timeout, a database blip) after the claim.
+
+        Rather than leave the row claimed until ``ALERT_STUCK_AFTER_SECONDS``, count the attempt (the
+        provider may have been reached) and retry with backoff, or poison on the last attempt. The job
+        still fails loudly: the caller re-raises. If this write fails too, the stuck reclaim recovers it.
+        """
+        attempts = max(request.attempt, claim.row.attempts) + 1
+        log.error("delivery_crashed", error=type(exc).__name__, attempts=attempts)
+        failure = TransientDeliveryError(f"worker_error: {type(exc).__name__}")
+        try:
+            self._failed(claim, log, attempts, failure, request.queue)
+        except Exception as second:  # noqa: BLE001 - the original error is the one to raise
+            log.error("delivery_crash_not_recorded", error=type(second).__name__)
 
     # -- the claimed path ----------------------------------------------------------------------------
     def _run_claimed(self, request: DeliveryRequest, claim: Claim, log: Any) -> DeliveryResult:

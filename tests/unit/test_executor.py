@@ -400,3 +400,37 @@ def test_the_queue_depth_gauge_moves_once_per_job_by_the_net_change(
         h.store.add(_pending_row())
     h.run()
     assert h.depth.calls == calls
+
+
+class ExplodingChannel(FakeChannel):
+    def send(self, message: Any) -> Any:
+        raise RuntimeError("a bug in a channel")
+
+
+def test_an_unexpected_error_after_the_claim_is_retried_with_the_attempt_counted_and_re_raised() -> None:
+    """The job fails loudly, but the row is not left claimed for ALERT_STUCK_AFTER_SECONDS."""
+    h = Harness(ExplodingChannel())
+    with capture_logs() as logs, pytest.raises(RuntimeError, match="a bug in a channel"):
+        h.run()
+    row = h.row()
+    assert row.status is DeliveryStatus.PENDING and row.attempts == 1 and row.next_attempt_at is not None
+    assert h.store.rows["delivery-1"].error == "worker_error: RuntimeError"
+    assert [f.kind for f in h.scheduler.scheduled] == ["retry"]
+    assert any(e["event"] == "delivery_crashed" for e in logs)
+
+
+def test_an_unexpected_error_on_the_last_attempt_poisons_and_is_re_raised() -> None:
+    h = Harness(ExplodingChannel(), max_attempts=2)
+    with pytest.raises(RuntimeError):
+        h.run(attempt=1)
+    assert h.row().status is DeliveryStatus.POISON
+    assert h.store.rows["delivery-1"].error == "attempts_exhausted: worker_error: RuntimeError"
+
+
+def test_if_the_crash_cannot_be_recorded_the_original_error_still_propagates() -> None:
+    """Database gone too: the row stays claimed for the stuck reclaim; the first error is raised."""
+    h = Harness(ExplodingChannel())
+    h.store.steal_claim_on_write = True
+    with pytest.raises(RuntimeError, match="a bug in a channel"):
+        h.run()
+    assert h.row().status is DeliveryStatus.IN_PROGRESS
