@@ -13,7 +13,7 @@ import math
 import re
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import redis
 from rq import Queue
@@ -88,6 +88,16 @@ class RqEnqueuer:
         except DuplicateJobError:
             return False
         return True
+
+    def oldest_queued_at(self, queue: str) -> datetime | None:
+        """When the job at the head of ``queue`` was enqueued (UTC), or ``None`` for an empty queue."""
+        q = Queue(queue, connection=self._connection)
+        for job_id in q.get_job_ids(0, 1):
+            job = q.fetch_job(job_id)
+            if job is not None and job.enqueued_at is not None:
+                found = job.enqueued_at
+                return found if found.tzinfo else found.replace(tzinfo=UTC)
+        return None
 
     def schedule(self, follow_up: FollowUp) -> None:
         """``enqueue_in`` on the origin queue; one follow-up per claim (id from the claim token)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -287,11 +288,22 @@ class DeliveryStore:
         )
 
     # -- recovery and operators ----------------------------------------------------------------------
-    def take_overdue(self, *, grace_seconds: int, limit: int = 500) -> list[RecoveredDelivery]:
+    def pending_queues(self) -> list[str]:
+        """The RQ queues that pending rows travel on (the sweep asks each how far behind it is)."""
+        with self._pool.connection() as conn:
+            rows = conn.execute("SELECT DISTINCT queue FROM alert_deliveries WHERE status = 'pending'").fetchall()
+        return [r[0] for r in rows]
+
+    def take_overdue(
+        self, *, grace_seconds: int, limit: int = 500, due_before: Mapping[str, datetime] | None = None
+    ) -> list[RecoveredDelivery]:
         """Stamp and return overdue pending rows and stuck in-progress rows, each once per grace period.
 
-        ``FOR UPDATE SKIP LOCKED`` lets two sweepers run at once without taking the same row.
+        ``due_before`` maps a queue to a time: a pending row on that queue is taken only if it became due
+        before then (its job, if any, would already have left the queue). ``FOR UPDATE SKIP LOCKED`` lets
+        two sweepers run at once without taking the same row.
         """
+        cutoffs = dict(due_before or {})
         with self._pool.connection() as conn:
             rows = conn.execute(
                 """
@@ -301,7 +313,12 @@ class DeliveryStore:
                  WHERE d.id IN (
                        SELECT id FROM alert_deliveries
                         WHERE (status = 'pending'
-                               AND COALESCE(next_attempt_at, updated_at) < now() - make_interval(secs => %(grace)s))
+                               AND COALESCE(next_attempt_at, updated_at) < now() - make_interval(secs => %(grace)s)
+                               AND COALESCE(next_attempt_at, updated_at) < COALESCE(
+                                   (SELECT c.cutoff
+                                      FROM unnest(%(queues)s::text[], %(cutoffs)s::timestamptz[]) AS c(queue, cutoff)
+                                     WHERE c.queue = alert_deliveries.queue),
+                                   'infinity'))
                            OR (status = 'in_progress'
                                AND last_attempt_at < now() - make_interval(secs => %(stuck)s)
                                AND updated_at < now() - make_interval(secs => %(grace)s))
@@ -310,7 +327,13 @@ class DeliveryStore:
                         FOR UPDATE SKIP LOCKED)
                 RETURNING d.id, d.channel, d.payload, d.queue, d.attempts, now()
                 """,
-                {"grace": grace_seconds, "stuck": self._stuck_after_seconds, "limit": limit},
+                {
+                    "grace": grace_seconds,
+                    "stuck": self._stuck_after_seconds,
+                    "limit": limit,
+                    "queues": list(cutoffs),
+                    "cutoffs": list(cutoffs.values()),
+                },
             ).fetchall()
         return [RecoveredDelivery(*r) for r in rows]
 

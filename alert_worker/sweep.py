@@ -3,13 +3,15 @@
 Postgres is the truth and Redis may forget (a restart, an eviction, a crash between writing a row and
 enqueueing its job). The sweep stamps candidate rows in one statement (so each is re-enqueued once per
 grace period, even with two sweepers at once) and enqueues a job for each from its payload; the claim
-makes any duplicate job harmless. It also resets the queue-depth and poison gauges from Postgres.
+makes any duplicate job harmless. A pending row whose queue still holds older jobs is left alone: its
+job is waiting in the backlog, not lost. It also resets the queue-depth and poison gauges from Postgres.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
@@ -20,10 +22,16 @@ from alert_worker.store import DeliveryStore
 log = structlog.get_logger("alert_worker.sweep")
 
 
+# RQ timestamps come from the producer's clock, the rows' from the database's: allow for some skew.
+QUEUE_CLOCK_MARGIN_SECONDS = 5.0
+
+
 class Enqueuer(Protocol):
     def enqueue_now(
         self, *, queue: str, delivery_id: str, channel: str, payload: dict[str, str], attempt: int, suffix: str
     ) -> bool: ...
+
+    def oldest_queued_at(self, queue: str) -> datetime | None: ...
 
 
 @dataclass(frozen=True)
@@ -49,8 +57,9 @@ def sweep_once(
     ``oldest_pending_epoch`` (a query) and ``oldest_pending_gauge`` feed the metrics' oldest-pending age.
     """
     requeued = 0
+    due_before = _still_queued_cutoffs(store, enqueuer)
     while True:
-        batch = store.take_overdue(grace_seconds=grace_seconds, limit=batch_size)
+        batch = store.take_overdue(grace_seconds=grace_seconds, limit=batch_size, due_before=due_before)
         for row in batch:
             stamp = int(row.stamp.timestamp() * 1000)
             enqueuer.enqueue_now(
@@ -72,6 +81,21 @@ def sweep_once(
         oldest_pending_gauge.set(oldest_pending_epoch())
     log.info("sweep_done", requeued=requeued, queue_depth=depth, poison=counts["poison"])
     return SweepReport(requeued=requeued, queue_depth=depth, poison=counts["poison"])
+
+
+def _still_queued_cutoffs(store: DeliveryStore, enqueuer: Enqueuer) -> dict[str, datetime]:
+    """Per queue, the time before which a row's job must have left the queue (RQ is FIFO).
+
+    A pending row that became due after the oldest job still waiting in its queue may have its job
+    waiting too: during a backlog longer than the grace period, re-enqueueing it would only add
+    duplicate jobs (harmless, the claim skips them) and make the backlog longer.
+    """
+    cutoffs: dict[str, datetime] = {}
+    for queue in store.pending_queues():
+        oldest = enqueuer.oldest_queued_at(queue)
+        if oldest is not None:
+            cutoffs[queue] = oldest - timedelta(seconds=QUEUE_CLOCK_MARGIN_SECONDS)
+    return cutoffs
 
 
 def job_payload(payload: dict[str, Any] | None) -> dict[str, str]:

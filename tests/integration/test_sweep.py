@@ -157,3 +157,30 @@ def test_a_sweep_reconciles_the_gauges_and_the_oldest_pending_time(
         b"1",
         b"1000000",
     ]
+
+
+def test_a_pending_row_whose_job_still_waits_in_a_backlog_is_not_re_enqueued(
+    settings: Settings, redis_client: redis.Redis, database_url: str
+) -> None:
+    """RQ is FIFO: a row that became due after the oldest queued job may have its job behind it."""
+    send_alert("email", "ops@example.com", "s", "b", delivery_id="queued-1", settings=settings)
+    report = sweep_pass(settings, lock_ttl_seconds=60, release_lock=True)
+    assert report is not None and report.requeued == 0, "grace 0, but the job is still in the queue"
+    assert Queue("alerts", connection=redis_client).count == 1
+
+    redis_client.flushdb()  # now the job really is lost
+    report = sweep_pass(settings, lock_ttl_seconds=60, release_lock=True)
+    assert report is not None and report.requeued == 1
+    assert Queue("alerts", connection=redis_client).count == 1
+
+
+def test_a_row_due_before_the_oldest_queued_job_is_re_enqueued_because_its_job_has_left(
+    settings: Settings, redis_client: redis.Redis, database_url: str
+) -> None:
+    """The queue's head was enqueued after the row became due: the row's job was consumed or lost."""
+    send_alert("email", "ops@example.com", "s", "b", delivery_id="old-1", settings=settings)
+    redis_client.flushdb()
+    Queue("alerts", connection=redis_client).enqueue("os.getpid")  # an unrelated, newer job at the head
+    _sql(database_url, "UPDATE alert_deliveries SET updated_at = now() - interval '1 hour' WHERE id = 'old-1'")
+    report = sweep_pass(settings, lock_ttl_seconds=60, release_lock=True)
+    assert report is not None and report.requeued == 1

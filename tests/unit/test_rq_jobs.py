@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import fakeredis
 import pytest
@@ -94,3 +94,20 @@ def test_enqueue_now_refuses_a_second_job_with_the_same_suffix() -> None:
         is False
     )
     assert Queue("alerts", connection=conn).count == 1
+
+
+def test_oldest_queued_at_reads_the_head_of_the_queue() -> None:
+    """The sweep's backlog check: None for an empty queue, else the head job's enqueue time (UTC)."""
+    conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    enqueuer = RqEnqueuer(connection=conn)
+    assert enqueuer.oldest_queued_at("alerts") is None
+    payload = {"recipient": "ops@example.com", "subject": "s", "body": "b"}
+    before = datetime.now(UTC)
+    enqueuer.enqueue_now(queue="alerts", delivery_id="d-1", channel="email", payload=payload, attempt=0, suffix="a")
+    enqueuer.enqueue_now(queue="alerts", delivery_id="d-2", channel="email", payload=payload, attempt=0, suffix="b")
+    head = enqueuer.oldest_queued_at("alerts")
+    assert head is not None and head.tzinfo is not None
+    assert before - timedelta(seconds=1) <= head <= datetime.now(UTC)
+    job = Queue("alerts", connection=conn).fetch_job("alert-d-1-a")
+    assert job is not None and job.enqueued_at is not None
+    assert head == job.enqueued_at.replace(tzinfo=head.tzinfo)
