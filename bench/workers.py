@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rq.worker import Worker
 
-import alert_worker.entrypoint  # noqa: F401 - preloaded: work-horses inherit it instead of importing it
+import alert_worker.worker  # noqa: F401 - the same preloads as `alert-worker run` (job module, e-mail, Slack)
 import bench.jobs
 import bench.reference_async  # noqa: F401
 
