@@ -53,9 +53,24 @@ def build_executor(settings: Settings, resources: JobResources) -> DeliveryExecu
     )
 
 
-def _origin_queue(settings: Settings) -> str:
+def job_request(
+    delivery_id: Any, channel: Any, recipient: Any, subject: Any, body: Any, attempt: Any
+) -> tuple[Settings, DeliveryRequest]:
+    """Check the job's arguments (``ValueError`` before any I/O), read settings, name the origin queue."""
+    delivery_id, channel_type, attempt = validate_job_arguments(delivery_id, channel, attempt)
+    settings = Settings.from_env()
+    ensure_logging(settings.log_format)
     job = get_current_job()
-    return job.origin if job is not None else settings.queues[0]
+    request = DeliveryRequest(
+        delivery_id=delivery_id,
+        channel=channel_type,
+        recipient=recipient,
+        subject=subject,
+        body=body,
+        attempt=attempt,
+        queue=job.origin if job is not None else settings.queues[0],
+    )
+    return settings, request
 
 
 def run_delivery_job(
@@ -84,18 +99,7 @@ def execute_delivery_job(
     Raises ``ValueError`` for a bad ``delivery_id``, ``channel`` or ``attempt`` before any I/O; every
     other bad input ends as a poisoned delivery. Never sleeps: retries and deferrals go to RQ's scheduler.
     """
-    delivery_id, channel_type, attempt = validate_job_arguments(delivery_id, channel, attempt)
-    settings = Settings.from_env()
-    ensure_logging(settings.log_format)
-    request = DeliveryRequest(
-        delivery_id=delivery_id,
-        channel=channel_type,
-        recipient=recipient,
-        subject=subject,
-        body=body,
-        attempt=attempt,
-        queue=_origin_queue(settings),
-    )
+    settings, request = job_request(delivery_id, channel, recipient, subject, body, attempt)
     return run_delivery_job(request, settings=settings)
 
 

@@ -17,14 +17,10 @@ import os
 import signal
 from typing import Any
 
-from rq import get_current_job
-
-from alert_worker.entrypoint import build_executor, run_delivery_job
-from alert_worker.executor import DeliveryExecutor, DeliveryRequest, FollowUp
-from alert_worker.logs import ensure_logging
+from alert_worker.entrypoint import build_executor, job_request, run_delivery_job
+from alert_worker.executor import DeliveryExecutor, FollowUp
 from alert_worker.resources import JobResources
 from alert_worker.settings import Settings
-from alert_worker.validation import validate_job_arguments
 
 BOUNDARIES = ("after_claim", "after_send", "after_write", "enqueue_in_before", "enqueue_in_after")
 
@@ -109,17 +105,5 @@ def execute_with_crash(
     delivery_id: str, channel: str, recipient: str, subject: str, body: str, attempt: int = 0
 ) -> Any:
     """``execute_delivery_job``, except that the horse SIGKILLs itself at the configured boundary."""
-    delivery_id, channel_type, attempt = validate_job_arguments(delivery_id, channel, attempt)
-    settings = Settings.from_env()
-    ensure_logging(settings.log_format)
-    job = get_current_job()
-    request = DeliveryRequest(
-        delivery_id=delivery_id,
-        channel=channel_type,
-        recipient=recipient,
-        subject=subject,
-        body=body,
-        attempt=attempt,
-        queue=job.origin if job is not None else settings.queues[0],
-    )
+    settings, request = job_request(delivery_id, channel, recipient, subject, body, attempt)
     return run_delivery_job(request, settings=settings, make_executor=crashing_executor(boundary_for(delivery_id)))

@@ -16,22 +16,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from alert_worker import execute_delivery_job
+from tests.support.contract import RESULT_KEYS
 from tests.support.http_providers import SLACK_HOST, MockedProviders, channel_env, mocked_providers
 from tests.support.smtp import SmtpSink
 
 pytestmark = pytest.mark.integration
 
-RESULT_KEYS = {
-    "delivery_id",
-    "channel",
-    "outcome",
-    "success",
-    "status",
-    "message_id",
-    "error",
-    "retryable",
-    "next_attempt_at",
-}
 NASTY = ["\ud800", "\udfff", "\x00", "\r\n", "\x1b[2J", "\u202e", "<!channel>", "&", "😀", " ", "\t", "é"]
 
 nasty_text = st.lists(

@@ -15,6 +15,7 @@ from alert_worker.models import ChannelType, DeliveryRow, DeliveryStatus
 from alert_worker.rate_limit import RateDecision
 from alert_worker.retry import RetryPolicy
 from alert_worker.settings import Settings
+from tests.support.contract import RESULT_KEYS
 from tests.support.fakes import (
     FakeChannel,
     FakeGauge,
@@ -24,18 +25,6 @@ from tests.support.fakes import (
     RecordingScheduler,
     limiter_down,
 )
-
-CONTRACT_KEYS = {
-    "delivery_id",
-    "channel",
-    "outcome",
-    "success",
-    "status",
-    "message_id",
-    "error",
-    "retryable",
-    "next_attempt_at",
-}
 
 
 class Harness:
@@ -87,7 +76,7 @@ def test_a_fresh_delivery_is_created_claimed_sent_and_recorded_delivered() -> No
     """No row yet: the job creates it from its own arguments, sends once and records the provider id."""
     h = Harness()
     result = h.run()
-    assert set(result) == CONTRACT_KEYS
+    assert set(result) == RESULT_KEYS
     assert all(isinstance(v, (str, bool)) or v is None for v in result.values())
     assert result["outcome"] == "delivered" and result["success"] is True and result["status"] == "delivered"
     assert result["message_id"] == "<delivery-1.0@test>"
