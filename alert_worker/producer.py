@@ -135,7 +135,6 @@ def send_alert(
     Raises ``QueueFullError`` when the queue is over ``ALERT_MAX_QUEUE_DEPTH`` (see the module doc),
     ``ValueError`` for arguments that cannot be a delivery.
     """
-    from alert_worker.queries import OperatorQueries
     from alert_worker.resources import short_lived
 
     settings = settings or Settings.from_env()
@@ -146,7 +145,7 @@ def send_alert(
         try:
             admission.check()
         except QueueFullError:
-            existing = OperatorQueries(source=conns.database).existing_id(delivery_id, dedup_key)
+            existing = conns.store.existing_id(delivery_id, dedup_key)
             if existing is not None:
                 return SendOutcome(delivery_id=existing, created=False)
             raise

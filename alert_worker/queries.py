@@ -95,17 +95,6 @@ class OperatorQueries:
         rows = self._fetch("SELECT id, status FROM alert_deliveries WHERE id = ANY(%s)", (ids,))
         return {r[0]: r[1] for r in rows}
 
-    def existing_id(self, delivery_id: str | None, dedup_key: str | None) -> str | None:
-        """The delivery a ``send`` with this id or dedup key would return without creating anything."""
-        if delivery_id is None and dedup_key is None:
-            return None
-        rows = self._fetch(
-            "SELECT id FROM alert_deliveries WHERE id = %s OR (dedup_key IS NOT NULL AND dedup_key = %s) "
-            "ORDER BY (id = %s) DESC LIMIT 1",
-            (delivery_id, dedup_key, delivery_id),
-        )
-        return rows[0][0] if rows else None
-
     def oldest_fresh_pending_epoch(self) -> int:
         """Creation time (epoch seconds) of the oldest pending delivery never attempted, deferred or
         poisoned; 0 when none. Rows waiting for a scheduled retry are excluded: their wait is planned."""

@@ -135,16 +135,22 @@ class DeliveryStore:
                     new.queue,
                 ),
             ).fetchone()
-            if created is not None:
-                return created[0], True
-            existing = conn.execute(
+        if created is not None:
+            return created[0], True
+        # lost a race with a delete when nothing is found; treat as created by someone else
+        return self.existing_id(new.id, new.dedup_key) or new.id, False
+
+    def existing_id(self, delivery_id: str | None, dedup_key: str | None) -> str | None:
+        """The delivery a producer's id or dedup key already names (the id wins), if any."""
+        if delivery_id is None and dedup_key is None:
+            return None
+        with self._pool.connection() as conn:
+            found = conn.execute(
                 "SELECT id FROM alert_deliveries WHERE id = %s OR (dedup_key IS NOT NULL AND dedup_key = %s) "
                 "ORDER BY (id = %s) DESC LIMIT 1",
-                (new.id, new.dedup_key, new.id),
+                (delivery_id, dedup_key, delivery_id),
             ).fetchone()
-        if existing is None:  # lost a race with a delete; treat as created by someone else
-            return new.id, False
-        return existing[0], False
+        return None if found is None else str(found[0])
 
     # -- the job's claim ---------------------------------------------------------------------------
     def claim(self, new: NewDelivery) -> Claim | None:
