@@ -27,7 +27,7 @@ from alert_worker.resources import Connections, open_job_pool, open_redis, short
 from alert_worker.rq_jobs import RqEnqueuer
 from alert_worker.settings import Settings
 from alert_worker.store import DeliveryStore
-from alert_worker.sweep import job_payload
+from alert_worker.sweep import enqueue_recovered
 from alert_worker.worker import check_database, check_redis, require_connection_settings, safe_error, sweep_pass
 
 REPLAY_BATCH = 500
@@ -244,14 +244,7 @@ def _replay(settings: Settings, conns: Connections, targets: list[str]) -> tuple
         depth.add(len(moved))
         for row in moved:
             try:
-                enqueuer.enqueue_now(
-                    queue=row.queue,
-                    delivery_id=row.id,
-                    channel=row.channel,
-                    payload=job_payload(row.payload),
-                    attempt=0,
-                    suffix=f"replay-{int(row.stamp.timestamp() * 1000)}",
-                )
+                enqueue_recovered(enqueuer, row, kind="replay")  # attempts are 0 after a replay
                 replayed.append(row.id)
             except redis.RedisError:
                 failed.append(row.id)

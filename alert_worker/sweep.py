@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import structlog
 
 from alert_worker.counters import Gauge
-from alert_worker.store import DeliveryStore
+from alert_worker.store import DeliveryStore, RecoveredDelivery
 
 log = structlog.get_logger("alert_worker.sweep")
 
@@ -61,15 +61,7 @@ def sweep_once(
     while True:
         batch = store.take_overdue(grace_seconds=grace_seconds, limit=batch_size, due_before=due_before)
         for row in batch:
-            stamp = int(row.stamp.timestamp() * 1000)
-            enqueuer.enqueue_now(
-                queue=row.queue,
-                delivery_id=row.id,
-                channel=row.channel,
-                payload=job_payload(row.payload),
-                attempt=row.attempts,
-                suffix=f"sweep-{stamp}",
-            )
+            enqueue_recovered(enqueuer, row, kind="sweep")
             requeued += 1
         if len(batch) < batch_size:
             break
@@ -96,6 +88,18 @@ def _still_queued_cutoffs(store: DeliveryStore, enqueuer: Enqueuer) -> dict[str,
         if oldest is not None:
             cutoffs[queue] = oldest - timedelta(seconds=QUEUE_CLOCK_MARGIN_SECONDS)
     return cutoffs
+
+
+def enqueue_recovered(enqueuer: Enqueuer, row: RecoveredDelivery, *, kind: str) -> bool:
+    """Enqueue a row the sweep or a replay moved, under an id stamped with the move: once per move."""
+    return enqueuer.enqueue_now(
+        queue=row.queue,
+        delivery_id=row.id,
+        channel=row.channel,
+        payload=job_payload(row.payload),
+        attempt=row.attempts,
+        suffix=f"{kind}-{int(row.stamp.timestamp() * 1000)}",
+    )
 
 
 def job_payload(payload: dict[str, Any] | None) -> dict[str, str]:
