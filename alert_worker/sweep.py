@@ -65,14 +65,33 @@ def sweep_once(
             requeued += 1
         if len(batch) < batch_size:
             break
-    counts = store.counts()
+    counts = reconcile_gauges(
+        store=store,
+        queue_depth=queue_depth,
+        poison_gauge=poison_gauge,
+        oldest_pending_epoch=oldest_pending_epoch,
+        oldest_pending_gauge=oldest_pending_gauge,
+    )
     depth = counts["pending"] + counts["in_progress"]
-    queue_depth.set(depth)
+    log.info("sweep_done", requeued=requeued, queue_depth=depth, poison=counts["poison"])
+    return SweepReport(requeued=requeued, queue_depth=depth, poison=counts["poison"])
+
+
+def reconcile_gauges(
+    *,
+    store: DeliveryStore,
+    queue_depth: Gauge,
+    poison_gauge: Gauge,
+    oldest_pending_epoch: Callable[[], int] | None = None,
+    oldest_pending_gauge: Gauge | None = None,
+) -> dict[str, int]:
+    """Reset the Redis gauges from Postgres, the source of truth; returns the counts per status."""
+    counts = store.counts()
+    queue_depth.set(counts["pending"] + counts["in_progress"])
     poison_gauge.set(counts["poison"])
     if oldest_pending_epoch is not None and oldest_pending_gauge is not None:
         oldest_pending_gauge.set(oldest_pending_epoch())
-    log.info("sweep_done", requeued=requeued, queue_depth=depth, poison=counts["poison"])
-    return SweepReport(requeued=requeued, queue_depth=depth, poison=counts["poison"])
+    return counts
 
 
 def _still_queued_cutoffs(store: DeliveryStore, enqueuer: Enqueuer) -> dict[str, datetime]:

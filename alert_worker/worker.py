@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 from alert_worker.queries import OperatorQueries
 from alert_worker.rq_jobs import RqEnqueuer
 from alert_worker.settings import Settings
-from alert_worker.sweep import SweepLock, SweepReport, sweep_once
+from alert_worker.sweep import SweepLock, SweepReport, reconcile_gauges, sweep_once
 
 log = structlog.get_logger("alert_worker.worker")
 
@@ -116,14 +116,20 @@ def oldest_pending_gauge(client: redis.Redis, prefix: str) -> Gauge:
     return Gauge(client=client, key=MetricKeys(prefix).oldest_pending_since)
 
 
+def _gauges(settings: Settings, conns: Connections) -> dict[str, Any]:
+    """The gauges a sweep reconciles, on these connections."""
+    prefix = settings.redis_key_prefix
+    return {
+        "queue_depth": queue_depth(conns.redis, prefix),
+        "poison_gauge": poison_count(conns.redis, prefix),
+        "oldest_pending_epoch": OperatorQueries(source=conns.database).oldest_fresh_pending_epoch,
+        "oldest_pending_gauge": oldest_pending_gauge(conns.redis, prefix),
+    }
+
+
 def sync_gauges(settings: Settings, conns: Connections) -> dict[str, int]:
     """Reset the queue-depth, poison and oldest-pending gauges from Postgres (start-up)."""
-    counts = conns.store.counts()
-    prefix = settings.redis_key_prefix
-    queue_depth(conns.redis, prefix).set(counts["pending"] + counts["in_progress"])
-    poison_count(conns.redis, prefix).set(counts["poison"])
-    oldest_pending_gauge(conns.redis, prefix).set(OperatorQueries(source=conns.database).oldest_fresh_pending_epoch())
-    return counts
+    return reconcile_gauges(store=conns.store, **_gauges(settings, conns))
 
 
 def sweep_pass(settings: Settings, *, lock_ttl_seconds: float, release_lock: bool) -> SweepReport | None:
@@ -142,15 +148,11 @@ def sweep_pass(settings: Settings, *, lock_ttl_seconds: float, release_lock: boo
         if not lock.acquire():
             return None
         try:
-            prefix = settings.redis_key_prefix
             return sweep_once(
                 store=conns.store,
                 enqueuer=RqEnqueuer(connection=conns.redis, job_timeout_seconds=settings.job_timeout_seconds),
-                queue_depth=queue_depth(conns.redis, prefix),
-                poison_gauge=poison_count(conns.redis, prefix),
                 grace_seconds=settings.sweep_grace_seconds,
-                oldest_pending_epoch=OperatorQueries(source=conns.database).oldest_fresh_pending_epoch,
-                oldest_pending_gauge=oldest_pending_gauge(conns.redis, prefix),
+                **_gauges(settings, conns),
             )
         finally:
             if release_lock:
