@@ -7,7 +7,6 @@ anything wrong with the recipient, subject or body poisons the delivery with a c
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Callable
 from typing import Any
@@ -20,8 +19,6 @@ MAX_BODY_BYTES = 1_000_000
 MAX_SUBJECT_CHARS = 255
 MAX_RECIPIENT_CHARS = 2048
 TRUNCATION_MARKER = "…"
-
-_WHITESPACE_RUN = re.compile(r"\s+")
 
 
 def validate_job_arguments(delivery_id: Any, channel: Any, attempt: Any) -> tuple[str, ChannelType, int]:
@@ -111,18 +108,26 @@ def utf16_units(text: str) -> int:
     return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
 
 
+def one_line(text: str) -> str:
+    """Any whitespace run (CR/LF included) becomes one space: a header can never be injected."""
+    return " ".join(text.split())
+
+
+def check_body_size(text: str) -> str:
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
+        raise InvalidInputError(f"invalid_input: body is larger than {MAX_BODY_BYTES} bytes")
+    return text
+
+
 def clean_subject(subject: Any) -> str:
     """Whitespace runs (CR/LF included) collapse to one space; other control characters are refused."""
-    text = coerce_text("subject", subject)
-    text = _WHITESPACE_RUN.sub(" ", text).strip()
+    text = one_line(coerce_text("subject", subject))
     _check_characters("subject", text, allow="")
     return truncate(text, MAX_SUBJECT_CHARS)
 
 
 def clean_body(body: Any) -> str:
-    text = coerce_text("body", body)
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
-        raise InvalidInputError(f"invalid_input: body is larger than {MAX_BODY_BYTES} bytes")
+    text = check_body_size(coerce_text("body", body))
     _check_characters("body", text, allow="\t\n\r")
     return text
 

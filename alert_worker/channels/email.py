@@ -35,7 +35,7 @@ from alert_worker.errors import (
 from alert_worker.models import ChannelType, Message, SendReceipt
 from alert_worker.redaction import sanitize_text, scrub_echoes
 from alert_worker.settings import SmtpSettings
-from alert_worker.validation import MAX_BODY_BYTES, clean_body, clean_subject, truncate
+from alert_worker.validation import check_body_size, clean_body, clean_subject, one_line, truncate
 
 # RFC 3463: class.subject.detail, class 2/4/5, subject and detail up to three digits; not part of an IP.
 _ENHANCED_CODE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
@@ -64,11 +64,6 @@ def parse_address(recipient: str) -> Address:
     if not address.username or not address.domain or address.addr_spec != recipient:
         raise InvalidInputError("invalid_recipient: not a valid e-mail address")
     return address
-
-
-def one_line(text: str) -> str:
-    """Any whitespace run (CR/LF included) becomes one space: header injection is impossible."""
-    return " ".join(text.split())
 
 
 def classify_smtp_reply(code: int | None, text: str, *, what: str) -> TransientDeliveryError | PermanentDeliveryError:
@@ -189,9 +184,7 @@ class EmailChannel(Channel):
         mail["Date"] = formatdate(localtime=False, usegmt=True)
         local = _MESSAGE_ID_UNSAFE.sub("_", message.delivery_id)[:120]
         mail["Message-ID"] = f"<{local}.{message.attempt}@{sender.domain}>"
-        if len(message.body.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
-            raise InvalidInputError(f"invalid_input: body is larger than {MAX_BODY_BYTES} bytes")
-        mail.set_content(truncate(message.body, self.max_text_chars) or " ")
+        mail.set_content(truncate(check_body_size(message.body), self.max_text_chars) or " ")
         return mail
 
     def _connect(self) -> smtplib.SMTP:
