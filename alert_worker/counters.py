@@ -39,9 +39,13 @@ class Gauge:
         return int(raw) if raw is not None else 0
 
 
+POISON_COUNT_KEY = "poison:count"  # after the prefix: alert:poison:count (CONTRACT §3)
+QUEUE_DEPTH_KEY = "queue:depth"  # alert:queue:depth
+
+
 def poison_count(client: redis.Redis, prefix: str = "alert:") -> Gauge:
-    return Gauge(client=client, key=f"{prefix}poison:count")
+    return Gauge(client=client, key=f"{prefix}{POISON_COUNT_KEY}")
 
 
 def queue_depth(client: redis.Redis, prefix: str = "alert:") -> Gauge:
-    return Gauge(client=client, key=f"{prefix}queue:depth")
+    return Gauge(client=client, key=f"{prefix}{QUEUE_DEPTH_KEY}")

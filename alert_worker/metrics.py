@@ -18,6 +18,8 @@ from typing import Any
 import redis
 import structlog
 
+from alert_worker.counters import POISON_COUNT_KEY, QUEUE_DEPTH_KEY
+
 log = structlog.get_logger("alert_worker.metrics")
 
 # Seconds from row creation to provider acceptance: sub-second sends up to retries after an hour.
@@ -47,11 +49,11 @@ class MetricKeys:
 
     @property
     def poison(self) -> str:
-        return f"{self.prefix}poison:count"
+        return f"{self.prefix}{POISON_COUNT_KEY}"
 
     @property
     def queue_depth(self) -> str:
-        return f"{self.prefix}queue:depth"
+        return f"{self.prefix}{QUEUE_DEPTH_KEY}"
 
     @property
     def oldest_pending_since(self) -> str:
