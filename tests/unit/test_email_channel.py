@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
 import subprocess
@@ -71,14 +72,15 @@ def client_tls(certificate: tuple[Path, Path]) -> ssl.SSLContext:
 
 
 def test_plain_send_delivers_one_message_with_a_deterministic_message_id(smtp_sink: SmtpSink) -> None:
-    """One recipient in the envelope and the To header; Message-ID from the delivery id and attempt."""
+    """One recipient in the envelope and the To header; Message-ID from the delivery id (not the attempt)."""
     channel = _channel(smtp_sink.port)
     receipt = channel.send(channel.prepare(_message()))
     [accepted] = smtp_sink.accepted
     assert accepted.rcpt_tos == [TO]
     assert accepted.mail_from == "alerts@example.org"
     assert accepted.message["To"] == TO and accepted.message["Subject"] == "Disk full"
-    assert receipt.message_id == "<mail-1.2@example.org>" == accepted.message["Message-ID"]
+    assert receipt.message_id == accepted.message["Message-ID"]
+    assert re.fullmatch(r"<mail-1\.[0-9a-f]{32}@example\.org>", receipt.message_id or "")
     assert accepted.message.get_payload().strip() == "db-1 at 97%"
 
 

@@ -1,0 +1,113 @@
+"""SMTP replies and exceptions -> our errors, once (``classify_smtp_error``).
+
+Authentication failures with a 5xx code, refused sender or recipient with a 5xx code and every other 5xx
+are permanent; 4xx replies (``454 4.7.0`` temporary AUTH failure included), replies smtplib could not
+parse (code -1), timeouts, refused connections and disconnects are transient. An RFC 3463 enhanced status
+code (``5.1.1``, ``4.2.2``) decides over the basic code, and is found even when the reply is wrapped in
+another exception. Reasons quote the codes and the server's text with addresses, URLs, numbers and the
+alert's own words stripped, and are complete when the error is built (never edited afterwards).
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import ssl
+
+from alert_worker.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from alert_worker.redaction import sanitize_text, scrub_echoes
+
+# RFC 3463: class.subject.detail, class 2/4/5, subject and detail up to three digits; not part of an IP.
+_ENHANCED_CODE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+_BASIC_CODE = re.compile(r"(?<![\d.])([245])\d\d(?![\d.])")
+
+
+def classify_smtp_reply(
+    code: int | None, text: str, *, what: str, echoes: tuple[str, ...] = ()
+) -> TransientDeliveryError | PermanentDeliveryError:
+    """Map an SMTP reply to our error; the enhanced status code wins over the basic one.
+
+    A code outside 200-599 (smtplib's -1 for a reply it could not parse) says nothing: transient.
+    ``echoes`` (the alert's subject and body) are scrubbed from the server's text, which may quote them.
+    """
+    enhanced = _ENHANCED_CODE.search(text)
+    detail = scrub_echoes(sanitize_text(_ENHANCED_CODE.sub("", text, count=1), limit=160), *echoes)
+    valid = code is not None and 200 <= code <= 599
+    label = f"{what} {code}" if valid else (f"{what} unparseable reply" if code else what)
+    if enhanced:
+        label += f" {enhanced.group(0)}"
+        klass = enhanced.group(1)
+    else:
+        klass = str(code)[0] if valid else "4"
+    reason = f"{label}: {detail}" if detail else label
+    if klass == "4":
+        return TransientDeliveryError(reason)
+    return PermanentDeliveryError(reason)
+
+
+def _reply_text(raw: bytes | str) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps (``__cause__`` / ``__context__``), outermost first, no cycles."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not s for s in seen) and len(seen) < 8:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _smtp_reply(exc: BaseException) -> tuple[str, int | None, str] | None:
+    """(what, code, text) of the SMTP reply an exception carries, if any."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
+        code, raw = next(iter(exc.recipients.values()))
+        return "smtp recipient refused", code, _reply_text(raw)
+    if isinstance(exc, smtplib.SMTPSenderRefused):
+        return "smtp sender refused", exc.smtp_code, _reply_text(exc.smtp_error)
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return "smtp", exc.smtp_code, _reply_text(exc.smtp_error)
+    return None
+
+
+def _quoted_reply(exc: BaseException) -> tuple[int | None, str] | None:
+    """A reply quoted in an exception's text (``"450 4.2.1 mailbox busy"``), as some wrappers do."""
+    text = " ".join(_reply_text(a) for a in exc.args if isinstance(a, str | bytes))
+    if not _ENHANCED_CODE.search(text):
+        return None
+    basic = _BASIC_CODE.search(text)
+    return (int(basic.group(0)) if basic else None), text
+
+
+def classify_smtp_error(exc: BaseException, *, echoes: tuple[str, ...] = ()) -> DeliveryError:
+    """Any exception from an SMTP exchange -> our error. The reply wins over the exception's type.
+
+    An authentication failure is permanent (wrong credentials) unless the server said 4xx, e.g.
+    ``454 4.7.0 Temporary authentication failure`` or ``421``: then it is transient.
+    """
+    for link in _chain(exc):
+        if isinstance(link, smtplib.SMTPAuthenticationError):
+            if 400 <= link.smtp_code <= 499:
+                return TransientDeliveryError(f"smtp_auth_unavailable {link.smtp_code}: temporary, retrying")
+            return PermanentDeliveryError(f"smtp_auth_failed {link.smtp_code}: check SMTP_USER/SMTP_PASSWORD")
+        reply = _smtp_reply(link)
+        if reply is not None:
+            what, code, text = reply
+            return classify_smtp_reply(code, text, what=what, echoes=echoes)
+    for link in _chain(exc):
+        quoted = _quoted_reply(link)
+        if quoted is not None:
+            return classify_smtp_reply(quoted[0], quoted[1], what="smtp", echoes=echoes)
+    name = type(exc).__name__
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return PermanentDeliveryError("smtp_not_supported: the server refused STARTTLS, AUTH or SMTPUTF8")
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return TransientDeliveryError("smtp_disconnected: the server closed the connection")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return PermanentDeliveryError("smtp_tls_verify_failed: the server certificate is not trusted")
+    if isinstance(exc, TimeoutError):
+        return TransientDeliveryError("smtp_timeout")
+    if isinstance(exc, UnicodeEncodeError):
+        return PermanentDeliveryError("smtp_encoding_error: address needs SMTPUTF8")
+    return TransientDeliveryError(f"smtp_connection_error: {name}")  # refused, reset, TLS error, DNS
