@@ -12,13 +12,14 @@ import re
 from urllib.parse import urlsplit
 
 from alert_worker.models import ChannelType
+from alert_worker.validation import UNSTORABLE
 
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 _HOST_PATH = re.compile(r"\b(?:[a-zA-Z0-9-]+\.)+[a-zA-Z]{2,}(?::\d+)?/[^\s'\"<>]*")  # hooks.slack.com/services/...
 _EMAIL = re.compile(r"[^\s'\"<>()\[\],;:]+@[^\s'\"<>()\[\],;:]+")
 _PHONE = re.compile(r"\+?\d[\d ()./-]{6,}\d")
 _TOKEN = re.compile(r"\b[A-Za-z0-9_-]{24,}\b")  # auth tokens, account SIDs, webhook secrets
-_UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_UNSTORABLE = re.compile(r"[\x01-\x1f\x7f]|" + UNSTORABLE.pattern)  # what validation refuses, and controls
 _MAX_ERROR_CHARS = 300
 _MAX_MASKED_CHARS = 120
 

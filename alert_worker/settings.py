@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit
 
 from alert_worker.errors import ConfigurationError
 from alert_worker.models import ChannelType
-
-_E164 = re.compile(r"^\+[0-9]{8,15}$")
+from alert_worker.validation import is_e164
 
 
 def _text(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -316,6 +314,6 @@ def _slack_from_env(env: Mapping[str, str]) -> SlackSettings:
 
 def _twilio_from(env: Mapping[str, str]) -> str:
     number = _text(env, "TWILIO_FROM_NUMBER")
-    if number and not _E164.match(number) and not number.startswith("MG"):
+    if number and not is_e164(number) and not number.startswith("MG"):
         raise ConfigurationError("TWILIO_FROM_NUMBER must be an E.164 number (+ and 8-15 digits)")
     return number

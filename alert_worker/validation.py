@@ -7,6 +7,7 @@ anything wrong with the recipient, subject or body poisons the delivery with a c
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable
 from typing import Any
@@ -15,35 +16,51 @@ from alert_worker.errors import InvalidInputError
 from alert_worker.models import ChannelType
 
 MAX_DELIVERY_ID_CHARS = 255
+MAX_ATTEMPT = 2**31 - 1  # the ``attempts`` column is a Postgres integer
 MAX_BODY_BYTES = 1_000_000
 MAX_SUBJECT_CHARS = 255
 MAX_RECIPIENT_CHARS = 2048
 TRUNCATION_MARKER = "…"
+# E.164: ``+`` then 8-15 digits, no leading zero. The one pattern: Twilio settings and the SMS channel.
+E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+# What Postgres text and UTF-8 cannot hold: NUL and lone surrogates. The one check for it.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def validate_job_arguments(delivery_id: Any, channel: Any, attempt: Any) -> tuple[str, ChannelType, int]:
-    """Raise ``ValueError`` for the three arguments a producer must get right; no I/O."""
+    """Raise ``ValueError`` for the three arguments a producer must get right; no I/O.
+
+    The texts name the argument's type and length, never its value: a producer that swapped arguments
+    would otherwise put a recipient into RQ's log and failed registry.
+    """
     if not isinstance(delivery_id, str) or not 1 <= len(delivery_id) <= MAX_DELIVERY_ID_CHARS:
-        raise ValueError("delivery_id must be a string of 1-255 characters")
-    if not delivery_id.strip() or _has_unstorable(delivery_id):
+        raise ValueError(f"delivery_id must be a string of 1-255 characters; got {_shape(delivery_id)}")
+    if not delivery_id.strip() or has_unstorable(delivery_id):
         raise ValueError("delivery_id must be printable text")
     try:
         channel_type = ChannelType(channel)
     except ValueError:
-        raise ValueError(f"channel must be one of email, slack, sms; got {_short_repr(channel)}") from None
-    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
-        raise ValueError(f"attempt must be a non-negative integer; got {_short_repr(attempt)}")
+        raise ValueError(f"channel must be one of email, slack, sms; got {_shape(channel)}") from None
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or not 0 <= attempt <= MAX_ATTEMPT:
+        raise ValueError(f"attempt must be an integer in 0..{MAX_ATTEMPT}; got {_shape(attempt)}")
     return delivery_id, channel_type, attempt
 
 
-def _short_repr(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:39] + "…"
+def _shape(value: Any) -> str:
+    """A value described without its content: its type, and its length when it has one."""
+    name = type(value).__name__
+    if isinstance(value, str | bytes | list | tuple | dict):
+        return f"{name} of length {len(value)}"
+    return name
 
 
-def _has_unstorable(text: str) -> bool:
+def has_unstorable(text: str) -> bool:
     """Lone surrogates and NUL cannot be stored in Postgres text or encoded as UTF-8."""
-    return "\x00" in text or any(0xD800 <= ord(ch) <= 0xDFFF for ch in text)
+    return UNSTORABLE.search(text) is not None
+
+
+def is_e164(number: str) -> bool:
+    return E164.fullmatch(number) is not None
 
 
 def coerce_text(name: str, value: Any) -> str:
@@ -61,7 +78,7 @@ def storable_payload(recipient: Any, subject: Any, body: Any) -> dict[str, str] 
     if not all(v is None or isinstance(v, str) for v in values):
         return None
     texts = ["" if v is None else v for v in values]
-    if any(_has_unstorable(t) for t in texts) or len(texts[2].encode("utf-8")) > MAX_BODY_BYTES:
+    if any(has_unstorable(t) for t in texts) or len(texts[2].encode("utf-8")) > MAX_BODY_BYTES:
         return None
     return {"recipient": texts[0], "subject": texts[1], "body": texts[2]}
 

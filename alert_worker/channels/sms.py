@@ -14,7 +14,6 @@ from the HTTP status and Twilio's numeric code only: Twilio's own messages quote
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import replace
 from typing import Any
 
@@ -30,10 +29,9 @@ from alert_worker.errors import (
 from alert_worker.models import ChannelType, Message, SendReceipt
 from alert_worker.retry import parse_retry_after
 from alert_worker.settings import TwilioSettings
-from alert_worker.validation import fit_body, utf16_units
+from alert_worker.validation import fit_body, is_e164, utf16_units
 
 MAX_SMS_UNITS = 1_600  # Twilio's limit for one message body, counted in UTF-16 code units
-E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 
 TWILIO_ERRORS: dict[int, str] = {
     20429: "too many requests",
@@ -57,7 +55,7 @@ logging.getLogger("twilio").setLevel(logging.WARNING)
 
 def check_e164(recipient: str) -> str:
     """``+`` then 8-15 digits (no leading zero), checked before any request is made."""
-    if not E164.fullmatch(recipient):
+    if not is_e164(recipient):
         raise InvalidInputError("invalid_recipient: expected an E.164 phone number (+ and 8-15 digits)")
     return recipient
 

@@ -18,6 +18,7 @@ from alert_worker.validation import (
     clean_recipient,
     clean_subject,
     fit_body,
+    is_e164,
     storable_payload,
     truncate,
     utf16_units,
@@ -31,15 +32,39 @@ from alert_worker.validation import (
         ("", "email", 0), ("x" * 256, "email", 0), (None, "email", 0), (123, "email", 0), ("   ", "email", 0),
         ("a\x00b", "email", 0), ("a\ud800", "email", 0), ("d", "fax", 0), ("d", None, 0), ("d", "EMAIL ", 0),
         ("d", "email", -1), ("d", "email", True), ("d", "email", 1.0), ("d", "email", "1"), ("d", "email", None),
+        ("d", "email", 2**31), ("d", "email", 2**63), ("d", "email", False),
     ],
     ids=["empty-id", "id-256", "id-none", "id-int", "id-blank", "id-nul", "id-surrogate", "unknown-channel",
          "channel-none", "channel-padded", "attempt-negative", "attempt-bool", "attempt-float", "attempt-str",
-         "attempt-none"],
+         "attempt-none", "attempt-2**31", "attempt-2**63", "attempt-false"],
 )
 def test_bad_id_channel_or_attempt_raise_value_error(delivery_id: Any, channel: Any, attempt: Any) -> None:
     """The three arguments a producer must get right raise before any I/O."""
     with pytest.raises(ValueError):
         validate_job_arguments(delivery_id, channel, attempt)
+
+
+def test_the_largest_attempt_the_database_can_hold_is_accepted() -> None:
+    """``attempts`` is a Postgres integer: 2**31-1 is the last value that fits."""
+    assert validate_job_arguments("d", "email", 2**31 - 1)[2] == 2**31 - 1
+
+
+SWAPPED = "alice.smith@example.com"
+
+
+@pytest.mark.parametrize(
+    ("delivery_id", "channel", "attempt"),
+    [(SWAPPED * 12, "email", 0), ("d", SWAPPED, 0), ("d", "email", SWAPPED), ("d", "email", [SWAPPED]),
+     ("d", SWAPPED.encode(), 0)],
+    ids=["id-too-long", "recipient-as-channel", "recipient-as-attempt", "list-as-attempt", "bytes-as-channel"],
+)
+def test_a_value_error_names_the_type_and_length_never_the_value(delivery_id: Any, channel: Any, attempt: Any) -> None:
+    """A producer that swaps arguments must not get the recipient into RQ's log and failed registry."""
+    with pytest.raises(ValueError) as caught:
+        validate_job_arguments(delivery_id, channel, attempt)
+    text = str(caught.value)
+    assert "alice" not in text and "example.com" not in text
+    assert "got " in text and ("length" in text or "list" in text)
 
 
 def test_good_arguments_pass_through() -> None:
@@ -130,7 +155,8 @@ def test_truncate_marks_the_cut() -> None:
     assert truncate("abc", 4) == "abc"
 
 
-@given(head=st.text(max_size=30), body=st.text(max_size=300), limit=st.integers(min_value=32, max_value=200))
+# A head of 30 astral characters costs 60 UTF-16 units: the limit always leaves room for the head.
+@given(head=st.text(max_size=30), body=st.text(max_size=300), limit=st.integers(min_value=61, max_value=200))
 def test_fit_body_always_fits_and_marks_a_cut(head: str, body: str, limit: int) -> None:
     """``head + fit_body(...)`` never exceeds the limit in the provider's units; a cut ends in the marker."""
     fitted = fit_body(head, body, limit, cost=utf16_units)
@@ -142,3 +168,25 @@ def test_fit_body_always_fits_and_marks_a_cut(head: str, body: str, limit: int) 
 def test_utf16_units_counts_astral_characters_twice() -> None:
     """Emoji outside the BMP are two UTF-16 code units, as Twilio counts them."""
     assert utf16_units("a😀é") == 4
+
+
+@pytest.mark.parametrize(
+    ("number", "valid"),
+    [("+4915112345678", True), ("+12025550123", True), ("+0123456789", False), ("+1234567", False),
+     ("+1234567890123456", False), ("4915112345678", False)],
+    ids=["de-mobile", "us", "leading-zero", "7-digits", "16-digits", "no-plus"],
+)
+def test_one_e164_pattern_for_settings_and_the_sms_channel(number: str, valid: bool) -> None:
+    """``TWILIO_FROM_NUMBER`` and an SMS recipient are judged by the same rule (``+0…`` is not E.164)."""
+    from alert_worker.channels.sms import check_e164
+    from alert_worker.settings import Settings
+
+    assert is_e164(number) is valid
+    env = {"DATABASE_URL": "postgresql://x", "REDIS_URL": "redis://x", "TWILIO_FROM_NUMBER": number}
+    if valid:
+        assert check_e164(number) == number and Settings.from_env(env).twilio.from_number == number
+    else:
+        with pytest.raises(InvalidInputError):
+            check_e164(number)
+        with pytest.raises(ValueError, match="TWILIO_FROM_NUMBER"):
+            Settings.from_env(env)
