@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import requests
 
 from alert_worker.channels.base import Channel
+from alert_worker.channels.http import map_request_errors
 from alert_worker.errors import (
     ChannelNotConfiguredError,
     InvalidInputError,
@@ -148,16 +149,8 @@ class SlackChannel(Channel):
         text = slack_text(message.subject, message.body)
         if self._session is None:
             self._session = self._session_factory()
-        try:
+        with map_request_errors("slack"):
             response = self._session.post(url, json={"text": text}, timeout=self._timeout, allow_redirects=False)
-        except requests.Timeout as exc:
-            raise TransientDeliveryError(f"slack timeout: {type(exc).__name__}") from exc
-        except requests.ConnectionError as exc:
-            raise TransientDeliveryError(f"slack connection error: {type(exc).__name__}") from exc
-        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
-            raise PermanentDeliveryError(f"slack invalid request: {type(exc).__name__}") from exc
-        except requests.RequestException as exc:
-            raise TransientDeliveryError(f"slack request error: {type(exc).__name__}") from exc
         try:
             return self._receipt(response)
         finally:

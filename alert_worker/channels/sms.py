@@ -6,7 +6,7 @@ hook that remembers ``Retry-After``, since Twilio's exceptions carry no headers.
 from the HTTP status and Twilio's numeric code only: Twilio's own messages quote the ``To`` number and
 ``str()`` of a ``requests`` exception quotes the URL.
 
-    HTTP 429 / code 20429, 5xx, timeouts, connection errors   transient (Retry-After honoured)
+    HTTP 429 / code 20429, 21611 queue full, 5xx, timeouts    transient (Retry-After honoured)
     20003 authentication, 20404, 21212 invalid From            permanent, marked as a configuration error
     21211, 21408, 21606, 21610, 21612, 21614, 21635, other 4xx permanent
 """
@@ -20,6 +20,7 @@ from typing import Any
 import requests
 
 from alert_worker.channels.base import Channel
+from alert_worker.channels.http import map_request_errors
 from alert_worker.errors import (
     DeliveryError,
     InvalidInputError,
@@ -42,6 +43,10 @@ TWILIO_ERRORS: dict[int, str] = {
     21612: "'To' number is not reachable from this 'From' number",
     21614: "'To' number is not SMS-capable",
     21635: "'To' number is a landline or unreachable",
+}
+# Errors about the sender's state, not the message: the same request can succeed later.
+TRANSIENT_ERRORS: dict[int, str] = {
+    21611: "the sender's message queue is full",
 }
 CONFIGURATION_ERRORS: dict[int, str] = {
     20003: "authentication failed",
@@ -73,6 +78,8 @@ def classify_twilio(
     """One Twilio error answer -> our error; the reason carries the code and a fixed description."""
     if code in CONFIGURATION_ERRORS:
         return PermanentDeliveryError(f"twilio {code} {CONFIGURATION_ERRORS[code]} (configuration error)")
+    if code in TRANSIENT_ERRORS:
+        return TransientDeliveryError(f"twilio {code} {TRANSIENT_ERRORS[code]}", retry_after=retry_after)
     if status == 429 or code == 20429:
         return TransientDeliveryError(f"twilio {code or status} too many requests", retry_after=retry_after)
     if status is not None and status >= 500:
@@ -142,17 +149,12 @@ class SmsChannel(Channel):
         route = {"messaging_service_sid": sender} if sender.startswith("MG") else {"from_": sender}
         self._retry_after = None
         try:
-            created = self._client.messages.create(
-                to=message.recipient, body=sms_text(message.subject, message.body), **route
-            )
+            with map_request_errors("twilio"):
+                created = self._client.messages.create(
+                    to=message.recipient, body=sms_text(message.subject, message.body), **route
+                )
         except TwilioException as exc:
             raise self._classify(exc) from exc
-        except requests.Timeout as exc:
-            raise TransientDeliveryError(f"twilio timeout: {type(exc).__name__}") from exc
-        except requests.ConnectionError as exc:
-            raise TransientDeliveryError(f"twilio connection error: {type(exc).__name__}") from exc
-        except requests.RequestException as exc:
-            raise TransientDeliveryError(f"twilio request error: {type(exc).__name__}") from exc
         except ValueError as exc:  # a 2xx whose body is not JSON: the message may have gone out
             raise PermanentDeliveryError("twilio unexpected response (not JSON); not resent") from exc
         sid = getattr(created, "sid", None)

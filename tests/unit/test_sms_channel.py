@@ -230,8 +230,9 @@ def test_timeouts_and_connection_errors_are_transient_without_the_url(
 @pytest.mark.parametrize(
     ("status", "code", "expected"),
     [(429, 20429, TransientDeliveryError), (401, 20003, PermanentDeliveryError), (503, 503, TransientDeliveryError),
-     (400, 21610, PermanentDeliveryError), (401, None, PermanentDeliveryError)],
-    ids=["throttled", "auth", "5xx", "unsubscribed", "401-without-code"],
+     (400, 21610, PermanentDeliveryError), (401, None, PermanentDeliveryError), (400, 21611, TransientDeliveryError),
+     (429, 21611, TransientDeliveryError)],
+    ids=["throttled", "auth", "5xx", "unsubscribed", "401-without-code", "21611-queue-full", "21611-on-429"],
 )
 def test_classify_twilio_is_a_pure_table(status: int, code: int | None, expected: type[Exception]) -> None:
     """The mapping needs no HTTP: status and code decide."""
