@@ -21,10 +21,6 @@ class DeliveryStatus(enum.StrEnum):
     FAILED = "failed"
     POISON = "poison"
 
-    @property
-    def is_terminal(self) -> bool:
-        return self in (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED, DeliveryStatus.POISON)
-
 
 class Outcome(enum.StrEnum):
     DELIVERED = "delivered"
@@ -43,10 +39,6 @@ class Message:
     subject: str
     body: str
     attempt: int = 0
-
-    def payload(self) -> dict[str, str]:
-        """The JSON kept in ``alert_deliveries.payload`` so the delivery can be recovered."""
-        return {"recipient": self.recipient, "subject": self.subject, "body": self.body}
 
 
 @dataclass(frozen=True)
@@ -72,7 +64,6 @@ class DeliveryRow:
     next_attempt_at: datetime | None
     claim_token: str | None
     db_now: datetime | None = None
-    reclaimed: bool = False
 
 
 class DeliveryResult(TypedDict):
