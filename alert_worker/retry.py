@@ -1,4 +1,5 @@
-"""When to try again: a pure backoff function and the small policy object around it."""
+"""When to try again: a pure backoff function, the retry policy after a failure and the deferral policy
+after a rate-limit denial. No I/O and no clock: each is a table in the unit tests."""
 
 from __future__ import annotations
 
@@ -58,6 +59,35 @@ class RetryPolicy:
             return RetryDecision(retry=False, reason="retry_after_too_long")
         delay = compute_delay(attempts_made, retry_after, delays=self.delays, rand=self.rand)
         return RetryDecision(retry=True, delay_seconds=delay)
+
+
+@dataclass(frozen=True)
+class DeferDecision:
+    defer: bool
+    delay_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class DeferralPolicy:
+    """When a rate-limit denial is deferred, and by how long; past the budget it is poisoned.
+
+    The budget (``ALERT_MAX_DEFER_SECONDS``, counted from the first deferral) is compared with the wait
+    the limiter reported, never with wait + jitter: a slot that frees within the budget is always waited
+    for, and the jitter is clamped to what is left of the budget so the deferral never overshoots it.
+    """
+
+    max_defer_seconds: float
+    jitter_fraction: float = JITTER_FRACTION
+    min_jitter_seconds: float = 1.0
+    rand: Callable[[], float] = random.random
+
+    def after_denial(self, wait_seconds: float, deferred_for_seconds: float = 0.0) -> DeferDecision:
+        """``deferred_for_seconds``: time already spent deferring this delivery (0 at the first denial)."""
+        left = self.max_defer_seconds - max(0.0, deferred_for_seconds) - wait_seconds
+        if left < 0:
+            return DeferDecision(defer=False)
+        jitter = self.rand() * max(self.min_jitter_seconds, self.jitter_fraction * wait_seconds)
+        return DeferDecision(defer=True, delay_seconds=wait_seconds + min(jitter, left))
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from urllib.parse import urlsplit, urlunsplit
 from collections.abc import Callable
 from typing import Any
 
@@ -165,3 +166,29 @@ def clean_content(subject: Any, body: Any) -> tuple[str, str]:
     if not clean_s and not clean_b.strip():
         raise InvalidInputError("invalid_input: neither subject nor body")
     return clean_s, clean_b
+
+
+SLACK_DEFAULT_RECIPIENTS = ("", "default")
+
+
+def normalize_recipient(channel: ChannelType, recipient: str, *, default_webhook_url: str = "") -> str:
+    """One recipient's identity: what its hash, its rate-limit bucket and its mask are computed from.
+
+    E-mail trimmed and lower-cased; Slack trimmed, ``""``/``default`` -> ``SLACK_WEBHOOK_URL``, scheme and
+    host lower-cased, query and fragment dropped; SMS the trimmed E.164 string. Total: any text comes back
+    as text (a malformed URL is only trimmed), because it runs before the recipient is validated.
+    """
+    text = recipient.strip()
+    if channel is ChannelType.EMAIL:
+        return text.lower()
+    if channel is not ChannelType.SLACK:
+        return text
+    if text in SLACK_DEFAULT_RECIPIENTS:
+        text = default_webhook_url.strip()
+        if not text:
+            return "default"
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # "https://[::1" and other malformed URLs
+        return text
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path, "", ""))

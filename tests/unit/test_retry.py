@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alert_worker.retry import RetryPolicy, compute_delay, parse_retry_after
+from alert_worker.retry import DeferralPolicy, RetryPolicy, compute_delay, parse_retry_after
 
 DELAYS = (5.0, 30.0, 120.0, 600.0)
 
@@ -87,3 +87,35 @@ def test_policy_decides_retry_or_give_up(
 def test_parse_retry_after(header: str | None, expected: float | None) -> None:
     """Retry-After in delta-seconds or HTTP-date form; nonsense is ignored."""
     assert parse_retry_after(header) == expected
+
+
+# wait the limiter reported, time already deferred, random draw -> deferred?, delay
+DEFERRALS = [
+    (10.0, 0.0, 0.0, True, 10.0),
+    (10.0, 0.0, 1.0, True, 11.0),
+    (100.0, 0.0, 1.0, True, 110.0),
+    (3590.0, 0.0, 1.0, True, 3600.0),
+    (3590.0, 0.0, 0.0, True, 3590.0),
+    (3600.0, 0.0, 1.0, True, 3600.0),
+    (3600.5, 0.0, 0.0, False, 0.0),
+    (600.0, 2990.0, 1.0, True, 610.0),
+    (600.0, 3000.0, 1.0, True, 600.0),
+    (600.0, 3001.0, 0.0, False, 0.0),
+]
+DEFERRAL_IDS = [
+    "short-wait-no-jitter", "short-wait-min-1s-jitter", "ten-percent-jitter", "3590s-jitter-clamped-to-budget",
+    "3590s-no-jitter", "exactly-the-budget", "past-the-budget", "later-denial-jitter-clamped",
+    "later-denial-fits-exactly", "later-denial-past-the-budget",
+]
+
+
+@pytest.mark.parametrize(("wait", "deferred_for", "draw", "defer", "delay"), DEFERRALS, ids=DEFERRAL_IDS)
+def test_a_denial_is_deferred_when_its_wait_fits_the_budget_and_jitter_never_overshoots(
+    wait: float, deferred_for: float, draw: float, defer: bool, delay: float
+) -> None:
+    """The wait (not wait + jitter) is compared with ALERT_MAX_DEFER_SECONDS; jitter takes what is left."""
+    decision = DeferralPolicy(max_defer_seconds=3600.0, rand=lambda: draw).after_denial(wait, deferred_for)
+    assert decision.defer is defer
+    assert decision.delay_seconds == pytest.approx(delay)
+    if defer:
+        assert deferred_for + decision.delay_seconds <= 3600.0

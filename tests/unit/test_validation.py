@@ -19,6 +19,7 @@ from alert_worker.validation import (
     clean_subject,
     fit_body,
     is_e164,
+    normalize_recipient,
     storable_payload,
     truncate,
     utf16_units,
@@ -190,3 +191,35 @@ def test_one_e164_pattern_for_settings_and_the_sms_channel(number: str, valid: b
             check_e164(number)
         with pytest.raises(ValueError, match="TWILIO_FROM_NUMBER"):
             Settings.from_env(env)
+
+
+HOOK = "https://hooks.slack.com/services/T000/B000/XXXXsecret"
+SLACK_VARIANTS = [HOOK, HOOK + "?", HOOK + "#x", HOOK.replace("https://hooks.slack.com", "HTTPS://Hooks.SLACK.com"),
+                  "", "default", " default", f"  {HOOK}\t", HOOK + "?a=1"]
+
+
+@pytest.mark.parametrize("variant", SLACK_VARIANTS,
+                         ids=["url", "empty-query", "fragment", "upper-scheme-host", "empty", "default",
+                              "padded-default", "padded-url", "with-query"])
+def test_slack_variants_of_one_webhook_normalize_to_one_identity(variant: str) -> None:
+    """``""``/``default`` resolve to SLACK_WEBHOOK_URL; scheme and host lower-cased; query and fragment dropped."""
+    assert normalize_recipient(ChannelType.SLACK, variant, default_webhook_url=HOOK) == HOOK
+
+
+def test_slack_normalization_keeps_the_path_case() -> None:
+    """The webhook path is a case-sensitive secret: only scheme and host are folded."""
+    assert normalize_recipient(ChannelType.SLACK, "HTTPS://HOOKS.slack.com/services/AbC") == (
+        "https://hooks.slack.com/services/AbC"
+    )
+
+
+@pytest.mark.parametrize(
+    ("channel", "raw", "normalized"),
+    [(ChannelType.EMAIL, " Ops@Example.COM ", "ops@example.com"),
+     (ChannelType.SMS, " +4915112345678 ", "+4915112345678"),
+     (ChannelType.SLACK, "https://[::1", "https://[::1"), (ChannelType.SLACK, "default", "default")],
+    ids=["email-case-and-space", "sms-trimmed", "malformed-url-total", "default-without-setting"],
+)
+def test_email_and_sms_identities_and_odd_input(channel: ChannelType, raw: str, normalized: str) -> None:
+    """Total on any text; e-mail by lower-cased address, SMS by its E.164 string."""
+    assert normalize_recipient(channel, raw) == normalized
