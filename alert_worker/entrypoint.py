@@ -48,6 +48,7 @@ def build_executor(settings: Settings, resources: JobResources) -> DeliveryExecu
         rate_limits=settings.rate_limits,
         queue_depth=queue_depth(resources.redis, prefix),
         hash_secret=store.recipient_hash_secret(settings.recipient_hash_secret),
+        default_webhook_url=settings.slack.default_webhook_url,
         max_defer_seconds=settings.max_defer_seconds,
         metrics=RedisMetrics(client=resources.redis, prefix=prefix),
     )
@@ -69,6 +70,7 @@ def job_request(
         body=body,
         attempt=attempt,
         queue=job.origin if job is not None else settings.queues[0],
+        job_id=job.id if job is not None else None,
     )
     return settings, request
 

@@ -1,24 +1,27 @@
 """The delivery state machine: claim, check, limit, send, record. Imports no RQ.
 
-Every collaborator is passed in (store, poison queue, limiter, channel factory, follow-up scheduler,
-retry policy, gauges, metrics, logger), so the whole state table is tested on fakes. The order of
-effects is what makes a crash safe: the row is claimed before anything is sent, the outcome is written
-before a follow-up job is scheduled, and a row left ``in_progress`` or ``pending`` with no job is found
-again by the sweep.
+Every collaborator is passed in as a Protocol (``alert_worker.ports``: store, poison queue, limiter,
+gauge, follow-up scheduler, metrics) with the channel factory, retry and deferral policies and logger,
+so the whole state table is tested on fakes. The order of effects is what makes a crash safe: the row is
+claimed before anything is sent, the outcome is written before a follow-up job is scheduled, and a row
+left ``in_progress`` or ``pending`` with no job is found again by the sweep. A job that finds its row
+pending but not yet due schedules a wake-up for the due time instead of leaving it to the sweep.
+
+The recipient's identity (hash, mask, rate-limit bucket) is its normalized form (CONTRACT §6.2).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
 from alert_worker.channels.base import Channel
-from alert_worker.counters import Gauge
 from alert_worker.errors import (
     ClaimLostError,
     ConfigurationError,
@@ -37,13 +40,21 @@ from alert_worker.models import (
     Outcome,
     make_result,
 )
-from alert_worker.poison import PoisonQueue
-from alert_worker.rate_limit import RateLimiter
+from alert_worker.ports import (
+    DeliveryMetrics,
+    DeliveryStorePort,
+    FollowUp,
+    FollowUpScheduler,
+    GaugePort,
+    LimiterPort,
+    NullMetrics,
+    PoisonQueuePort,
+)
 from alert_worker.redaction import mask_recipient, recipient_hash
-from alert_worker.retry import JITTER_FRACTION, RetryPolicy
+from alert_worker.retry import DeferralPolicy, RetryPolicy
 from alert_worker.settings import RateLimits
-from alert_worker.store import Claim, DeliveryStore, NewDelivery
-from alert_worker.validation import clean_content, clean_recipient, storable_payload
+from alert_worker.store import Claim, NewDelivery
+from alert_worker.validation import clean_content, clean_recipient, normalize_recipient, storable_payload
 
 
 @dataclass(frozen=True)
@@ -57,69 +68,44 @@ class DeliveryRequest:
     body: Any
     attempt: int = 0
     queue: str = "alerts"
+    job_id: str | None = None  # the running RQ job, so a wake-up it schedules never reuses its id
 
 
-@dataclass(frozen=True)
-class FollowUp:
-    """A job to run again later: a retry after a failure or a deferral after a rate-limit denial."""
-
-    delivery_id: str
-    channel: str
-    payload: dict[str, str]
-    queue: str
-    attempt: int
-    delay_seconds: float
-    kind: str  # "retry" | "defer"
-    token: str  # the claim that scheduled it: one follow-up per claim, so never scheduled twice
-
-
-class FollowUpScheduler(Protocol):
-    def schedule(self, follow_up: FollowUp) -> None: ...
-
-
-class DeliveryMetrics(Protocol):
-    def attempt(self, channel: str, outcome: str) -> None: ...
-    def throttled(self, channel: str, limit: str) -> None: ...
-    def latency(self, channel: str, seconds: float) -> None: ...
-
-
-class NullMetrics:
-    def attempt(self, channel: str, outcome: str) -> None:
-        pass
-
-    def throttled(self, channel: str, limit: str) -> None:
-        pass
-
-    def latency(self, channel: str, seconds: float) -> None:
-        pass
-
-
-@dataclass
+@dataclass(kw_only=True)
 class DeliveryExecutor:
     """Runs one delivery job to one of four outcomes: delivered, retry_scheduled, poisoned, skipped."""
 
-    store: DeliveryStore
-    poison_queue: PoisonQueue
-    limiter: RateLimiter
+    store: DeliveryStorePort
+    poison_queue: PoisonQueuePort
+    limiter: LimiterPort
     channel_factory: Callable[[ChannelType], Channel]
     scheduler: FollowUpScheduler
     retry_policy: RetryPolicy
     rate_limits: RateLimits
-    queue_depth: Gauge
+    queue_depth: GaugePort
     hash_secret: str
+    default_webhook_url: str = ""  # SLACK_WEBHOOK_URL: what "" and "default" stand for in a Slack identity
     max_defer_seconds: float = 3600.0
     metrics: DeliveryMetrics = field(default_factory=NullMetrics)
     rand: Callable[[], float] = random.random
     logger: Any = field(default_factory=lambda: structlog.get_logger("alert_worker.executor"))
 
+    def __post_init__(self) -> None:
+        self.deferral_policy = DeferralPolicy(max_defer_seconds=self.max_defer_seconds, rand=self.rand)
+
+    def identity(self, channel: ChannelType, recipient: Any) -> tuple[str, str]:
+        """(recipient_hash, masked recipient) of the normalized recipient: one bucket per real recipient."""
+        raw = recipient if isinstance(recipient, str) else ""
+        normalized = normalize_recipient(channel, raw, default_webhook_url=self.default_webhook_url)
+        return recipient_hash(self.hash_secret, channel.value, normalized), mask_recipient(channel, normalized)
+
     # -- entry ---------------------------------------------------------------------------------------
     def run(self, request: DeliveryRequest) -> DeliveryResult:
-        raw_recipient = request.recipient if isinstance(request.recipient, str) else ""
-        rhash = recipient_hash(self.hash_secret, request.channel.value, raw_recipient)
+        rhash, masked = self.identity(request.channel, request.recipient)
         new = NewDelivery(
             id=request.delivery_id,
             channel=request.channel.value,
-            recipient_masked=mask_recipient(request.channel, raw_recipient),
+            recipient_masked=masked,
             recipient_hash=rhash,
             payload=storable_payload(request.recipient, request.subject, request.body),
             queue=request.queue,
@@ -205,10 +191,9 @@ class DeliveryExecutor:
                 message = channel.prepare(_message(row, attempts))
             except PermanentDeliveryError as exc:
                 return self._poison(claim, log, attempts, exc.reason)
+            bucket, _ = self.identity(channel_type, (row.payload or {}).get("recipient"))
             try:
-                decision = self.limiter.acquire(
-                    row.channel, row.recipient_hash, self.rate_limits.for_delivery(channel_type)
-                )
+                decision = self.limiter.acquire(row.channel, bucket, self.rate_limits.for_delivery(channel_type))
             except RateLimiterUnavailableError as exc:
                 self.store.release(row.id, claim.token, error="rate_limiter_unavailable")
                 log.error("delivery_released", reason="rate_limiter_unavailable", error=str(exc))
@@ -248,7 +233,7 @@ class DeliveryExecutor:
             next_at, _ = self.store.schedule_retry(
                 row.id, claim.token, attempts=attempts, delay_seconds=decision.delay_seconds, error=exc.reason
             )
-            self._schedule(claim, log, attempts, decision.delay_seconds, "retry", queue)
+            self._schedule(row, log, attempts, decision.delay_seconds, "retry", queue, token=claim.token)
             log.warning(
                 "delivery_retry_scheduled",
                 error=exc.reason,
@@ -262,27 +247,27 @@ class DeliveryExecutor:
         self, claim: Claim, log: Any, attempts: int, wait_seconds: float, limit_name: str, queue: str
     ) -> DeliveryResult:
         row = claim.row
-        delay = wait_seconds + self.rand() * max(1.0, JITTER_FRACTION * wait_seconds)
-        now = row.db_now
-        since = row.deferred_since or now
-        if now is not None and since is not None:
-            deferred_for = (now + timedelta(seconds=delay) - since).total_seconds()
-            if deferred_for > self.max_defer_seconds:
-                return self._poison(claim, log, attempts, f"rate_limited_too_long: {limit_name} limit")
+        since, now = row.deferred_since, row.db_now
+        deferred_for = (now - since).total_seconds() if since is not None and now is not None else 0.0
+        decision = self.deferral_policy.after_denial(wait_seconds, deferred_for)
+        if not decision.defer:
+            return self._poison(claim, log, attempts, f"rate_limited_too_long: {limit_name} limit")
+        delay = decision.delay_seconds
         error = f"rate_limited: {limit_name} limit"
         next_at, _ = self.store.defer(row.id, claim.token, delay_seconds=delay, error=error)
-        self._schedule(claim, log, attempts, delay, "defer", queue)
+        self._schedule(row, log, attempts, delay, "defer", queue, token=claim.token)
         log.info(
             "delivery_deferred", limit=limit_name, delay_seconds=round(delay, 3), next_attempt_at=next_at.isoformat()
         )
         return _waiting(row, error, next_at)
 
-    def _schedule(self, claim: Claim, log: Any, attempts: int, delay: float, kind: str, queue: str) -> None:
+    def _schedule(
+        self, row: DeliveryRow, log: Any, attempts: int, delay: float, kind: str, queue: str, *, token: str
+    ) -> None:
         """Hand the follow-up to RQ on the job's origin queue.
 
         If that fails the row is still pending with ``next_attempt_at`` set, and the sweep recovers it.
         """
-        row = claim.row
         assert row.payload is not None
         try:
             self.scheduler.schedule(
@@ -294,7 +279,7 @@ class DeliveryExecutor:
                     attempt=attempts,
                     delay_seconds=delay,
                     kind=kind,
-                    token=claim.token,
+                    token=token,
                 )
             )
         except Exception as exc:  # noqa: BLE001 - the row is safe in Postgres; the sweep re-enqueues it
@@ -330,6 +315,8 @@ class DeliveryExecutor:
             reason=reason,
         )
         next_at: datetime | None = row.next_attempt_at if row and status is DeliveryStatus.PENDING else None
+        if row is not None and next_at is not None:
+            self._wake_when_due(request, row, next_at)
         return make_result(
             delivery_id=request.delivery_id,
             channel=row.channel if row else request.channel.value,
@@ -338,6 +325,23 @@ class DeliveryExecutor:
             success=status is DeliveryStatus.DELIVERED,
             next_attempt_at=next_at,
         )
+
+
+    def _wake_when_due(self, request: DeliveryRequest, row: DeliveryRow, next_at: datetime) -> None:
+        """A pending row that is not yet due (clock skew, an early scheduler): schedule a job for its due
+        time rather than leave it to the sweep. The id is keyed by the due time and the running job, so it
+        is stable for this job and never this job's own id (a wake-up that itself runs early makes another).
+        """
+        if row.payload is None or row.db_now is None:
+            return
+        delay = max(0.0, (next_at - row.db_now).total_seconds())
+        runner = hashlib.sha256((request.job_id or "").encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        log = self.logger.bind(
+            delivery_id=row.id, channel=row.channel, attempt=row.attempts, recipient_hash=row.recipient_hash
+        )
+        token = f"{next_at.astimezone(UTC):%Y%m%dT%H%M%S%f}-{runner}"
+        self._schedule(row, log, row.attempts, delay, "due", request.queue, token=token)
+        log.info("delivery_wake_up_scheduled", delay_seconds=round(delay, 3), next_attempt_at=next_at.isoformat())
 
 
 def _waiting(row: DeliveryRow, error: str, next_at: datetime | None = None) -> DeliveryResult:
@@ -384,3 +388,6 @@ def _differs(request: DeliveryRequest, row: DeliveryRow) -> bool:
         (value if value is not None else "") != payload.get(key, "")
         for key, value in (("recipient", request.recipient), ("subject", request.subject), ("body", request.body))
     )
+
+
+__all__ = ["DeliveryExecutor", "DeliveryMetrics", "DeliveryRequest", "FollowUp", "FollowUpScheduler", "NullMetrics"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from urllib.parse import urlsplit, urlunsplit
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from alert_worker.errors import InvalidInputError
 from alert_worker.models import ChannelType

@@ -36,9 +36,9 @@ class Harness:
         self.poison_gauge = FakeGauge()
         self.depth = FakeGauge()
         self.executor = DeliveryExecutor(
-            store=self.store,  # type: ignore[arg-type]
-            poison_queue=FakePoisonQueue(self.store, self.poison_gauge),  # type: ignore[arg-type]
-            limiter=self.limiter,  # type: ignore[arg-type]
+            store=self.store,
+            poison_queue=FakePoisonQueue(self.store, self.poison_gauge),
+            limiter=self.limiter,
             channel_factory=lambda _: self.channel,
             scheduler=self.scheduler,
             retry_policy=RetryPolicy(
@@ -48,8 +48,9 @@ class Harness:
                 rand=lambda: 0.5,
             ),
             rate_limits=Settings(database_url="", redis_url="").rate_limits,
-            queue_depth=self.depth,  # type: ignore[arg-type]
+            queue_depth=self.depth,
             hash_secret="secret",
+            default_webhook_url=policy.get("default_webhook_url", ""),
             max_defer_seconds=policy.get("max_defer", 3600.0),
             rand=lambda: 0.5,
         )
@@ -63,6 +64,7 @@ class Harness:
             body=args.get("body", "db-1 at 99%"),
             attempt=attempt,
             queue=args.get("queue", "alerts"),
+            job_id=args.get("job_id"),
         )
         return dict(self.executor.run(request))
 

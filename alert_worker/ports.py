@@ -1,0 +1,81 @@
+"""The seams of the delivery executor: what it needs from a store, a poison queue, a limiter, a gauge, a
+follow-up scheduler and a metrics sink, written as Protocols.
+
+The executor depends on these shapes only, so the in-memory fakes in the tests and the real Postgres,
+Redis and RQ parts are interchangeable; one contract test holds the fake store and ``DeliveryStore`` to
+the same behaviour. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from alert_worker.models import DeliveryRow
+from alert_worker.rate_limit import RateDecision
+from alert_worker.settings import RateLimit
+from alert_worker.store import Claim, NewDelivery
+
+
+class DeliveryStorePort(Protocol):
+    """A delivery's row: the claim and every fenced write of the job that holds it."""
+
+    def claim(self, new: NewDelivery) -> Claim | None: ...
+    def get(self, delivery_id: str) -> DeliveryRow | None: ...
+    def mark_delivered(self, delivery_id: str, token: str, *, attempts: int, message_id: str | None) -> float: ...
+    def schedule_retry(
+        self, delivery_id: str, token: str, *, attempts: int, delay_seconds: float, error: str
+    ) -> tuple[datetime, datetime]: ...
+    def defer(
+        self, delivery_id: str, token: str, *, delay_seconds: float, error: str
+    ) -> tuple[datetime, datetime]: ...
+    def release(self, delivery_id: str, token: str, *, error: str) -> None: ...
+
+
+class PoisonQueuePort(Protocol):
+    def park(self, delivery_id: str, token: str, *, attempts: int, error: str) -> None: ...
+
+
+class LimiterPort(Protocol):
+    def acquire(self, channel: str, recipient_hash: str, limits: Sequence[RateLimit]) -> RateDecision: ...
+
+
+class GaugePort(Protocol):
+    def add(self, delta: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """A job to run again later: a retry, a deferral, or a wake-up for a row that is not yet due."""
+
+    delivery_id: str
+    channel: str
+    payload: dict[str, str]
+    queue: str
+    attempt: int
+    delay_seconds: float
+    kind: str  # "retry" | "defer" | "due"
+    token: str  # what makes the job id deterministic: the claim (retry, defer) or the due time (due)
+
+
+class FollowUpScheduler(Protocol):
+    def schedule(self, follow_up: FollowUp) -> None: ...
+
+
+class DeliveryMetrics(Protocol):
+    def attempt(self, channel: str, outcome: str) -> None: ...
+    def throttled(self, channel: str, limit: str) -> None: ...
+    def latency(self, channel: str, seconds: float) -> None: ...
+
+
+class NullMetrics:
+    def attempt(self, channel: str, outcome: str) -> None:
+        pass
+
+    def throttled(self, channel: str, limit: str) -> None:
+        pass
+
+    def latency(self, channel: str, seconds: float) -> None:
+        pass
