@@ -12,34 +12,26 @@ The recipient's identity (hash, mask, rate-limit bucket) is its normalized form 
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
 
+from alert_worker import delivery
 from alert_worker.channels.base import Channel
+from alert_worker.delivery import DeliveryRequest
 from alert_worker.errors import (
     ClaimLostError,
     ConfigurationError,
     DeliveryError,
-    InvalidInputError,
     PermanentDeliveryError,
     RateLimiterUnavailableError,
     TransientDeliveryError,
 )
-from alert_worker.models import (
-    ChannelType,
-    DeliveryResult,
-    DeliveryRow,
-    DeliveryStatus,
-    Message,
-    Outcome,
-    make_result,
-)
+from alert_worker.models import ChannelType, DeliveryResult, DeliveryRow, DeliveryStatus, Outcome, make_result
 from alert_worker.ports import (
     DeliveryMetrics,
     DeliveryStorePort,
@@ -50,25 +42,10 @@ from alert_worker.ports import (
     NullMetrics,
     PoisonQueuePort,
 )
-from alert_worker.redaction import mask_recipient, recipient_hash
 from alert_worker.retry import DeferralPolicy, RetryPolicy
 from alert_worker.settings import RateLimits
 from alert_worker.store import Claim, NewDelivery
-from alert_worker.validation import clean_content, clean_recipient, normalize_recipient, storable_payload
-
-
-@dataclass(frozen=True)
-class DeliveryRequest:
-    """One job's arguments, already checked by ``validate_job_arguments``."""
-
-    delivery_id: str
-    channel: ChannelType
-    recipient: Any
-    subject: Any
-    body: Any
-    attempt: int = 0
-    queue: str = "alerts"
-    job_id: str | None = None  # the running RQ job, so a wake-up it schedules never reuses its id
+from alert_worker.validation import storable_payload
 
 
 @dataclass(kw_only=True)
@@ -95,9 +72,8 @@ class DeliveryExecutor:
 
     def identity(self, channel: ChannelType, recipient: Any) -> tuple[str, str]:
         """(recipient_hash, masked recipient) of the normalized recipient: one bucket per real recipient."""
-        raw = recipient if isinstance(recipient, str) else ""
-        normalized = normalize_recipient(channel, raw, default_webhook_url=self.default_webhook_url)
-        return recipient_hash(self.hash_secret, channel.value, normalized), mask_recipient(channel, normalized)
+        secret, default = self.hash_secret, self.default_webhook_url
+        return delivery.recipient_identity(secret, channel, recipient, default_webhook_url=default)
 
     # -- entry ---------------------------------------------------------------------------------------
     def run(self, request: DeliveryRequest) -> DeliveryResult:
@@ -121,7 +97,7 @@ class DeliveryExecutor:
             recipient_hash=row.recipient_hash,
         )
         log.info("delivery_claimed", created=claim.created, queue=request.queue)
-        if not claim.created and row.payload is not None and _differs(request, row):
+        if not claim.created and row.payload is not None and delivery.differs_from_row(request, row):
             log.warning("delivery_arguments_mismatch", detail="the stored row wins over the job's arguments")
         result: DeliveryResult | None = None
         try:
@@ -175,7 +151,7 @@ class DeliveryExecutor:
         row = claim.row
         attempts = max(request.attempt, row.attempts)
         if row.payload is None:
-            return self._poison(claim, log, attempts, _why_unstorable(request))
+            return self._poison(claim, log, attempts, delivery.why_unstorable(request))
         if attempts >= self.retry_policy.max_attempts:
             return self._poison(claim, log, attempts, "attempts_exhausted")
         channel_type = ChannelType(row.channel)
@@ -188,7 +164,7 @@ class DeliveryExecutor:
             return self._poison(claim, log, attempts, f"channel_not_configured: {row.channel}")
         try:
             try:
-                message = channel.prepare(_message(row, attempts))
+                message = channel.prepare(delivery.message_from_row(row, attempts))
             except PermanentDeliveryError as exc:
                 return self._poison(claim, log, attempts, exc.reason)
             bucket, _ = self.identity(channel_type, (row.payload or {}).get("recipient"))
@@ -197,7 +173,7 @@ class DeliveryExecutor:
             except RateLimiterUnavailableError as exc:
                 self.store.release(row.id, claim.token, error="rate_limiter_unavailable")
                 log.error("delivery_released", reason="rate_limiter_unavailable", error=str(exc))
-                return _waiting(row, "rate_limiter_unavailable")
+                return delivery.waiting_result(row, "rate_limiter_unavailable")
             if not decision.allowed:
                 self.metrics.throttled(row.channel, decision.limit_name or "unknown")
                 return self._defer(
@@ -240,7 +216,7 @@ class DeliveryExecutor:
                 delay_seconds=round(decision.delay_seconds, 3),
                 next_attempt_at=next_at.isoformat(),
             )
-            return _waiting(row, exc.reason, next_at)
+            return delivery.waiting_result(row, exc.reason, next_at)
         return self._poison(claim, log, attempts, exc.reason)
 
     def _defer(
@@ -259,7 +235,7 @@ class DeliveryExecutor:
         log.info(
             "delivery_deferred", limit=limit_name, delay_seconds=round(delay, 3), next_attempt_at=next_at.isoformat()
         )
-        return _waiting(row, error, next_at)
+        return delivery.waiting_result(row, error, next_at)
 
     def _schedule(
         self, row: DeliveryRow, log: Any, attempts: int, delay: float, kind: str, queue: str, *, token: str
@@ -335,59 +311,12 @@ class DeliveryExecutor:
         if row.payload is None or row.db_now is None:
             return
         delay = max(0.0, (next_at - row.db_now).total_seconds())
-        runner = hashlib.sha256((request.job_id or "").encode("utf-8", "surrogatepass")).hexdigest()[:12]
         log = self.logger.bind(
             delivery_id=row.id, channel=row.channel, attempt=row.attempts, recipient_hash=row.recipient_hash
         )
-        token = f"{next_at.astimezone(UTC):%Y%m%dT%H%M%S%f}-{runner}"
+        token = delivery.wake_up_token(next_at, request.job_id)
         self._schedule(row, log, row.attempts, delay, "due", request.queue, token=token)
         log.info("delivery_wake_up_scheduled", delay_seconds=round(delay, 3), next_attempt_at=next_at.isoformat())
-
-
-def _waiting(row: DeliveryRow, error: str, next_at: datetime | None = None) -> DeliveryResult:
-    """The result of a job that left the row pending for a later attempt (retry, deferral, release)."""
-    return make_result(
-        delivery_id=row.id,
-        channel=row.channel,
-        outcome=Outcome.RETRY_SCHEDULED,
-        status=DeliveryStatus.PENDING,
-        error=error,
-        retryable=True,
-        next_attempt_at=next_at,
-    )
-
-
-def _message(row: DeliveryRow, attempts: int) -> Message:
-    """The message to send, built from the stored payload (the row wins over the job's arguments)."""
-    payload = row.payload or {}
-    recipient = clean_recipient(payload.get("recipient"))
-    subject, body = clean_content(payload.get("subject"), payload.get("body"))
-    return Message(
-        delivery_id=row.id,
-        channel=ChannelType(row.channel),
-        recipient=recipient,
-        subject=subject,
-        body=body,
-        attempt=attempts,
-    )
-
-
-def _why_unstorable(request: DeliveryRequest) -> str:
-    """The specific reason a job's arguments could not be stored, for the operator."""
-    try:
-        clean_recipient(request.recipient)
-        clean_content(request.subject, request.body)
-    except InvalidInputError as exc:
-        return exc.reason
-    return "invalid_input: the job's arguments cannot be stored"
-
-
-def _differs(request: DeliveryRequest, row: DeliveryRow) -> bool:
-    payload = row.payload or {}
-    return request.channel.value != row.channel or any(
-        (value if value is not None else "") != payload.get(key, "")
-        for key, value in (("recipient", request.recipient), ("subject", request.subject), ("body", request.body))
-    )
 
 
 __all__ = ["DeliveryExecutor", "DeliveryMetrics", "DeliveryRequest", "FollowUp", "FollowUpScheduler", "NullMetrics"]
