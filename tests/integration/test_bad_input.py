@@ -144,11 +144,12 @@ def test_an_empty_subject_or_empty_body_alone_is_delivered(
 def test_slack_empty_recipient_means_the_default_webhook(
     providers: MockedProviders, database_url: str, recipient: Any
 ) -> None:
-    """Slack is the exception: an empty recipient is the configured default webhook, not bad input."""
+    """Slack is the exception: an empty recipient is the configured default webhook, not bad input; the
+    row's mask is that webhook's (the identity is the normalized recipient, CONTRACT §6.2)."""
     result = execute_delivery_job("slack-default", "slack", recipient, "Disk full", "db-1")
     assert result["outcome"] == "delivered" and result["message_id"] is None
     assert [r.url for r in providers.slack_requests] == [SLACK_DEFAULT]
-    assert _row(database_url, "slack-default")[2] == "default"
+    assert _row(database_url, "slack-default")[2] == "hooks.slack.com/***"
 
 
 @pytest.mark.parametrize(
