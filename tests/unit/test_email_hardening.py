@@ -6,8 +6,11 @@ from __future__ import annotations
 import base64
 import smtplib
 import ssl
+from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alert_worker.channels import email as email_channel
 from alert_worker.channels.email import (
@@ -16,6 +19,7 @@ from alert_worker.channels.email import (
     header_safe_subject,
     message_id_local_part,
     preload,
+    serialize,
 )
 from alert_worker.errors import InvalidInputError, PermanentDeliveryError, TransientDeliveryError
 from alert_worker.models import ChannelType, Message
@@ -31,9 +35,13 @@ def _message(delivery_id: str = "mail-1", subject: str = "Disk full", attempt: i
     )
 
 
-def _channel(port: int = 25, security: str = "none", **extra: object) -> EmailChannel:
+def _channel(
+    port: int = 25, security: str = "none", tls_context_factory: Callable[[], ssl.SSLContext] | None = None
+) -> EmailChannel:
     settings = SmtpSettings("127.0.0.1", port, "", "", "alerts@example.org", security)
-    return EmailChannel(settings=settings, timeout_seconds=5, **extra)  # type: ignore[arg-type]
+    if tls_context_factory is None:
+        return EmailChannel(settings=settings, timeout_seconds=5)
+    return EmailChannel(settings=settings, timeout_seconds=5, tls_context_factory=tls_context_factory)
 
 
 def _b64_word(text: str) -> str:
@@ -116,7 +124,9 @@ AUTH_IDS = ["auth-454-temporary", "auth-421-temporary", "auth-535-permanent", "u
 
 
 @pytest.mark.parametrize(("exc", "error"), AUTH_AND_ODD_REPLIES, ids=AUTH_IDS)
-def test_temporary_auth_failures_and_unparseable_replies_are_transient(exc: Exception, error: type) -> None:
+def test_temporary_auth_failures_and_unparseable_replies_are_transient(
+    exc: Exception, error: type[Exception]
+) -> None:
     """A 4xx AUTH reply or a reply smtplib could not parse (code -1) may succeed later."""
     assert type(classify_smtp_error(exc)) is error
 
@@ -154,3 +164,24 @@ def test_preload_builds_the_tls_context_only_when_tls_is_used(monkeypatch: pytes
     assert factory.calls == 0
     preload(SmtpSettings("h", 587, "", "", "a@example.org", "starttls"))
     assert factory.calls == 1
+
+
+_PIECES = st.sampled_from(["=?utf-8?q?", "=?utf-8?b?", "?=", "=0D", "=0A", "DQo=", "Cg==", "Bcc:", "\r", "\n", " ",
+                           "x", "é", "_", "=?", "?q?", "=3F="])
+
+
+@settings(max_examples=300, deadline=None)
+@given(subject=st.lists(_PIECES, max_size=40).map("".join))
+def test_no_subject_ever_adds_a_header_or_a_bare_line_break(subject: str) -> None:
+    """Any mix of encoded-word fragments: the serialized header block is exactly ours, or the subject is refused."""
+    channel = _channel()
+    try:
+        mail = channel.build(channel.prepare(_message(subject=subject)))
+        data = serialize(mail, international=False)
+    except (InvalidInputError, PermanentDeliveryError):
+        return
+    head = data.split(b"\r\n\r\n", 1)[0]
+    names = sorted(line.split(b":", 1)[0].lower() for line in head.split(b"\r\n") if line[:1] not in (b" ", b"\t"))
+    assert names == sorted([b"from", b"to", b"subject", b"date", b"message-id", b"content-type",
+                            b"content-transfer-encoding", b"mime-version"])
+    assert b"\r" not in head.replace(b"\r\n", b"") and b"\n" not in head.replace(b"\r\n", b"")
