@@ -31,7 +31,6 @@ class DeliveryRequest:
     job_id: str | None = None  # the running RQ job, so a wake-up it schedules never reuses its id
 
 
-
 def waiting_result(row: DeliveryRow, error: str, next_at: datetime | None = None) -> DeliveryResult:
     """The result of a job that left the row pending for a later attempt (retry, deferral, release)."""
     return make_result(
@@ -43,7 +42,6 @@ def waiting_result(row: DeliveryRow, error: str, next_at: datetime | None = None
         retryable=True,
         next_attempt_at=next_at,
     )
-
 
 
 def message_from_row(row: DeliveryRow, attempts: int) -> Message:

@@ -302,7 +302,6 @@ class DeliveryExecutor:
             next_attempt_at=next_at,
         )
 
-
     def _wake_when_due(self, request: DeliveryRequest, row: DeliveryRow, next_at: datetime) -> None:
         """A pending row that is not yet due (clock skew, an early scheduler): schedule a job for its due
         time rather than leave it to the sweep. The id is keyed by the due time and the running job, so it
