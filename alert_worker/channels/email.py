@@ -23,13 +23,17 @@ from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate
+from typing import Any
 
 from alert_worker.channels.base import Channel
 from alert_worker.errors import (
     ChannelNotConfiguredError,
     DeliveryError,
     InvalidInputError,
+    OutcomeUnknownError,
     PermanentDeliveryError,
+    RecipientRejectedError,
+    SlowDownError,
     TransientDeliveryError,
 )
 from alert_worker.models import ChannelType, Message, SendReceipt
@@ -66,6 +70,27 @@ def parse_address(recipient: str) -> Address:
     return address
 
 
+# RFC 3463 X.1.7 / X.1.8 are about the sender's address, not the recipient's.
+_SENDER_ADDRESS_DETAILS = frozenset({"7", "8"})
+
+
+def _feedback_kind(
+    code: int | None, enhanced: re.Match[str] | None, what: str
+) -> type[TransientDeliveryError] | type[PermanentDeliveryError] | None:
+    """421 or 4.7.x: slow down (cooldown). 5.1.x about the recipient: suppress. Else ``None``."""
+    if code == 421 or (enhanced and enhanced.group(1) == "4" and enhanced.group(2) == "7"):
+        return SlowDownError
+    if (
+        enhanced
+        and enhanced.group(1) == "5"
+        and enhanced.group(2) == "1"
+        and enhanced.group(3) not in _SENDER_ADDRESS_DETAILS
+        and what != "smtp sender refused"
+    ):
+        return RecipientRejectedError
+    return None
+
+
 def classify_smtp_reply(code: int | None, text: str, *, what: str) -> TransientDeliveryError | PermanentDeliveryError:
     """Map an SMTP reply to our error; the enhanced status code wins over the basic one."""
     enhanced = _ENHANCED_CODE.search(text)
@@ -77,6 +102,9 @@ def classify_smtp_reply(code: int | None, text: str, *, what: str) -> TransientD
     else:
         klass = str(code)[0] if code else "4"
     reason = f"{label}: {detail}" if detail else label
+    special = _feedback_kind(code, enhanced, what)
+    if special is not None:
+        return special(reason)
     if klass == "4":
         return TransientDeliveryError(reason)
     return PermanentDeliveryError(reason)
@@ -144,6 +172,38 @@ def classify_smtp_error(exc: BaseException) -> DeliveryError:
     return TransientDeliveryError(f"smtp_connection_error: {name}")  # refused, reset, TLS error, DNS
 
 
+def _no_reply(exc: BaseException) -> bool:
+    """A timeout or a disconnect, not an SMTP reply: the server may or may not have queued the message."""
+    return _smtp_reply(exc) is None and isinstance(exc, smtplib.SMTPServerDisconnected | TimeoutError | OSError)
+
+
+class _BodyTracking(smtplib.SMTP):
+    """Remembers whether the message body went out after DATA's 354: from then on the outcome may be unknown."""
+
+    body_written = False
+    _in_data = False
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        self._in_data = True
+        try:
+            return super().data(msg)
+        finally:
+            self._in_data = False
+
+    def send(self, s: Any) -> None:
+        super().send(s)
+        if self._in_data and isinstance(s, bytes):  # the body; commands are sent as str
+            self.body_written = True
+
+
+class _TrackedSMTP(_BodyTracking):
+    pass
+
+
+class _TrackedSMTPSSL(_BodyTracking, smtplib.SMTP_SSL):
+    pass
+
+
 class EmailChannel(Channel):
     name = ChannelType.EMAIL
     max_text_chars = MAX_EMAIL_BODY_CHARS
@@ -192,9 +252,9 @@ class EmailChannel(Channel):
         context = self._tls_context or default_tls_context()
         smtp: smtplib.SMTP
         if s.security == "ssl":
-            smtp = smtplib.SMTP_SSL(s.host, s.port, timeout=self._timeout, context=context)
+            smtp = _TrackedSMTPSSL(s.host, s.port, timeout=self._timeout, context=context)
         else:
-            smtp = smtplib.SMTP(s.host, s.port, timeout=self._timeout)
+            smtp = _TrackedSMTP(s.host, s.port, timeout=self._timeout)
         try:
             if s.security == "starttls":
                 smtp.starttls(context=context)
@@ -205,8 +265,13 @@ class EmailChannel(Channel):
             raise
         return smtp
 
+    def destination(self, message: Message) -> str:
+        """The SMTP server: a 421 or 4.7.x throttles the whole relay, not one mailbox."""
+        return f"{self._settings.host}:{self._settings.port}"
+
     def send(self, message: Message) -> SendReceipt:
         mail = self.build(message)
+        smtp: smtplib.SMTP | None = None
         try:
             smtp = self._connect()
             try:
@@ -218,6 +283,8 @@ class EmailChannel(Channel):
                     smtp.close()
         except (smtplib.SMTPException, OSError, UnicodeError) as exc:
             error = classify_smtp_error(exc)
+            if getattr(smtp, "body_written", False) and _no_reply(exc):
+                error = OutcomeUnknownError(f"smtp no reply after end of DATA: {type(exc).__name__}")
             error.reason = scrub_echoes(error.reason, message.subject, message.body)  # a server may quote them
             error.args = (error.reason,)
             raise error from exc

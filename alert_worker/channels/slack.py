@@ -20,10 +20,14 @@ from urllib.parse import urlsplit
 import requests
 
 from alert_worker.channels.base import Channel
+from alert_worker.channels.http_outcome import outcome_unknown
 from alert_worker.errors import (
     ChannelNotConfiguredError,
     InvalidInputError,
+    OutcomeUnknownError,
     PermanentDeliveryError,
+    RecipientRejectedError,
+    SlowDownError,
     TransientDeliveryError,
 )
 from alert_worker.models import ChannelType, Message, SendReceipt
@@ -56,6 +60,8 @@ KNOWN_SLACK_ERRORS = frozenset(
     }
 )
 _TRANSIENT_STATUSES = frozenset({408, 429})
+# Permanent answers about the webhook itself (the recipient): it goes on the suppression list.
+RECIPIENT_GONE = frozenset({(404, "channel_not_found"), (404, "no_service"), (410, "channel_is_archived")})
 
 # urllib3 logs the request line (with the secret webhook path) at DEBUG; keep it quiet.
 logging.getLogger("urllib3").setLevel(logging.WARNING)
@@ -151,8 +157,12 @@ class SlackChannel(Channel):
         try:
             response = self._session.post(url, json={"text": text}, timeout=self._timeout, allow_redirects=False)
         except requests.Timeout as exc:
+            if outcome_unknown(exc):
+                raise OutcomeUnknownError(f"slack no answer after sending: {type(exc).__name__}") from exc
             raise TransientDeliveryError(f"slack timeout: {type(exc).__name__}") from exc
         except requests.ConnectionError as exc:
+            if outcome_unknown(exc):
+                raise OutcomeUnknownError(f"slack connection dropped after sending: {type(exc).__name__}") from exc
             raise TransientDeliveryError(f"slack connection error: {type(exc).__name__}") from exc
         except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
             raise PermanentDeliveryError(f"slack invalid request: {type(exc).__name__}") from exc
@@ -163,6 +173,10 @@ class SlackChannel(Channel):
         finally:
             response.close()
 
+    def destination(self, message: Message) -> str:
+        """The webhook URL: Slack rate-limits per webhook."""
+        return self.webhook_url(message.recipient)
+
     @staticmethod
     def _receipt(response: requests.Response) -> SendReceipt:
         status = response.status_code
@@ -170,6 +184,10 @@ class SlackChannel(Channel):
         if status == 200 and word == "ok":
             return SendReceipt(message_id=None)
         label = f"slack {status} {word}" if word in KNOWN_SLACK_ERRORS else f"slack {status}"
+        if status == 429:
+            raise SlowDownError(label, retry_after=parse_retry_after(response.headers.get("Retry-After")))
+        if (status, word) in RECIPIENT_GONE:
+            raise RecipientRejectedError(label)
         if status in _TRANSIENT_STATUSES or status >= 500:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise TransientDeliveryError(label, retry_after=retry_after)

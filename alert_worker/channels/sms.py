@@ -16,15 +16,20 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import requests
 
 from alert_worker.channels.base import Channel
+from alert_worker.channels.http_outcome import outcome_unknown
 from alert_worker.errors import (
     DeliveryError,
     InvalidInputError,
+    OutcomeUnknownError,
     PermanentDeliveryError,
+    RecipientRejectedError,
+    SlowDownError,
     TransientDeliveryError,
 )
 from alert_worker.models import ChannelType, Message, SendReceipt
@@ -45,6 +50,11 @@ TWILIO_ERRORS: dict[int, str] = {
     21614: "'To' number is not SMS-capable",
     21635: "'To' number is a landline or unreachable",
 }
+RECIPIENT_ERRORS = frozenset({21610, 21614})  # unsubscribed (STOP), not SMS-capable: the suppression list
+# A message in these states never reached the phone: finding one is no reason not to send again.
+NOT_SENT_STATUSES = frozenset({"failed", "undelivered", "canceled"})
+LOOKUP_LIMIT = 50
+LOOKUP_SKEW = timedelta(seconds=60)  # our database clock against Twilio's
 CONFIGURATION_ERRORS: dict[int, str] = {
     20003: "authentication failed",
     20404: "account or resource not found",
@@ -76,10 +86,12 @@ def classify_twilio(
     if code in CONFIGURATION_ERRORS:
         return PermanentDeliveryError(f"twilio {code} {CONFIGURATION_ERRORS[code]} (configuration error)")
     if status == 429 or code == 20429:
-        return TransientDeliveryError(f"twilio {code or status} too many requests", retry_after=retry_after)
+        return SlowDownError(f"twilio {code or status} too many requests", retry_after=retry_after)
     if status is not None and status >= 500:
         suffix = f" (code {code})" if code and code != status else ""
         return TransientDeliveryError(f"twilio {status} server error{suffix}", retry_after=retry_after)
+    if code in RECIPIENT_ERRORS:
+        return RecipientRejectedError(f"twilio {code} {TWILIO_ERRORS[code]}")
     if code in TWILIO_ERRORS:
         return PermanentDeliveryError(f"twilio {code} {TWILIO_ERRORS[code]}")
     if status == 401:
@@ -150,8 +162,12 @@ class SmsChannel(Channel):
         except TwilioException as exc:
             raise self._classify(exc) from exc
         except requests.Timeout as exc:
+            if outcome_unknown(exc):
+                raise OutcomeUnknownError(f"twilio no answer after sending: {type(exc).__name__}") from exc
             raise TransientDeliveryError(f"twilio timeout: {type(exc).__name__}") from exc
         except requests.ConnectionError as exc:
+            if outcome_unknown(exc):
+                raise OutcomeUnknownError(f"twilio connection dropped after sending: {type(exc).__name__}") from exc
             raise TransientDeliveryError(f"twilio connection error: {type(exc).__name__}") from exc
         except requests.RequestException as exc:
             raise TransientDeliveryError(f"twilio request error: {type(exc).__name__}") from exc
@@ -159,6 +175,36 @@ class SmsChannel(Channel):
             raise PermanentDeliveryError("twilio unexpected response (not JSON); not resent") from exc
         sid = getattr(created, "sid", None)
         return SendReceipt(message_id=str(sid) if sid else None)
+
+    def destination(self, message: Message) -> str:
+        """The Twilio account and sender: Twilio throttles per account and per sending number."""
+        return f"{self._settings.account_sid}:{self._settings.from_number}"
+
+    def find_sent(self, message: Message, since: datetime) -> str | None:
+        """The SID of a message with this body to this number from our sender created since ``since``.
+
+        Twilio's ``DateSent`` filter has day granularity and skips messages still queued (no
+        ``date_sent`` yet), so the newest messages to the number are listed and ``date_created`` is
+        compared here. A failed lookup raises a transient error: never resend blindly.
+        """
+        from twilio.base.exceptions import TwilioException
+
+        if self._client is None:
+            self._client = self._build_client()
+        text = sms_text(message.subject, message.body)
+        try:
+            found = self._client.messages.list(
+                to=message.recipient, from_=self._settings.from_number, limit=LOOKUP_LIMIT
+            )
+        except (TwilioException, requests.RequestException, ValueError) as exc:
+            raise TransientDeliveryError(f"outcome_unknown: twilio lookup failed: {type(exc).__name__}") from exc
+        for sent in found:
+            created = getattr(sent, "date_created", None)
+            if created is None or created < since - LOOKUP_SKEW:
+                continue
+            if getattr(sent, "body", None) == text and getattr(sent, "status", None) not in NOT_SENT_STATUSES:
+                return str(sent.sid)
+        return None
 
     def _classify(self, exc: Exception) -> DeliveryError:
         status = _as_int(getattr(exc, "status", None))
