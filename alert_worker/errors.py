@@ -50,7 +50,7 @@ class PermanentDeliveryError(DeliveryError):
 
 
 class SlowDownError(TransientDeliveryError):
-    """"Slow down" for the whole destination (Slack 429, Twilio 429/20429, SMTP 421 or 4.7.x): every worker waits."""
+    """A "slow down" for the whole destination (Slack 429, Twilio 429/20429, SMTP 421, 4.7.x): every worker waits."""
 
 
 class OutcomeUnknownError(TransientDeliveryError):

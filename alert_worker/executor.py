@@ -28,6 +28,7 @@ from alert_worker.errors import (
     RateLimiterUnavailableError,
     TransientDeliveryError,
 )
+from alert_worker.feedback import Feedback, Hold, NoFeedback
 from alert_worker.models import (
     ChannelType,
     DeliveryResult,
@@ -110,6 +111,7 @@ class DeliveryExecutor:
     max_defer_seconds: float = 3600.0
     metrics: DeliveryMetrics = field(default_factory=NullMetrics)
     rand: Callable[[], float] = random.random
+    feedback: Feedback = field(default_factory=NoFeedback)  # suppression, cooldowns, unknown outcomes (§6.2)
     logger: Any = field(default_factory=lambda: structlog.get_logger("alert_worker.executor"))
 
     # -- entry ---------------------------------------------------------------------------------------
@@ -205,6 +207,9 @@ class DeliveryExecutor:
                 message = channel.prepare(_message(row, attempts))
             except PermanentDeliveryError as exc:
                 return self._poison(claim, log, attempts, exc.reason)
+            held = self._held(claim, log, attempts, channel, message, request.queue)
+            if held is not None:
+                return held
             try:
                 decision = self.limiter.acquire(
                     row.channel, row.recipient_hash, self.rate_limits.for_delivery(channel_type)
@@ -222,9 +227,11 @@ class DeliveryExecutor:
             try:
                 receipt = channel.send(message)
             except DeliveryError as exc:
+                self.feedback.after_failure(row, channel, message, exc, log=log)
                 return self._failed(claim, log, attempts + 1, exc, request.queue)
         finally:
             channel.close()
+        self.feedback.after_delivered(row)
         latency = self.store.mark_delivered(row.id, claim.token, attempts=attempts + 1, message_id=receipt.message_id)
         self.metrics.attempt(row.channel, Outcome.DELIVERED.value)
         self.metrics.latency(row.channel, latency)
@@ -236,6 +243,35 @@ class DeliveryExecutor:
             status=DeliveryStatus.DELIVERED,
             success=True,
             message_id=receipt.message_id,
+        )
+
+    def _held(
+        self, claim: Claim, log: Any, attempts: int, channel: Channel, message: Message, queue: str
+    ) -> DeliveryResult | None:
+        """Provider feedback before any request: suppressed, cooling down, or already sent (§6.2)."""
+        row = claim.row
+        try:
+            hold: Hold | None = self.feedback.hold(row, channel, message)
+        except DeliveryError as exc:  # the unknown-outcome look-up could not ask the provider
+            return self._failed(claim, log, attempts + 1, exc, queue)
+        if hold is None:
+            return None
+        if hold.kind == "suppressed":
+            return self._poison(claim, log, attempts, hold.error or "suppressed")
+        if hold.kind == "cooldown":
+            self.metrics.throttled(row.channel, "cooldown")
+            return self._defer(claim, log, attempts, hold.wait_seconds, "cooldown", queue, error=hold.error)
+        self.store.mark_delivered(row.id, claim.token, attempts=attempts, message_id=hold.message_id)
+        self.feedback.after_delivered(row)
+        self.metrics.attempt(row.channel, Outcome.DELIVERED.value)
+        log.info("delivery_found_already_sent", message_id=hold.message_id)
+        return make_result(
+            delivery_id=row.id,
+            channel=row.channel,
+            outcome=Outcome.DELIVERED,
+            status=DeliveryStatus.DELIVERED,
+            success=True,
+            message_id=hold.message_id,
         )
 
     def _failed(self, claim: Claim, log: Any, attempts: int, exc: DeliveryError, queue: str) -> DeliveryResult:
@@ -259,7 +295,15 @@ class DeliveryExecutor:
         return self._poison(claim, log, attempts, exc.reason)
 
     def _defer(
-        self, claim: Claim, log: Any, attempts: int, wait_seconds: float, limit_name: str, queue: str
+        self,
+        claim: Claim,
+        log: Any,
+        attempts: int,
+        wait_seconds: float,
+        limit_name: str,
+        queue: str,
+        *,
+        error: str | None = None,
     ) -> DeliveryResult:
         row = claim.row
         delay = wait_seconds + self.rand() * max(1.0, JITTER_FRACTION * wait_seconds)
@@ -269,7 +313,7 @@ class DeliveryExecutor:
             deferred_for = (now + timedelta(seconds=delay) - since).total_seconds()
             if deferred_for > self.max_defer_seconds:
                 return self._poison(claim, log, attempts, f"rate_limited_too_long: {limit_name} limit")
-        error = f"rate_limited: {limit_name} limit"
+        error = error or f"rate_limited: {limit_name} limit"
         next_at, _ = self.store.defer(row.id, claim.token, delay_seconds=delay, error=error)
         self._schedule(claim, log, attempts, delay, "defer", queue)
         log.info(
