@@ -27,7 +27,7 @@ from alert_worker.resources import Connections, open_job_pool, open_redis, short
 from alert_worker.rq_jobs import RqEnqueuer
 from alert_worker.settings import Settings
 from alert_worker.store import DeliveryStore
-from alert_worker.suppression_commands import SUPPRESSION_COMMANDS, SuppressionCommandError
+from alert_worker.suppression_commands import SUPPRESSION_COMMANDS, SuppressionCommandError, held_by
 from alert_worker.sweep import enqueue_recovered
 from alert_worker.worker import check_database, check_redis, require_connection_settings, safe_error, sweep_pass
 
@@ -156,6 +156,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if row is None:
         raise CommandFailed(f"no delivery with id {args.id!r}")
     view = {label: row[column] for label, column in _STATUS_FIELDS}
+    if held_by(row["error_message"]) is not None:
+        view["held_by"] = held_by(row["error_message"])
     if args.json:
         _json(view)
     else:

@@ -92,6 +92,18 @@ def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def held_by(error_message: str | None) -> str | None:
+    """For ``status ID``: which provider-feedback rule holds the delivery, and what the operator can do."""
+    text = error_message or ""
+    if text.startswith("suppressed: "):
+        return "the suppression list: lift it with `alert-worker suppression remove`, then `poison replay`"
+    if text.startswith("rate_limited: cooldown"):
+        return "a fleet-wide cooldown (the provider asked to slow down); it resumes by itself"
+    if text.startswith("outcome_unknown:"):
+        return "an attempt with no answer: SMS is looked up at Twilio before any resend"
+    return None
+
+
 SUPPRESSION_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "suppression list": cmd_list,
     "suppression add": cmd_add,
