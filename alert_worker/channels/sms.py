@@ -192,15 +192,20 @@ class SmsChannel(Channel):
         if self._client is None:
             self._client = self._build_client()
         text = sms_text(message.subject, message.body)
+        sender = self._settings.from_number
+        service = sender if sender.startswith("MG") else None  # a Messaging Service picks the From number
         try:
-            found = self._client.messages.list(
-                to=message.recipient, from_=self._settings.from_number, limit=LOOKUP_LIMIT
-            )
+            if service:
+                found = self._client.messages.list(to=message.recipient, limit=LOOKUP_LIMIT)
+            else:
+                found = self._client.messages.list(to=message.recipient, from_=sender, limit=LOOKUP_LIMIT)
         except (TwilioException, requests.RequestException, ValueError) as exc:
             raise TransientDeliveryError(f"outcome_unknown: twilio lookup failed: {type(exc).__name__}") from exc
         for sent in found:
             created = getattr(sent, "date_created", None)
             if created is None or created < since - LOOKUP_SKEW:
+                continue
+            if service and getattr(sent, "messaging_service_sid", None) != service:
                 continue
             if getattr(sent, "body", None) == text and getattr(sent, "status", None) not in NOT_SENT_STATUSES:
                 return str(sent.sid)

@@ -8,12 +8,15 @@ from typing import Any
 
 import fakeredis
 import pytest
+import requests
 from structlog.testing import capture_logs
+from urllib3.exceptions import ProtocolError
 
 from alert_worker.cooldown import Cooldowns, destination_hash
 from alert_worker.errors import (
     DeliveryError,
     OutcomeUnknownError,
+    PermanentDeliveryError,
     RecipientRejectedError,
     SlowDownError,
     TransientDeliveryError,
@@ -187,8 +190,6 @@ def test_a_permanent_answer_about_the_recipient_suppresses_it_and_the_next_deliv
 
 def test_a_plain_permanent_failure_does_not_suppress(h: Harness) -> None:
     """Spam rejection (5.7.1) is about the message, not the recipient: no entry."""
-    from alert_worker.errors import PermanentDeliveryError
-
     h.channel.errors.append(PermanentDeliveryError("smtp 554 5.7.1 rejected as spam"))
     assert h.run()["outcome"] == "poisoned"
     assert h.suppressions.entries == {}
@@ -309,3 +310,50 @@ def test_a_feedback_store_failure_never_fails_the_delivery(h: Harness) -> None:
     assert result["outcome"] == "poisoned"
     assert any(e["event"] == "provider_feedback_not_recorded" for e in logs)
     assert h.store.get("d-1") is not None and h.store.get("d-1").status is DeliveryStatus.POISON  # type: ignore[union-attr]
+
+
+# -- channel classification that feeds the policies ----------------------------------------------------
+def test_the_cooldown_default_comes_from_alert_cooldown_seconds() -> None:
+    """ALERT_COOLDOWN_SECONDS (default 30) is read and validated like every other setting."""
+    from alert_worker.errors import ConfigurationError
+
+    assert Settings.from_env({}).cooldown_seconds == 30.0
+    assert Settings.from_env({"ALERT_COOLDOWN_SECONDS": "12.5"}).cooldown_seconds == 12.5
+    with pytest.raises(ConfigurationError, match="ALERT_COOLDOWN_SECONDS"):
+        Settings.from_env({"ALERT_COOLDOWN_SECONDS": "soon"})
+
+
+@pytest.mark.parametrize(
+    ("reply", "what", "expected"),
+    [
+        ("5.1.1 no such user", "smtp recipient refused", RecipientRejectedError),
+        ("5.1.8 bad sender domain", "smtp", PermanentDeliveryError),
+        ("5.1.1 unknown", "smtp sender refused", PermanentDeliveryError),
+        ("4.7.0 try later", "smtp", SlowDownError),
+        ("4.2.2 mailbox full", "smtp", TransientDeliveryError),
+    ],
+    ids=["5.1.1-recipient", "5.1.8-sender-not-suppressed", "sender-refused-not-suppressed", "4.7.0", "4.2.2"],
+)
+def test_only_recipient_answers_suppress_and_only_slow_downs_cool(reply: str, what: str, expected: type) -> None:
+    """5.1.x about the recipient suppresses; the sender's own 5.1.7/5.1.8 do not; 4.7.x cools the server."""
+    from alert_worker.channels.email import classify_smtp_reply
+
+    code = 550 if reply.startswith("5") else 450
+    assert type(classify_smtp_reply(code, reply, what=what)) is expected
+
+
+@pytest.mark.parametrize(
+    ("exc", "unknown"),
+    [
+        (requests.ReadTimeout("read"), True),
+        (requests.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError())), True),
+        (requests.ConnectTimeout("connect"), False),
+        (requests.ConnectionError("Max retries exceeded (NewConnectionError)"), False),
+    ],
+    ids=["read-timeout", "aborted-after-sending", "connect-timeout", "refused"],
+)
+def test_an_outcome_is_unknown_only_when_the_request_may_have_been_sent(exc: Exception, unknown: bool) -> None:
+    """Before a connection exists nothing was sent; after it, silence may hide an accepted message."""
+    from alert_worker.channels.http_outcome import outcome_unknown
+
+    assert outcome_unknown(exc) is unknown  # type: ignore[arg-type]

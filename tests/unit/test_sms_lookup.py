@@ -78,6 +78,19 @@ def test_find_sent_matches_body_sender_and_creation_time(
     assert channel.find_sent(_message(), SINCE) == expected
 
 
+def test_with_a_messaging_service_the_look_up_matches_the_service_not_a_from_number(
+    mocked: responses.RequestsMock,
+) -> None:
+    """TWILIO_FROM_NUMBER=MG...: Twilio chooses the From number, so the service SID is compared instead."""
+    service = "MG" + "5" * 32
+    sms = SmsChannel(settings=TwilioSettings(SID, TOKEN, service), timeout_seconds=3)
+    ours = {**_sent("SM-OURS"), "messaging_service_sid": service}
+    theirs = {**_sent("SM-OTHER"), "messaging_service_sid": "MG" + "6" * 32}
+    mocked.get(URL, json=_listed(theirs, ours), match=[matchers.query_param_matcher({"To": TO, "PageSize": "50"})])
+    assert sms.find_sent(_message(), SINCE) == "SM-OURS"
+    sms.close()
+
+
 def test_a_failed_look_up_is_transient_and_never_claims_a_send(
     channel: SmsChannel, mocked: responses.RequestsMock
 ) -> None:
