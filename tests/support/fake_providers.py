@@ -4,7 +4,8 @@ Both follow a per-delivery *script*: a list of behaviours for that delivery's su
 (after the list runs out, ``ok``). Both record every message they accepted with the delivery id and a
 receive timestamp, so duplicates and rolling-window rates are counted exactly, provider side.
 
-Behaviours: ``ok`` · ``transient`` (SMTP 451 / HTTP 503) · ``permanent`` (SMTP 550 5.7.1 / HTTP 403; about the message, so the recipient is not suppressed) ·
+Behaviours: ``ok`` · ``transient`` (SMTP 451 / HTTP 503) · ``permanent`` (SMTP 550 5.7.1 / HTTP 403: about
+the message, so the recipient is not suppressed) ·
 ``throttle:S`` (HTTP 429 with ``Retry-After: S``; SMTP 451) · ``hang:S`` (say nothing for S seconds,
 then drop the connection; nothing accepted) · ``slow:S`` (wait S seconds, then accept) ·
 ``accept_drop`` (record the message as accepted, then drop the connection without answering).
