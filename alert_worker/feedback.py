@@ -115,7 +115,7 @@ class ProviderFeedback:
         wait = self._cooldowns.remaining(row.channel, self._destination(row, channel, message))
         if wait > 0:
             return Hold(kind="cooldown", error=cooldown_error(row.channel, wait), wait_seconds=wait)
-        if row.attempts > 0 and row.channel == "sms":
+        if row.channel == "sms":  # also after a replay (attempts 0): the unknown attempt may have gone out
             since = self._outcomes.since(row.id)
             if since is not None:
                 sid = channel.find_sent(message, since)
@@ -150,7 +150,7 @@ class ProviderFeedback:
             log.error("provider_feedback_not_recorded", error=type(second).__name__)
 
     def after_delivered(self, row: DeliveryRow) -> None:
-        if row.attempts > 0 and row.channel == "sms":
+        if row.channel == "sms":
             try:
                 self._outcomes.clear(row.id)
             except Exception as exc:  # noqa: BLE001 - a leftover row only costs one look-up on a replay

@@ -184,3 +184,40 @@ def test_status_shows_the_cooldown_holding_a_delivery(cli: InProcessCli, databas
     view = json.loads(cli("status", "c2", "--json").out)
     assert view["last_error"].startswith("rate_limited: cooldown, the slack provider asked to slow down (")
     assert view["held_by"].startswith("a fleet-wide cooldown")
+
+
+# -- unknown outcome ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("listed", "posts"), [(True, 1), (False, 2)], ids=["found", "not-found"])
+def test_an_sms_read_timeout_is_looked_up_by_the_next_job_before_posting(
+    database_url: str, redis_client: redis.Redis, listed: bool, posts: int
+) -> None:
+    """Job 1 times out (``outcome_unknown:``, kept in Postgres); job 2 asks Twilio first: found -> no POST."""
+    from datetime import UTC, datetime
+    from email.utils import format_datetime
+
+    import requests
+    import responses
+
+    from tests.support.http_providers import TWILIO_FROM, TWILIO_URL
+
+    sent = {"sid": "SM5", "to": PHONE, "from": TWILIO_FROM, "body": "Disk: full", "status": "sent",
+            "date_created": format_datetime(datetime.now(UTC), usegmt=True)}
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.post(TWILIO_URL, body=requests.ReadTimeout("read timed out"))
+        first = execute_delivery_job("u1", "sms", PHONE, "Disk", "full")
+        assert first["error"] == "outcome_unknown: twilio no answer after sending: ReadTimeout"
+        with psycopg.connect(database_url) as conn:
+            assert conn.execute("SELECT count(*) FROM alert_unknown_outcomes").fetchone() == (1,)
+            conn.execute("UPDATE alert_deliveries SET next_attempt_at = now() WHERE id = 'u1'")
+        rsps.replace(responses.POST, TWILIO_URL, json={"sid": "SM-NEW", "status": "queued"}, status=201)
+        rsps.get(TWILIO_URL, json={"messages": [sent] if listed else [], "next_page_uri": None, "page": 0,
+                                   "page_size": 50, "uri": "/x"})
+        second = execute_delivery_job("u1", "sms", PHONE, "Disk", "full", attempt=1)
+        post_count = sum(1 for c in rsps.calls if c.request.method == "POST")
+    assert second["outcome"] == "delivered" and second["message_id"] == ("SM5" if listed else "SM-NEW")
+    assert post_count == posts
+    row = _row(database_url, "u1")
+    assert row["provider_message_id"] == second["message_id"]
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM alert_unknown_outcomes").fetchone() == (0,)
+    assert redis_client.hget("alert:metrics:unknown_outcomes", "sms") == b"1"

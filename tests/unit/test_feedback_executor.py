@@ -274,6 +274,16 @@ def test_an_sms_not_found_at_twilio_is_sent_again_once() -> None:
     assert len(channel.sent) == 2 and len(channel.lookups) == 1
 
 
+def test_a_replayed_sms_after_an_unknown_outcome_is_still_looked_up() -> None:
+    """``poison replay`` resets attempts to 0; the unknown attempt may still have gone out, so ask first."""
+    channel = SmsLikeChannel(found="SM77")
+    h = Harness(channel)
+    h.outcomes.started["d-1"] = h.store.clock.now
+    result = h.run(attempt=0, channel="sms", to="+15551234567")
+    assert result["outcome"] == "delivered" and result["message_id"] == "SM77"
+    assert channel.sent == []
+
+
 def test_a_failed_look_up_retries_later_instead_of_sending_blindly() -> None:
     """Twilio cannot be asked: no send, a transient retry with the attempt counted."""
     lookup_down = TransientDeliveryError("outcome_unknown: twilio lookup failed: ConnectionError")
