@@ -156,8 +156,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if row is None:
         raise CommandFailed(f"no delivery with id {args.id!r}")
     view = {label: row[column] for label, column in _STATUS_FIELDS}
-    if held_by(row["error_message"]) is not None:
-        view["held_by"] = held_by(row["error_message"])
+    holder = held_by(row["error_message"])
+    if holder is not None:  # provider feedback (§6.2): which rule holds it and what to do
+        view["held_by"] = holder
     if args.json:
         _json(view)
     else:

@@ -231,8 +231,8 @@ class DeliveryExecutor:
                 return self._failed(claim, log, attempts + 1, exc, request.queue)
         finally:
             channel.close()
-        self.feedback.after_delivered(row)
         latency = self.store.mark_delivered(row.id, claim.token, attempts=attempts + 1, message_id=receipt.message_id)
+        self.feedback.after_delivered(row)
         self.metrics.attempt(row.channel, Outcome.DELIVERED.value)
         self.metrics.latency(row.channel, latency)
         log.info("delivery_delivered", latency_seconds=round(latency, 3))
