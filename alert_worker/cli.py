@@ -18,6 +18,7 @@ import structlog
 from alert_worker.errors import ConfigurationError
 from alert_worker.logs import configure_logging
 from alert_worker.settings import Settings
+from alert_worker.suppression_commands import add_suppression_parser
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="re-enqueue overdue and stuck deliveries once (for cron/systemd timers)")
     sweep.add_argument("--json", action="store_true", help="print JSON")
+    add_suppression_parser(sub)
     check = sub.add_parser("check", help="check Postgres, Redis, the scheduler and channels; exit 0 when both answer")
     check.add_argument("--json", action="store_true", help="print JSON")
     return parser

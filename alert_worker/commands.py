@@ -27,6 +27,7 @@ from alert_worker.resources import Connections, open_job_pool, open_redis, short
 from alert_worker.rq_jobs import RqEnqueuer
 from alert_worker.settings import Settings
 from alert_worker.store import DeliveryStore
+from alert_worker.suppression_commands import SUPPRESSION_COMMANDS, SuppressionCommandError, held_by
 from alert_worker.sweep import enqueue_recovered
 from alert_worker.worker import check_database, check_redis, require_connection_settings, safe_error, sweep_pass
 
@@ -155,6 +156,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if row is None:
         raise CommandFailed(f"no delivery with id {args.id!r}")
     view = {label: row[column] for label, column in _STATUS_FIELDS}
+    holder = held_by(row["error_message"])
+    if holder is not None:  # provider feedback (§6.2): which rule holds it and what to do
+        view["held_by"] = holder
     if args.json:
         _json(view)
     else:
@@ -392,6 +396,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "poison resolve": cmd_poison_resolve,
     "sweep": cmd_sweep,
     "check": cmd_check,
+    **SUPPRESSION_COMMANDS,
 }
 
 
@@ -399,9 +404,11 @@ def run_command(command: str, args: argparse.Namespace, settings: Settings) -> i
     """Dispatch; a failure prints one line on stderr and exits 1."""
     if command == "poison":
         command = f"poison {args.poison_command}"
+    if command == "suppression":
+        command = f"suppression {args.suppression_command}"
     try:
         return _COMMANDS[command](args, settings)
-    except CommandFailed as exc:
+    except (CommandFailed, SuppressionCommandError) as exc:
         _err(str(exc))
         return 1
     except (psycopg.Error, redis.RedisError, OSError) as exc:

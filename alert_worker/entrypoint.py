@@ -17,6 +17,7 @@ from rq import get_current_job
 from alert_worker.channels import build_channel
 from alert_worker.counters import poison_count, queue_depth
 from alert_worker.executor import DeliveryExecutor, DeliveryRequest
+from alert_worker.feedback import build_feedback
 from alert_worker.logs import ensure_logging
 from alert_worker.metrics import RedisMetrics
 from alert_worker.models import DeliveryResult
@@ -34,6 +35,8 @@ def build_executor(settings: Settings, resources: JobResources) -> DeliveryExecu
     """Wire one job's collaborators; tests build ``DeliveryExecutor`` directly with fakes."""
     store = DeliveryStore(pool=resources.pool, stuck_after_seconds=settings.stuck_after_seconds)
     prefix = settings.redis_key_prefix
+    hash_secret = store.recipient_hash_secret(settings.recipient_hash_secret)
+    metrics = RedisMetrics(client=resources.redis, prefix=prefix)
     return DeliveryExecutor(
         store=store,
         poison_queue=PoisonQueue(store=store, gauge=poison_count(resources.redis, prefix)),
@@ -47,10 +50,11 @@ def build_executor(settings: Settings, resources: JobResources) -> DeliveryExecu
         ),
         rate_limits=settings.rate_limits,
         queue_depth=queue_depth(resources.redis, prefix),
-        hash_secret=store.recipient_hash_secret(settings.recipient_hash_secret),
+        hash_secret=hash_secret,
         default_webhook_url=settings.slack.default_webhook_url,
         max_defer_seconds=settings.max_defer_seconds,
-        metrics=RedisMetrics(client=resources.redis, prefix=prefix),
+        metrics=metrics,
+        feedback=build_feedback(settings, resources.pool, resources.redis, hash_secret=hash_secret, metrics=metrics),
     )
 
 

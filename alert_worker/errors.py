@@ -4,8 +4,11 @@
     ├── ConfigurationError          bad settings; found at start-up, never mid-delivery
     ├── DeliveryError               one send failed; carries a sanitized, operator-safe ``reason``
     │   ├── TransientDeliveryError  retry later (timeouts, 429, 5xx, SMTP 4xx); may carry ``retry_after``
+    │   │   ├── SlowDownError       the provider asked us to slow down for this destination (cooldown)
+    │   │   └── OutcomeUnknownError sent, but no answer came: the provider may have the message
     │   └── PermanentDeliveryError  poison now (4xx, SMTP 5xx, invalid recipient)
     │       ├── InvalidInputError       the job's arguments cannot be sent on any attempt
+    │       ├── RecipientRejectedError  a permanent answer about the recipient (suppression list)
     │       └── ChannelNotConfiguredError
     ├── ClaimLostError              another job reclaimed the row; this job must stop writing
     └── RateLimiterUnavailableError Redis could not be asked; the limiter fails closed
@@ -44,6 +47,23 @@ class TransientDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """Sending the same message again cannot succeed."""
+
+
+class SlowDownError(TransientDeliveryError):
+    """A "slow down" for the whole destination (Slack 429, Twilio 429/20429, SMTP 421, 4.7.x): every worker waits."""
+
+
+class OutcomeUnknownError(TransientDeliveryError):
+    """The request may have reached the provider but no answer came; ``reason`` starts ``outcome_unknown:``."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        if not reason.startswith("outcome_unknown:"):
+            reason = f"outcome_unknown: {reason}"
+        super().__init__(reason, retry_after=retry_after)
+
+
+class RecipientRejectedError(PermanentDeliveryError):
+    """The provider said this recipient can never receive (unsubscribed, no such user, channel gone)."""
 
 
 class InvalidInputError(PermanentDeliveryError):

@@ -31,7 +31,8 @@ from alert_worker.errors import (
     RateLimiterUnavailableError,
     TransientDeliveryError,
 )
-from alert_worker.models import ChannelType, DeliveryResult, DeliveryRow, DeliveryStatus, Outcome, make_result
+from alert_worker.feedback import Feedback, Hold, NoFeedback
+from alert_worker.models import ChannelType, DeliveryResult, DeliveryRow, DeliveryStatus, Message, Outcome, make_result
 from alert_worker.ports import (
     DeliveryMetrics,
     DeliveryStorePort,
@@ -65,10 +66,13 @@ class DeliveryExecutor:
     max_defer_seconds: float = 3600.0
     metrics: DeliveryMetrics = field(default_factory=NullMetrics)
     rand: Callable[[], float] = random.random
+    feedback: Feedback = field(default_factory=NoFeedback)  # suppression, cooldowns, unknown outcomes (§6.2)
     logger: Any = field(default_factory=lambda: structlog.get_logger("alert_worker.executor"))
 
-    def __post_init__(self) -> None:
-        self.deferral_policy = DeferralPolicy(max_defer_seconds=self.max_defer_seconds, rand=self.rand)
+    @property
+    def deferral_policy(self) -> DeferralPolicy:
+        """Built from the current fields, so a changed budget takes effect (it is a few attributes)."""
+        return DeferralPolicy(max_defer_seconds=self.max_defer_seconds, rand=self.rand)
 
     def identity(self, channel: ChannelType, recipient: Any) -> tuple[str, str]:
         """(recipient_hash, masked recipient) of the normalized recipient: one bucket per real recipient."""
@@ -167,6 +171,9 @@ class DeliveryExecutor:
                 message = channel.prepare(delivery.message_from_row(row, attempts))
             except PermanentDeliveryError as exc:
                 return self._poison(claim, log, attempts, exc.reason)
+            held = self._held(claim, log, attempts, channel, message, request.queue)
+            if held is not None:
+                return held
             bucket, _ = self.identity(channel_type, (row.payload or {}).get("recipient"))
             try:
                 decision = self.limiter.acquire(row.channel, bucket, self.rate_limits.for_delivery(channel_type))
@@ -183,10 +190,12 @@ class DeliveryExecutor:
             try:
                 receipt = channel.send(message)
             except DeliveryError as exc:
+                self.feedback.after_failure(row, channel, message, exc, log=log)
                 return self._failed(claim, log, attempts + 1, exc, request.queue)
         finally:
             channel.close()
         latency = self.store.mark_delivered(row.id, claim.token, attempts=attempts + 1, message_id=receipt.message_id)
+        self.feedback.after_delivered(row)
         self.metrics.attempt(row.channel, Outcome.DELIVERED.value)
         self.metrics.latency(row.channel, latency)
         log.info("delivery_delivered", latency_seconds=round(latency, 3))
@@ -197,6 +206,35 @@ class DeliveryExecutor:
             status=DeliveryStatus.DELIVERED,
             success=True,
             message_id=receipt.message_id,
+        )
+
+    def _held(
+        self, claim: Claim, log: Any, attempts: int, channel: Channel, message: Message, queue: str
+    ) -> DeliveryResult | None:
+        """Provider feedback before any request: suppressed, cooling down, or already sent (§6.2)."""
+        row = claim.row
+        try:
+            hold: Hold | None = self.feedback.hold(row, channel, message)
+        except DeliveryError as exc:  # the unknown-outcome look-up could not ask the provider
+            return self._failed(claim, log, attempts + 1, exc, queue)
+        if hold is None:
+            return None
+        if hold.kind == "suppressed":
+            return self._poison(claim, log, attempts, hold.error or "suppressed")
+        if hold.kind == "cooldown":
+            self.metrics.throttled(row.channel, "cooldown")
+            return self._defer(claim, log, attempts, hold.wait_seconds, "cooldown", queue, error=hold.error)
+        self.store.mark_delivered(row.id, claim.token, attempts=attempts, message_id=hold.message_id)
+        self.feedback.after_delivered(row)
+        self.metrics.attempt(row.channel, Outcome.DELIVERED.value)
+        log.info("delivery_found_already_sent", message_id=hold.message_id)
+        return make_result(
+            delivery_id=row.id,
+            channel=row.channel,
+            outcome=Outcome.DELIVERED,
+            status=DeliveryStatus.DELIVERED,
+            success=True,
+            message_id=hold.message_id,
         )
 
     def _failed(self, claim: Claim, log: Any, attempts: int, exc: DeliveryError, queue: str) -> DeliveryResult:
@@ -220,7 +258,15 @@ class DeliveryExecutor:
         return self._poison(claim, log, attempts, exc.reason)
 
     def _defer(
-        self, claim: Claim, log: Any, attempts: int, wait_seconds: float, limit_name: str, queue: str
+        self,
+        claim: Claim,
+        log: Any,
+        attempts: int,
+        wait_seconds: float,
+        limit_name: str,
+        queue: str,
+        *,
+        error: str | None = None,
     ) -> DeliveryResult:
         row = claim.row
         since, now = row.deferred_since, row.db_now
@@ -229,7 +275,7 @@ class DeliveryExecutor:
         if not decision.defer:
             return self._poison(claim, log, attempts, f"rate_limited_too_long: {limit_name} limit")
         delay = decision.delay_seconds
-        error = f"rate_limited: {limit_name} limit"
+        error = error or f"rate_limited: {limit_name} limit"
         next_at, _ = self.store.defer(row.id, claim.token, delay_seconds=delay, error=error)
         self._schedule(row, log, attempts, delay, "defer", queue, token=claim.token)
         log.info(

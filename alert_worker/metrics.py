@@ -40,6 +40,14 @@ class MetricKeys:
         return f"{self.prefix}metrics:throttled"
 
     @property
+    def suppressed(self) -> str:
+        return f"{self.prefix}metrics:suppressed"
+
+    @property
+    def unknown_outcomes(self) -> str:
+        return f"{self.prefix}metrics:unknown_outcomes"
+
+    @property
     def latency_buckets(self) -> str:
         return f"{self.prefix}metrics:latency:buckets"
 
@@ -84,6 +92,12 @@ class RedisMetrics:
 
     def throttled(self, channel: str, limit: str) -> None:
         self._write(lambda p: p.hincrby(self._keys.throttled, f"{channel}{SEP}{limit}", 1))
+
+    def suppressed(self, channel: str) -> None:
+        self._write(lambda p: p.hincrby(self._keys.suppressed, channel, 1))
+
+    def unknown_outcome(self, channel: str) -> None:
+        self._write(lambda p: p.hincrby(self._keys.unknown_outcomes, channel, 1))
 
     def latency(self, channel: str, seconds: float) -> None:
         def write(p: Any) -> None:

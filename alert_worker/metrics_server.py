@@ -57,7 +57,9 @@ class AlertCollector(Collector):
             pipe.hgetall(keys.latency_buckets)
             pipe.hgetall(keys.latency_sum)
             pipe.mget([keys.poison, keys.queue_depth, keys.oldest_pending_since])
-            attempts, throttled, buckets, sums, gauges = pipe.execute()
+            pipe.hgetall(keys.suppressed)
+            pipe.hgetall(keys.unknown_outcomes)
+            attempts, throttled, buckets, sums, gauges, suppressed, unknown = pipe.execute()
         finally:
             client.close()
         return [
@@ -70,6 +72,8 @@ class AlertCollector(Collector):
             ),
             _histogram(buckets, sums),
             *self._gauges(gauges),
+            _per_channel("alert_suppressed", "Deliveries poisoned unsent: recipient suppressed", suppressed),
+            _per_channel("alert_unknown_outcomes", "Attempts sent without an answer (outcome unknown)", unknown),
         ]
 
     def _gauges(self, values: list[bytes | None]) -> list[Metric]:
@@ -90,6 +94,13 @@ def _counter(name: str, doc: str, labels: tuple[str, str], values: dict[bytes, b
     family = CounterMetricFamily(name, doc, labels=list(labels))
     for field_name, count in sorted(values.items()):
         family.add_metric(list(split_field(field_name)), int(count))
+    return family
+
+
+def _per_channel(name: str, doc: str, values: dict[bytes, bytes]) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=["channel"])
+    for channel, count in sorted(values.items()):
+        family.add_metric([channel.decode() if isinstance(channel, bytes) else channel], int(count))
     return family
 
 

@@ -42,3 +42,23 @@ CREATE TABLE IF NOT EXISTS alert_worker_meta (
     value      text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- Recipients a provider said can never receive (CONTRACT §6.2): later deliveries are poisoned unsent.
+CREATE TABLE IF NOT EXISTS alert_suppressions (
+    channel            text NOT NULL CHECK (channel IN ('email', 'slack', 'sms')),
+    recipient_hash     text NOT NULL,
+    recipient          text NOT NULL,
+    reason             text NOT NULL,
+    source_delivery_id text NULL,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (channel, recipient_hash)
+);
+
+-- Attempts that may have reached the provider without an answer: when the first such attempt began,
+-- so the next SMS attempt can ask Twilio whether the message exists before sending it again.
+CREATE TABLE IF NOT EXISTS alert_unknown_outcomes (
+    delivery_id        text PRIMARY KEY REFERENCES alert_deliveries (id) ON DELETE CASCADE,
+    channel            text NOT NULL,
+    attempt_started_at timestamptz NOT NULL,
+    created_at         timestamptz NOT NULL DEFAULT now()
+);

@@ -182,6 +182,7 @@ class Settings:
     retry_delays: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
     max_retry_delay_seconds: float = 3600.0
     max_defer_seconds: float = 3600.0
+    cooldown_seconds: float = 30.0  # a provider's "slow down" without Retry-After (CONTRACT §6.2)
     send_timeout_seconds: float = 10.0
     sweep_grace_seconds: int = 60
     sweep_interval_seconds: float = 30.0
@@ -242,6 +243,7 @@ class Settings:
             retry_delays=parse_delays(_text(env, "ALERT_RETRY_DELAYS", "5,30,120,600") or "5,30,120,600"),
             max_retry_delay_seconds=_float(env, "ALERT_MAX_RETRY_DELAY", 3600.0, minimum=1.0),
             max_defer_seconds=_float(env, "ALERT_MAX_DEFER_SECONDS", 3600.0, minimum=0.0),
+            cooldown_seconds=_float(env, "ALERT_COOLDOWN_SECONDS", 30.0, minimum=1.0),
             send_timeout_seconds=_float(env, "ALERT_SEND_TIMEOUT_SECONDS", 10.0, minimum=0.1),
             sweep_grace_seconds=_int(env, "ALERT_SWEEP_GRACE_SECONDS", 60, minimum=0),
             sweep_interval_seconds=_float(env, "ALERT_SWEEP_INTERVAL_SECONDS", 30.0, minimum=0.1),

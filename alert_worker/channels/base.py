@@ -8,6 +8,7 @@ A channel's ``prepare`` checks and normalizes a message before any rate-limit sl
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from datetime import datetime
 from typing import ClassVar
 
 from alert_worker.errors import ChannelNotConfiguredError
@@ -26,6 +27,14 @@ class Channel(ABC):
     @abstractmethod
     def send(self, message: Message) -> SendReceipt:
         """Hand the message to the provider once."""
+
+    def destination(self, message: Message) -> str:
+        """What the provider rate-limits on (webhook, account + sender, server): the cooldown's key."""
+        return self.name.value
+
+    def find_sent(self, message: Message, since: datetime) -> str | None:
+        """The provider id of this message if the provider already has it (sent since ``since``)."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook; most channels hold nothing
         """Release per-job resources (sessions, sockets)."""

@@ -27,12 +27,14 @@ from email.message import EmailMessage
 from email.policy import default as default_policy
 from email.utils import formatdate
 from io import BytesIO
+from typing import Any
 
 from alert_worker.channels.base import Channel
-from alert_worker.channels.smtp_errors import classify_smtp_error, classify_smtp_reply
+from alert_worker.channels.smtp_errors import classify_smtp_error, classify_smtp_reply, has_no_reply
 from alert_worker.errors import (
     ChannelNotConfiguredError,
     InvalidInputError,
+    OutcomeUnknownError,
     PermanentDeliveryError,
 )
 from alert_worker.models import ChannelType, Message, SendReceipt
@@ -119,6 +121,33 @@ def parse_address(recipient: str) -> Address:
     return address
 
 
+class _BodyTracking(smtplib.SMTP):
+    """Remembers whether the message body went out after DATA's 354: from then on the outcome may be unknown."""
+
+    body_written = False
+    _in_data = False
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        self._in_data = True
+        try:
+            return super().data(msg)
+        finally:
+            self._in_data = False
+
+    def send(self, s: Any) -> None:
+        super().send(s)
+        if self._in_data and isinstance(s, bytes):  # the body; commands are sent as str
+            self.body_written = True
+
+
+class _TrackedSMTP(_BodyTracking):
+    pass
+
+
+class _TrackedSMTPSSL(_BodyTracking, smtplib.SMTP_SSL):
+    pass
+
+
 class EmailChannel(Channel):
     name = ChannelType.EMAIL
     max_text_chars = MAX_EMAIL_BODY_CHARS
@@ -170,9 +199,9 @@ class EmailChannel(Channel):
             context = self._tls_context or self._tls_context_factory()
         smtp: smtplib.SMTP
         if s.security == "ssl":
-            smtp = smtplib.SMTP_SSL(s.host, s.port, timeout=self._timeout, context=context)
+            smtp = _TrackedSMTPSSL(s.host, s.port, timeout=self._timeout, context=context)
         else:
-            smtp = smtplib.SMTP(s.host, s.port, timeout=self._timeout)
+            smtp = _TrackedSMTP(s.host, s.port, timeout=self._timeout)
         try:
             if s.security == "starttls":
                 smtp.starttls(context=context)
@@ -183,11 +212,16 @@ class EmailChannel(Channel):
             raise
         return smtp
 
+    def destination(self, message: Message) -> str:
+        """The SMTP server: a 421 or 4.7.x throttles the whole relay, not one mailbox."""
+        return f"{self._settings.host}:{self._settings.port}"
+
     def send(self, message: Message) -> SendReceipt:
         mail = self.build(message)
         sender, recipient = str(mail["From"].addresses[0].addr_spec), message.recipient
         international = not (sender + recipient).isascii()
         options = ("SMTPUTF8", "BODY=8BITMIME") if international else ()
+        smtp: smtplib.SMTP | None = None
         try:
             data = serialize(mail, international=international)
             smtp = self._connect()
@@ -202,6 +236,8 @@ class EmailChannel(Channel):
                 except (smtplib.SMTPException, OSError):
                     smtp.close()
         except (smtplib.SMTPException, OSError, UnicodeError) as exc:
+            if getattr(smtp, "body_written", False) and has_no_reply(exc):
+                raise OutcomeUnknownError(f"smtp no reply after end of DATA: {type(exc).__name__}") from exc
             raise classify_smtp_error(exc, echoes=(message.subject, message.body)) from exc
         return SendReceipt(message_id=str(mail["Message-ID"]))
 

@@ -25,6 +25,8 @@ from alert_worker.errors import (
     ChannelNotConfiguredError,
     InvalidInputError,
     PermanentDeliveryError,
+    RecipientRejectedError,
+    SlowDownError,
     TransientDeliveryError,
 )
 from alert_worker.models import ChannelType, Message, SendReceipt
@@ -57,6 +59,8 @@ KNOWN_SLACK_ERRORS = frozenset(
     }
 )
 _TRANSIENT_STATUSES = frozenset({408, 429})
+# Permanent answers about the webhook itself (the recipient): it goes on the suppression list.
+RECIPIENT_GONE = frozenset({(404, "channel_not_found"), (404, "no_service"), (410, "channel_is_archived")})
 
 # urllib3 logs the request line (with the secret webhook path) at DEBUG; keep it quiet.
 logging.getLogger("urllib3").setLevel(logging.WARNING)
@@ -163,6 +167,10 @@ class SlackChannel(Channel):
         if status == 200 and word == "ok":
             return SendReceipt(message_id=None)
         label = f"slack {status} {word}" if word in KNOWN_SLACK_ERRORS else f"slack {status}"
+        if status == 429:
+            raise SlowDownError(label, retry_after=parse_retry_after(response.headers.get("Retry-After")))
+        if (status, word) in RECIPIENT_GONE:
+            raise RecipientRejectedError(label)
         if status in _TRANSIENT_STATUSES or status >= 500:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise TransientDeliveryError(label, retry_after=retry_after)
@@ -171,6 +179,10 @@ class SlackChannel(Channel):
         if 200 <= status < 300:
             raise PermanentDeliveryError(f"slack {status} unexpected response")
         raise PermanentDeliveryError(label)
+
+    def destination(self, message: Message) -> str:
+        """The webhook URL: Slack rate-limits per webhook."""
+        return self.webhook_url(message.recipient)
 
     def close(self) -> None:
         if self._session is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import requests
@@ -25,6 +26,8 @@ from alert_worker.errors import (
     DeliveryError,
     InvalidInputError,
     PermanentDeliveryError,
+    RecipientRejectedError,
+    SlowDownError,
     TransientDeliveryError,
 )
 from alert_worker.models import ChannelType, Message, SendReceipt
@@ -48,6 +51,11 @@ TWILIO_ERRORS: dict[int, str] = {
 TRANSIENT_ERRORS: dict[int, str] = {
     21611: "the sender's message queue is full",
 }
+RECIPIENT_ERRORS = frozenset({21610, 21614})  # unsubscribed (STOP), not SMS-capable: the suppression list
+# A message in these states never reached the phone: finding one is no reason not to send again.
+NOT_SENT_STATUSES = frozenset({"failed", "undelivered", "canceled"})
+LOOKUP_LIMIT = 50
+LOOKUP_SKEW = timedelta(seconds=60)  # our database clock against Twilio's
 CONFIGURATION_ERRORS: dict[int, str] = {
     20003: "authentication failed",
     20404: "account or resource not found",
@@ -81,10 +89,12 @@ def classify_twilio(
     if code in TRANSIENT_ERRORS:
         return TransientDeliveryError(f"twilio {code} {TRANSIENT_ERRORS[code]}", retry_after=retry_after)
     if status == 429 or code == 20429:
-        return TransientDeliveryError(f"twilio {code or status} too many requests", retry_after=retry_after)
+        return SlowDownError(f"twilio {code or status} too many requests", retry_after=retry_after)
     if status is not None and status >= 500:
         suffix = f" (code {code})" if code and code != status else ""
         return TransientDeliveryError(f"twilio {status} server error{suffix}", retry_after=retry_after)
+    if code in RECIPIENT_ERRORS:
+        return RecipientRejectedError(f"twilio {code} {TWILIO_ERRORS[code]}")
     if code in TWILIO_ERRORS:
         return PermanentDeliveryError(f"twilio {code} {TWILIO_ERRORS[code]}")
     if status == 401:
@@ -159,6 +169,41 @@ class SmsChannel(Channel):
             raise PermanentDeliveryError("twilio unexpected response (not JSON); not resent") from exc
         sid = getattr(created, "sid", None)
         return SendReceipt(message_id=str(sid) if sid else None)
+
+    def destination(self, message: Message) -> str:
+        """The Twilio account and sender: Twilio throttles per account and per sending number."""
+        return f"{self._settings.account_sid}:{self._settings.from_number}"
+
+    def find_sent(self, message: Message, since: datetime) -> str | None:
+        """The SID of a message with this body to this number from our sender created since ``since``.
+
+        Twilio's ``DateSent`` filter has day granularity and skips messages still queued (no
+        ``date_sent`` yet), so the newest messages to the number are listed and ``date_created`` is
+        compared here. A failed lookup raises a transient error: never resend blindly.
+        """
+        from twilio.base.exceptions import TwilioException
+
+        if self._client is None:
+            self._client = self._build_client()
+        text = sms_text(message.subject, message.body)
+        sender = self._settings.from_number
+        service = sender if sender.startswith("MG") else None  # a Messaging Service picks the From number
+        try:
+            if service:
+                found = self._client.messages.list(to=message.recipient, limit=LOOKUP_LIMIT)
+            else:
+                found = self._client.messages.list(to=message.recipient, from_=sender, limit=LOOKUP_LIMIT)
+        except (TwilioException, requests.RequestException, ValueError) as exc:
+            raise TransientDeliveryError(f"outcome_unknown: twilio lookup failed: {type(exc).__name__}") from exc
+        for sent in found:
+            created = getattr(sent, "date_created", None)
+            if created is None or created < since - LOOKUP_SKEW:
+                continue
+            if service and getattr(sent, "messaging_service_sid", None) != service:
+                continue
+            if getattr(sent, "body", None) == text and getattr(sent, "status", None) not in NOT_SENT_STATUSES:
+                return str(sent.sid)
+        return None
 
     def _classify(self, exc: Exception) -> DeliveryError:
         status = _as_int(getattr(exc, "status", None))

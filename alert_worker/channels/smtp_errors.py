@@ -14,12 +14,37 @@ import re
 import smtplib
 import ssl
 
-from alert_worker.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from alert_worker.errors import (
+    DeliveryError,
+    PermanentDeliveryError,
+    RecipientRejectedError,
+    SlowDownError,
+    TransientDeliveryError,
+)
 from alert_worker.redaction import sanitize_text, scrub_echoes
 
 # RFC 3463: class.subject.detail, class 2/4/5, subject and detail up to three digits; not part of an IP.
 _ENHANCED_CODE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 _BASIC_CODE = re.compile(r"(?<![\d.])([245])\d\d(?![\d.])")
+# RFC 3463 X.1.7 / X.1.8 are about the sender's address, not the recipient's.
+_SENDER_ADDRESS_DETAILS = frozenset({"7", "8"})
+
+
+def _feedback_kind(
+    code: int | None, enhanced: re.Match[str] | None, what: str
+) -> type[TransientDeliveryError] | type[PermanentDeliveryError] | None:
+    """421 or 4.7.x: slow down (cooldown). 5.1.x about the recipient: suppress. Else ``None``."""
+    if code == 421 or (enhanced and enhanced.group(1) == "4" and enhanced.group(2) == "7"):
+        return SlowDownError
+    if (
+        enhanced
+        and enhanced.group(1) == "5"
+        and enhanced.group(2) == "1"
+        and enhanced.group(3) not in _SENDER_ADDRESS_DETAILS
+        and what != "smtp sender refused"
+    ):
+        return RecipientRejectedError
+    return None
 
 
 def classify_smtp_reply(
@@ -40,6 +65,9 @@ def classify_smtp_reply(
     else:
         klass = str(code)[0] if valid else "4"
     reason = f"{label}: {detail}" if detail else label
+    special = _feedback_kind(code if valid else None, enhanced, what)
+    if special is not None:
+        return special(reason)
     if klass == "4":
         return TransientDeliveryError(reason)
     return PermanentDeliveryError(reason)
@@ -111,3 +139,8 @@ def classify_smtp_error(exc: BaseException, *, echoes: tuple[str, ...] = ()) -> 
     if isinstance(exc, UnicodeEncodeError):
         return PermanentDeliveryError("smtp_encoding_error: address needs SMTPUTF8")
     return TransientDeliveryError(f"smtp_connection_error: {name}")  # refused, reset, TLS error, DNS
+
+
+def has_no_reply(exc: BaseException) -> bool:
+    """A timeout or a disconnect, not an SMTP reply: the server may or may not have queued the message."""
+    return _smtp_reply(exc) is None and isinstance(exc, smtplib.SMTPServerDisconnected | TimeoutError | OSError)

@@ -46,7 +46,7 @@ def test_smtp_fake_accept_drop_records_the_message_but_the_client_sees_a_disconn
 
 @pytest.mark.parametrize(
     ("behaviour", "status", "retry_after"),
-    [("transient", 503, None), ("throttle:7", 429, "7"), ("permanent", 404, None), ("ok", 200, None)],
+    [("transient", 503, None), ("throttle:7", 429, "7"), ("permanent", 403, None), ("ok", 200, None)],
     ids=["503", "429-retry-after", "404", "accepted"],
 )
 def test_webhook_fake_answers_as_scripted(behaviour: str, status: int, retry_after: str | None) -> None:

@@ -242,7 +242,7 @@ def test_replaying_twice_sends_once(
     run_jobs: Callable[[], None],
 ) -> None:
     """A real permanent failure parks the delivery; two replays enqueue one job; one message is sent."""
-    smtp_sink.rcpt_replies.append("550 5.1.1 mailbox unavailable")
+    smtp_sink.rcpt_replies.append("554 5.7.1 relay access denied")  # not 5.1.x: that would suppress (§6.2)
     assert cli("send", "--channel", "email", "--to", "ops@example.com", "--body", "b", "--id", "rp-1").code == 0
     run_jobs()
     assert _status(database_url, "rp-1") == ("poison", 1, True)

@@ -97,16 +97,28 @@ def test_no_canary_reaches_logs_results_or_operator_columns(
     captured_logging: tuple[io.StringIO, list[logging.LogRecord]],
     monkeypatch: pytest.MonkeyPatch,
     database_url: str,
+    redis_client: Any,
 ) -> None:
     """Every channel, every failure path: the canaries are used (and sent) but never written anywhere else."""
     results: list[dict[str, Any]] = []
     n = 0
+
+    def forget_feedback() -> None:
+        """Each path must reach its provider: check, then drop, what provider feedback stored (§6.2)."""
+        with psycopg.connect(database_url) as conn:
+            for row in conn.execute("SELECT * FROM alert_suppressions").fetchall():
+                assert _leaks(str(row)) == [], row
+            conn.execute("DELETE FROM alert_suppressions")
+        for key in redis_client.scan_iter("alert:cooldown:*"):
+            assert _leaks(key.decode()) == [], key
+            redis_client.delete(key)
 
     def run(channel: str, recipient: Any, subject: Any = SUBJECT, body: Any = BODY) -> dict[str, Any]:
         nonlocal n
         n += 1
         result = dict(execute_delivery_job(f"canary-{n}", channel, recipient, subject, body))
         results.append(result)
+        forget_feedback()
         return result
 
     # -- e-mail: delivered with login, then every failure

@@ -4,7 +4,8 @@ Both follow a per-delivery *script*: a list of behaviours for that delivery's su
 (after the list runs out, ``ok``). Both record every message they accepted with the delivery id and a
 receive timestamp, so duplicates and rolling-window rates are counted exactly, provider side.
 
-Behaviours: ``ok`` · ``transient`` (SMTP 451 / HTTP 503) · ``permanent`` (SMTP 550 / HTTP 404) ·
+Behaviours: ``ok`` · ``transient`` (SMTP 451 / HTTP 503) · ``permanent`` (SMTP 550 5.7.1 / HTTP 403: about
+the message, so the recipient is not suppressed) ·
 ``throttle:S`` (HTTP 429 with ``Retry-After: S``; SMTP 451) · ``hang:S`` (say nothing for S seconds,
 then drop the connection; nothing accepted) · ``slow:S`` (wait S seconds, then accept) ·
 ``accept_drop`` (record the message as accepted, then drop the connection without answering).
@@ -130,7 +131,7 @@ class _SmtpHandler:
         if kind in ("transient", "throttle"):
             return "451 4.3.0 try again later"
         if kind == "permanent":
-            return "550 5.1.1 no such mailbox"
+            return "550 5.7.1 message refused"
         if delivery_id is not None:
             self.log.record(delivery_id, "email", attempt)
         if kind == "accept_drop":
@@ -175,7 +176,7 @@ class _WebhookHandler(BaseHTTPRequestHandler):
         elif kind == "throttle":
             self._answer(429, b"rate_limited", {"Retry-After": str(int(_seconds(behaviour)))})
         elif kind == "permanent":
-            self._answer(404, b"no_service")
+            self._answer(403, b"action_prohibited")
         else:
             try:
                 json.loads(raw or b"{}")

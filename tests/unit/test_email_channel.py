@@ -14,7 +14,10 @@ from alert_worker.channels.email import EmailChannel, classify_smtp_error, parse
 from alert_worker.errors import (
     ChannelNotConfiguredError,
     InvalidInputError,
+    OutcomeUnknownError,
     PermanentDeliveryError,
+    RecipientRejectedError,
+    SlowDownError,
     TransientDeliveryError,
 )
 from alert_worker.models import ChannelType, Message
@@ -146,17 +149,17 @@ def test_an_invalid_from_address_is_channel_not_configured_not_a_crash() -> None
 
 # where the server answers, the reply, expected class, the reason's start
 SMTP_REPLIES = [
-    ("rcpt", "550 5.1.1 <oncall.person@example.com>: Recipient address rejected", PermanentDeliveryError,
+    ("rcpt", "550 5.1.1 <oncall.person@example.com>: Recipient address rejected", RecipientRejectedError,
      "smtp recipient refused 550 5.1.1"),
-    ("rcpt", "553 5.1.3 Bad recipient address syntax", PermanentDeliveryError, "smtp recipient refused 553 5.1.3"),
+    ("rcpt", "553 5.1.3 Bad recipient address syntax", RecipientRejectedError, "smtp recipient refused 553 5.1.3"),
     ("rcpt", "450 4.2.1 Mailbox busy, try later", TransientDeliveryError, "smtp recipient refused 450 4.2.1"),
     ("rcpt", "452 4.5.3 Too many recipients", TransientDeliveryError, "smtp recipient refused 452 4.5.3"),
     ("data", "451 4.3.0 Mail server temporarily rejected message", TransientDeliveryError, "smtp 451 4.3.0"),
-    ("data", "421 4.7.0 Try again later, closing connection", TransientDeliveryError, "smtp"),
+    ("data", "421 4.7.0 Try again later, closing connection", SlowDownError, "smtp"),
     ("data", "554 5.7.1 Message rejected as spam", PermanentDeliveryError, "smtp 554 5.7.1"),
     ("data", "552 5.3.4 Message size exceeds fixed limit", PermanentDeliveryError, "smtp 552 5.3.4"),
-    ("data", "550 4.7.1 Greylisted, please retry", TransientDeliveryError, "smtp 550 4.7.1"),
-    ("data", "450 5.1.1 mailbox unknown", PermanentDeliveryError, "smtp 450 5.1.1"),
+    ("data", "550 4.7.1 Greylisted, please retry", SlowDownError, "smtp 550 4.7.1"),
+    ("data", "450 5.1.1 mailbox unknown", RecipientRejectedError, "smtp 450 5.1.1"),
     ("data", "451 Local error in processing", TransientDeliveryError, "smtp 451"),
     ("data", "554 Transaction failed", PermanentDeliveryError, "smtp 554"),
 ]
@@ -181,10 +184,10 @@ def test_smtp_reply_is_classified(
     assert smtp_sink.accepted == []
 
 
-def test_connection_dropped_in_the_middle_of_data_is_transient(smtp_sink: SmtpSink) -> None:
-    """The server closes the socket during DATA: nothing accepted, retry later."""
+def test_connection_dropped_after_end_of_data_is_an_unknown_outcome(smtp_sink: SmtpSink) -> None:
+    """The server closes the socket after the body's final dot: the outcome is unknown (transient, retried)."""
     smtp_sink.data_replies.append("DROP")
-    with pytest.raises(TransientDeliveryError, match=r"^smtp_disconnected"):
+    with pytest.raises(OutcomeUnknownError, match=r"^outcome_unknown: smtp no reply after end of DATA"):
         _channel(smtp_sink.port).send(_message())
     assert smtp_sink.data_calls == 1 and smtp_sink.accepted == []
 
@@ -249,15 +252,15 @@ WRAPPED = [
     (_wrapped(OSError("send failed"), smtplib.SMTPDataError(451, b"4.4.1 No answer from host")),
      TransientDeliveryError, "smtp 451 4.4.1"),
     (_wrapped(RuntimeError("relay failed"), smtplib.SMTPDataError(550, b"5.1.1 user unknown")),
-     PermanentDeliveryError, "smtp 550 5.1.1"),
+     RecipientRejectedError, "smtp 550 5.1.1"),
     (_wrapped(smtplib.SMTPServerDisconnected("gone"), smtplib.SMTPResponseException(421, b"4.3.2 shutting down")),
-     TransientDeliveryError, "smtp 421 4.3.2"),
+     SlowDownError, "smtp 421 4.3.2"),
     (smtplib.SMTPException("server said: 452 4.2.2 mailbox full"), TransientDeliveryError, "smtp 452 4.2.2"),
-    (smtplib.SMTPException("server said: 550 5.1.2 bad destination system"), PermanentDeliveryError,
+    (smtplib.SMTPException("server said: 550 5.1.2 bad destination system"), RecipientRejectedError,
      "smtp 550 5.1.2"),
-    (smtplib.SMTPResponseException(421, b"Service not available from 10.4.5.6"), TransientDeliveryError, "smtp 421"),
+    (smtplib.SMTPResponseException(421, b"Service not available from 10.4.5.6"), SlowDownError, "smtp 421"),
     (smtplib.SMTPResponseException(554, b"relay 192.5.1.1 refused"), PermanentDeliveryError, "smtp 554"),
-    (smtplib.SMTPRecipientsRefused({TO: (550, b"5.1.1 " + TO.encode() + b" unknown")}), PermanentDeliveryError,
+    (smtplib.SMTPRecipientsRefused({TO: (550, b"5.1.1 " + TO.encode() + b" unknown")}), RecipientRejectedError,
      "smtp recipient refused 550 5.1.1"),
     (smtplib.SMTPSenderRefused(451, b"4.1.8 sender domain has no MX", "alerts@example.org"),
      TransientDeliveryError, "smtp sender refused 451 4.1.8"),

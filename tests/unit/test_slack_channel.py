@@ -14,6 +14,8 @@ from alert_worker.channels.slack import MAX_SLACK_TEXT_CHARS, SlackChannel, slac
 from alert_worker.errors import (
     ChannelNotConfiguredError,
     PermanentDeliveryError,
+    RecipientRejectedError,
+    SlowDownError,
     TransientDeliveryError,
 )
 from alert_worker.models import ChannelType, Message
@@ -128,7 +130,7 @@ def test_text_at_exactly_the_limit_is_not_truncated(channel: SlackChannel) -> No
 
 # status, body, Retry-After, expected class, exact reason, retry_after
 SLACK_ANSWERS = [
-    (429, "rate_limited", "12", TransientDeliveryError, "slack 429", 12.0),
+    (429, "rate_limited", "12", SlowDownError, "slack 429", 12.0),
     (500, "rollup_error", None, TransientDeliveryError, "slack 500 rollup_error", None),
     (502, "<html>bad gateway</html>", None, TransientDeliveryError, "slack 502", None),
     (503, "", "30", TransientDeliveryError, "slack 503", 30.0),
@@ -137,9 +139,9 @@ SLACK_ANSWERS = [
     (400, "no_text", None, PermanentDeliveryError, "slack 400 no_text", None),
     (403, "invalid_token", None, PermanentDeliveryError, "slack 403 invalid_token", None),
     (403, "action_prohibited", None, PermanentDeliveryError, "slack 403 action_prohibited", None),
-    (404, "no_service", None, PermanentDeliveryError, "slack 404 no_service", None),
-    (404, "channel_not_found", None, PermanentDeliveryError, "slack 404 channel_not_found", None),
-    (410, "channel_is_archived", None, PermanentDeliveryError, "slack 410 channel_is_archived", None),
+    (404, "no_service", None, RecipientRejectedError, "slack 404 no_service", None),
+    (404, "channel_not_found", None, RecipientRejectedError, "slack 404 channel_not_found", None),
+    (410, "channel_is_archived", None, RecipientRejectedError, "slack 410 channel_is_archived", None),
     (404, f"not found: {HOOK}", None, PermanentDeliveryError, "slack 404", None),
     (401, "whatever", None, PermanentDeliveryError, "slack 401", None),
     (301, "", None, PermanentDeliveryError, "slack 301 redirect refused", None),
@@ -183,7 +185,7 @@ def test_slack_answer_is_classified(
     ("exc", "reason"),
     [
         (requests.ConnectTimeout(f"connect timeout {HOOK}"), "slack timeout: ConnectTimeout"),
-        (requests.ReadTimeout(f"read timeout {HOOK}"), "slack timeout: ReadTimeout"),
+        (requests.ReadTimeout(f"read timeout {HOOK}"), "outcome_unknown: slack no answer after sending: ReadTimeout"),
         (requests.ConnectionError(f"Max retries exceeded with url: {SECRET_PATH}"),
          "slack connection error: ConnectionError"),
         (requests.exceptions.SSLError(f"bad handshake {HOOK}"), "slack connection error: SSLError"),

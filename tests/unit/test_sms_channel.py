@@ -11,7 +11,13 @@ import responses
 from responses import matchers
 
 from alert_worker.channels.sms import MAX_SMS_UNITS, SmsChannel, check_e164, classify_twilio, sms_text
-from alert_worker.errors import InvalidInputError, PermanentDeliveryError, TransientDeliveryError
+from alert_worker.errors import (
+    InvalidInputError,
+    PermanentDeliveryError,
+    RecipientRejectedError,
+    SlowDownError,
+    TransientDeliveryError,
+)
 from alert_worker.models import ChannelType, Message
 from alert_worker.settings import TwilioSettings
 from alert_worker.validation import TRUNCATION_MARKER, utf16_units
@@ -142,14 +148,14 @@ def test_e164_numbers_of_8_to_15_digits_are_accepted(recipient: str) -> None:
 
 # status, Twilio code, Retry-After header, expected class, expected reason
 TWILIO_ANSWERS = [
-    (429, 20429, "7", TransientDeliveryError, "twilio 20429 too many requests", 7.0),
-    (429, None, None, TransientDeliveryError, "twilio 429 too many requests", None),
+    (429, 20429, "7", SlowDownError, "twilio 20429 too many requests", 7.0),
+    (429, None, None, SlowDownError, "twilio 429 too many requests", None),
     (500, 500, None, TransientDeliveryError, "twilio 500 server error", None),
     (503, 503, "30", TransientDeliveryError, "twilio 503 server error", 30.0),
     (400, 21211, None, PermanentDeliveryError, "twilio 21211 invalid 'To' number", None),
-    (400, 21610, None, PermanentDeliveryError, "twilio 21610 recipient has unsubscribed (STOP)", None),
+    (400, 21610, None, RecipientRejectedError, "twilio 21610 recipient has unsubscribed (STOP)", None),
     (400, 21612, None, PermanentDeliveryError, "twilio 21612 'To' number is not reachable", None),
-    (400, 21614, None, PermanentDeliveryError, "twilio 21614 'To' number is not SMS-capable", None),
+    (400, 21614, None, RecipientRejectedError, "twilio 21614 'To' number is not SMS-capable", None),
     (400, 21408, None, PermanentDeliveryError, "twilio 21408 permission to send to this region", None),
     (400, 21606, None, PermanentDeliveryError, "twilio 21606 'From' number cannot send", None),
     (400, 21635, None, PermanentDeliveryError, "twilio 21635 'To' number is a landline", None),
@@ -212,7 +218,7 @@ def test_rfc9457_problem_body_is_classified_too(channel: SmsChannel, mocked: res
     ("exc", "reason"),
     [
         (requests.ConnectTimeout(f"timed out connecting to {URL}"), "twilio timeout: ConnectTimeout"),
-        (requests.ReadTimeout(f"read timed out {URL}"), "twilio timeout: ReadTimeout"),
+        (requests.ReadTimeout(f"read timed out {URL}"), "outcome_unknown: twilio no answer after sending: ReadTimeout"),
         (requests.ConnectionError(f"Max retries exceeded with url: {URL}"), "twilio connection error: ConnectionError"),
     ],
     ids=["connect-timeout", "read-timeout", "connection-error"],
@@ -229,8 +235,8 @@ def test_timeouts_and_connection_errors_are_transient_without_the_url(
 
 @pytest.mark.parametrize(
     ("status", "code", "expected"),
-    [(429, 20429, TransientDeliveryError), (401, 20003, PermanentDeliveryError), (503, 503, TransientDeliveryError),
-     (400, 21610, PermanentDeliveryError), (401, None, PermanentDeliveryError), (400, 21611, TransientDeliveryError),
+    [(429, 20429, SlowDownError), (401, 20003, PermanentDeliveryError), (503, 503, TransientDeliveryError),
+     (400, 21610, RecipientRejectedError), (401, None, PermanentDeliveryError), (400, 21611, TransientDeliveryError),
      (429, 21611, TransientDeliveryError)],
     ids=["throttled", "auth", "5xx", "unsubscribed", "401-without-code", "21611-queue-full", "21611-on-429"],
 )

@@ -1,0 +1,84 @@
+"""Fleet-wide cooldowns: after a provider says "slow down" for a destination, no worker sends to it.
+
+One Redis key per destination, ``<prefix>cooldown:<channel>:<destination hash>``, whose TTL is the
+provider's ``Retry-After`` (else ``ALERT_COOLDOWN_SECONDS``). A second "slow down" never shortens a
+running cooldown. The destination (webhook URL, Twilio account + sender, SMTP host:port) is hashed with
+the recipient-hash secret, so a key never shows a webhook path. Redis errors are logged and read as "not
+cooling": the rate limiter asked right after fails closed on the same outage.
+"""
+
+from __future__ import annotations
+
+import math
+
+import redis
+import structlog
+
+from alert_worker.redaction import recipient_hash
+
+log = structlog.get_logger("alert_worker.cooldown")
+
+# Start a cooldown, or lengthen one that would end sooner; never shorten it. ARGV[1] = milliseconds.
+_START = """
+local ttl = redis.call('PTTL', KEYS[1])
+local ms = tonumber(ARGV[1])
+if ttl < ms then
+  redis.call('SET', KEYS[1], '1', 'PX', ms)
+  return ms
+end
+return ttl
+"""
+
+
+def destination_hash(secret: str, channel: str, destination: str) -> str:
+    """Keyed like recipient hashes: the key names the destination without revealing it."""
+    return recipient_hash(secret, channel, destination)
+
+
+class Cooldowns:
+    """Start and read cooldowns in Redis; shared by every worker on the same prefix."""
+
+    def __init__(
+        self,
+        *,
+        client: redis.Redis,
+        key_prefix: str = "alert:",
+        default_seconds: float = 30.0,
+        max_seconds: float = 3600.0,
+    ) -> None:
+        self._client = client
+        self._prefix = key_prefix
+        self._default = default_seconds
+        self._max = max(max_seconds, default_seconds)
+        self._start = client.register_script(_START)
+
+    def key(self, channel: str, dest_hash: str) -> str:
+        return f"{self._prefix}cooldown:{channel}:{dest_hash}"
+
+    def pattern(self) -> str:
+        """For operators counting active cooldowns (``SCAN MATCH``)."""
+        return f"{self._prefix}cooldown:*"
+
+    def start(self, channel: str, dest_hash: str, retry_after: float | None) -> float:
+        """Cool the destination for ``retry_after`` (else the default) seconds, capped; returns the TTL set."""
+        seconds = self._default if retry_after is None or retry_after <= 0 else min(retry_after, self._max)
+        ms = max(1, math.ceil(seconds * 1000))
+        try:
+            ttl = int(self._start(keys=[self.key(channel, dest_hash)], args=[ms]))
+        except redis.RedisError as exc:
+            log.error("cooldown_not_started", channel=channel, destination_hash=dest_hash, error=type(exc).__name__)
+            return 0.0
+        return ttl / 1000.0
+
+    def remaining(self, channel: str, dest_hash: str) -> float:
+        """Seconds until the destination may be sent to again; 0 when it is not cooling."""
+        try:
+            ttl = int(self._client.pttl(self.key(channel, dest_hash)))
+        except redis.RedisError as exc:
+            log.warning("cooldown_unreadable", channel=channel, destination_hash=dest_hash, error=type(exc).__name__)
+            return 0.0
+        return ttl / 1000.0 if ttl > 0 else 0.0
+
+    def count(self) -> int:
+        """Active cooldowns (for ``status``); a SCAN, fine for the handful that exist at once."""
+        return sum(1 for _ in self._client.scan_iter(match=self.pattern(), count=500))

@@ -1,0 +1,175 @@
+"""What the executor does with provider feedback: suppression, cooldowns, unknown outcomes.
+
+Before a send, ``hold`` says whether the delivery must not be sent now:
+
+    suppressed recipient            poison ``suppressed: <reason>``, no request
+    destination cooling down        defer to the cooldown's end like a rate-limit denial, no attempt used
+    SMS whose last outcome unknown  if Twilio already has the message: delivered with its SID, no request
+
+After a failed send, ``after_failure`` starts a cooldown (``SlowDownError``), suppresses the recipient
+(``RecipientRejectedError``) or records the unknown outcome (``OutcomeUnknownError``). These are side
+effects: a failure to record one is logged and never fails the delivery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import structlog
+
+from alert_worker.channels.base import Channel
+from alert_worker.cooldown import Cooldowns, destination_hash
+from alert_worker.errors import DeliveryError, OutcomeUnknownError, RecipientRejectedError, SlowDownError
+from alert_worker.models import DeliveryRow, Message
+from alert_worker.outcomes import UnknownOutcomes
+from alert_worker.redaction import mask_recipient
+from alert_worker.settings import Settings
+from alert_worker.suppression import ConnectionSource, SuppressionStore
+
+
+class FeedbackMetrics(Protocol):
+    def suppressed(self, channel: str) -> None: ...
+    def unknown_outcome(self, channel: str) -> None: ...
+
+
+class NullFeedbackMetrics:
+    def suppressed(self, channel: str) -> None:
+        pass
+
+    def unknown_outcome(self, channel: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why a claimed delivery is not sent now."""
+
+    kind: Literal["suppressed", "cooldown", "already_sent"]
+    error: str | None = None
+    wait_seconds: float = 0.0
+    message_id: str | None = None
+
+
+def cooldown_error(channel: str, wait_seconds: float) -> str:
+    """The row's ``error_message`` while a cooldown holds it: says who asked and for how long."""
+    return f"rate_limited: cooldown, the {channel} provider asked to slow down ({wait_seconds:.0f}s left)"
+
+
+class Feedback(Protocol):
+    def hold(self, row: DeliveryRow, channel: Channel, message: Message) -> Hold | None: ...
+    def after_failure(
+        self, row: DeliveryRow, channel: Channel, message: Message, exc: DeliveryError, *, log: Any
+    ) -> None: ...
+    def after_delivered(self, row: DeliveryRow) -> None: ...
+
+
+class NoFeedback:
+    """For executors built without provider feedback (unit tests of other behaviour)."""
+
+    def hold(self, row: DeliveryRow, channel: Channel, message: Message) -> Hold | None:
+        return None
+
+    def after_failure(
+        self, row: DeliveryRow, channel: Channel, message: Message, exc: DeliveryError, *, log: Any
+    ) -> None:
+        pass
+
+    def after_delivered(self, row: DeliveryRow) -> None:
+        pass
+
+
+class ProviderFeedback:
+    """The three policies over their stores; one per job (or per thread-pooled worker)."""
+
+    def __init__(
+        self,
+        *,
+        cooldowns: Cooldowns,
+        suppressions: SuppressionStore,
+        outcomes: UnknownOutcomes,
+        hash_secret: str,
+        metrics: FeedbackMetrics | None = None,
+        logger: Any = None,
+    ) -> None:
+        self._cooldowns = cooldowns
+        self._suppressions = suppressions
+        self._outcomes = outcomes
+        self._secret = hash_secret
+        self._metrics = metrics or NullFeedbackMetrics()
+        self._log = logger or structlog.get_logger("alert_worker.feedback")
+
+    def _destination(self, row: DeliveryRow, channel: Channel, message: Message) -> str:
+        return destination_hash(self._secret, row.channel, channel.destination(message))
+
+    # -- before the send -------------------------------------------------------------------------------
+    def hold(self, row: DeliveryRow, channel: Channel, message: Message) -> Hold | None:
+        """Suppression first (it ends the delivery), then the cooldown, then the unknown-outcome look-up.
+
+        The look-up raises ``TransientDeliveryError`` when Twilio cannot be asked: never resend blindly.
+        """
+        reason = self._suppressions.reason(row.channel, row.recipient_hash)
+        if reason is not None:
+            self._metrics.suppressed(row.channel)
+            return Hold(kind="suppressed", error=f"suppressed: {reason}")
+        wait = self._cooldowns.remaining(row.channel, self._destination(row, channel, message))
+        if wait > 0:
+            return Hold(kind="cooldown", error=cooldown_error(row.channel, wait), wait_seconds=wait)
+        if row.channel == "sms":  # also after a replay (attempts 0): the unknown attempt may have gone out
+            since = self._outcomes.since(row.id)
+            if since is not None:
+                sid = channel.find_sent(message, since)
+                if sid is not None:
+                    return Hold(kind="already_sent", message_id=sid)
+        return None
+
+    # -- after the send ----------------------------------------------------------------------------------
+    def after_failure(
+        self, row: DeliveryRow, channel: Channel, message: Message, exc: DeliveryError, *, log: Any
+    ) -> None:
+        """Start a cooldown, suppress the recipient or remember the unknown outcome; never raises."""
+        try:
+            if isinstance(exc, SlowDownError):
+                seconds = self._cooldowns.start(row.channel, self._destination(row, channel, message), exc.retry_after)
+                log.warning("destination_cooldown_started", cooldown_seconds=round(seconds, 3))
+            elif isinstance(exc, RecipientRejectedError):
+                recipient = (row.payload or {}).get("recipient", message.recipient)
+                added = self._suppressions.add(
+                    channel=row.channel,
+                    rhash=row.recipient_hash,
+                    masked=mask_recipient(row.channel, recipient),
+                    reason=exc.reason,
+                    source_delivery_id=row.id,
+                )
+                log.warning("recipient_suppressed", reason=exc.reason, added=added)
+            elif isinstance(exc, OutcomeUnknownError):
+                self._outcomes.record(row.id, row.channel, row.db_now)
+                self._metrics.unknown_outcome(row.channel)
+                log.warning("delivery_outcome_unknown", error=exc.reason)
+        except Exception as second:  # noqa: BLE001 - feedback is a side effect; the failure is recorded anyway
+            log.error("provider_feedback_not_recorded", error=type(second).__name__)
+
+    def after_delivered(self, row: DeliveryRow) -> None:
+        if row.channel == "sms":
+            try:
+                self._outcomes.clear(row.id)
+            except Exception as exc:  # noqa: BLE001 - a leftover row only costs one look-up on a replay
+                self._log.warning("unknown_outcome_not_cleared", error=type(exc).__name__)
+
+
+def build_feedback(
+    settings: Settings, pool: ConnectionSource, client: Any, *, hash_secret: str, metrics: FeedbackMetrics
+) -> ProviderFeedback:
+    """The production wiring: cooldowns in Redis, suppressions and unknown outcomes in Postgres."""
+    return ProviderFeedback(
+        cooldowns=Cooldowns(
+            client=client,
+            key_prefix=settings.redis_key_prefix,
+            default_seconds=settings.cooldown_seconds,
+            max_seconds=settings.max_retry_delay_seconds,
+        ),
+        suppressions=SuppressionStore(source=pool),
+        outcomes=UnknownOutcomes(source=pool),
+        hash_secret=hash_secret,
+        metrics=metrics,
+    )

@@ -1,0 +1,96 @@
+"""The suppression list: recipients a provider said can never receive, in ``alert_suppressions``.
+
+Keyed by ``(channel, recipient_hash)``, the same keyed hash the executor stores on each delivery, so
+an entry matches every later delivery to that recipient (and, with recipient normalization, every
+spelling of it). Only the masked recipient is kept. A provider-added entry keeps its first reason;
+operators add and remove entries from the CLI (``alert-worker suppression``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from alert_worker.redaction import mask_recipient, recipient_hash, sanitize_text
+
+
+class ConnectionSource(Protocol):
+    def connection(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Suppression:
+    channel: str
+    recipient: str  # masked
+    reason: str
+    source_delivery_id: str | None
+    created_at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "recipient": self.recipient,
+            "reason": self.reason,
+            "source_delivery_id": self.source_delivery_id,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+def suppression_key(secret: str, channel: str, recipient: str) -> tuple[str, str]:
+    """(recipient_hash, masked recipient) of a raw recipient, exactly as a delivery to it stores them."""
+    return recipient_hash(secret, channel, recipient), mask_recipient(channel, recipient)
+
+
+class SuppressionStore:
+    """Postgres access for ``alert_suppressions``; one statement per call."""
+
+    def __init__(self, *, source: ConnectionSource) -> None:
+        self._source = source
+
+    def reason(self, channel: str, rhash: str) -> str | None:
+        """Why this recipient is suppressed, or ``None`` when it is not."""
+        with self._source.connection() as conn:
+            found = conn.execute(
+                "SELECT reason FROM alert_suppressions WHERE channel = %s AND recipient_hash = %s", (channel, rhash)
+            ).fetchone()
+        return None if found is None else str(found[0])
+
+    def add(self, *, channel: str, rhash: str, masked: str, reason: str, source_delivery_id: str | None = None) -> bool:
+        """Suppress a recipient; ``False`` when it already was (the first entry and its reason stay)."""
+        with self._source.connection() as conn:
+            created = conn.execute(
+                """
+                INSERT INTO alert_suppressions (channel, recipient_hash, recipient, reason, source_delivery_id)
+                VALUES (%s, %s, %s, %s, %s)
+                ON CONFLICT (channel, recipient_hash) DO NOTHING
+                RETURNING 1
+                """,
+                (channel, rhash, masked, sanitize_text(reason), source_delivery_id),
+            ).fetchone()
+        return created is not None
+
+    def remove(self, channel: str, rhash: str) -> bool:
+        """Lift a suppression; ``False`` when there was none."""
+        with self._source.connection() as conn:
+            gone = conn.execute(
+                "DELETE FROM alert_suppressions WHERE channel = %s AND recipient_hash = %s RETURNING 1",
+                (channel, rhash),
+            ).fetchone()
+        return gone is not None
+
+    def list(self, channel: str | None = None) -> list[Suppression]:
+        """Newest first; never a raw recipient."""
+        sql = "SELECT channel, recipient, reason, source_delivery_id, created_at FROM alert_suppressions"
+        params: tuple[str, ...] = ()
+        if channel:
+            sql += " WHERE channel = %s"
+            params = (channel,)
+        with self._source.connection() as conn:
+            rows = conn.execute(sql + " ORDER BY created_at DESC, channel, recipient_hash", params).fetchall()
+        return [Suppression(*row) for row in rows]
+
+    def count(self) -> int:
+        with self._source.connection() as conn:
+            (n,) = conn.execute("SELECT count(*) FROM alert_suppressions").fetchone()
+        return int(n)

@@ -1,0 +1,369 @@
+"""Provider feedback in the executor, on fakes: suppression, cooldowns and unknown outcomes (CONTRACT §6.2)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import fakeredis
+import pytest
+import requests
+from structlog.testing import capture_logs
+from urllib3.exceptions import ProtocolError
+
+from alert_worker.cooldown import Cooldowns, destination_hash
+from alert_worker.errors import (
+    DeliveryError,
+    OutcomeUnknownError,
+    PermanentDeliveryError,
+    RecipientRejectedError,
+    SlowDownError,
+    TransientDeliveryError,
+)
+from alert_worker.executor import DeliveryExecutor, DeliveryRequest
+from alert_worker.feedback import ProviderFeedback
+from alert_worker.models import ChannelType, DeliveryStatus, Message
+from alert_worker.redaction import recipient_hash
+from alert_worker.retry import RetryPolicy
+from alert_worker.settings import Settings
+from tests.support.fakes import FakeChannel, FakeGauge, FakeLimiter, FakePoisonQueue, FakeStore, RecordingScheduler
+
+SECRET = "secret"
+TO = "oncall@example.com"
+
+
+class FakeSuppressions:
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def reason(self, channel: str, rhash: str) -> str | None:
+        entry = self.entries.get((channel, rhash))
+        return None if entry is None else str(entry["reason"])
+
+    def add(self, *, channel: str, rhash: str, masked: str, reason: str, source_delivery_id: str | None = None) -> bool:
+        if (channel, rhash) in self.entries:
+            return False
+        self.entries[(channel, rhash)] = {"recipient": masked, "reason": reason, "source": source_delivery_id}
+        return True
+
+
+class FakeOutcomes:
+    def __init__(self) -> None:
+        self.started: dict[str, datetime] = {}
+        self.cleared: list[str] = []
+
+    def record(self, delivery_id: str, channel: str, started_at: datetime | None) -> None:
+        assert started_at is not None
+        self.started[delivery_id] = min(started_at, self.started.get(delivery_id, started_at))
+
+    def since(self, delivery_id: str) -> datetime | None:
+        return self.started.get(delivery_id)
+
+    def clear(self, delivery_id: str) -> None:
+        self.started.pop(delivery_id, None)
+        self.cleared.append(delivery_id)
+
+
+class CountingMetrics:
+    def __init__(self) -> None:
+        self.suppressed_by: list[str] = []
+        self.unknown_by: list[str] = []
+        self.throttled_by: list[tuple[str, str]] = []
+
+    def suppressed(self, channel: str) -> None:
+        self.suppressed_by.append(channel)
+
+    def unknown_outcome(self, channel: str) -> None:
+        self.unknown_by.append(channel)
+
+    def attempt(self, channel: str, outcome: str) -> None:
+        pass
+
+    def throttled(self, channel: str, limit: str) -> None:
+        self.throttled_by.append((channel, limit))
+
+    def latency(self, channel: str, seconds: float) -> None:
+        pass
+
+
+class SmsLikeChannel(FakeChannel):
+    """A fake SMS channel: any recipient, a fixed destination, and a scripted Twilio look-up."""
+
+    def __init__(self, *errors: DeliveryError, found: str | Exception | None = None) -> None:
+        super().__init__(*errors)
+        self.found = found
+        self.lookups: list[datetime] = []
+
+    def prepare(self, message: Message) -> Message:
+        return message
+
+    def destination(self, message: Message) -> str:
+        return "AC123:+15005550006"
+
+    def find_sent(self, message: Message, since: datetime) -> str | None:
+        self.lookups.append(since)
+        if isinstance(self.found, Exception):
+            raise self.found
+        return self.found
+
+
+class Harness:
+    def __init__(self, channel: FakeChannel | None = None) -> None:
+        self.server = fakeredis.FakeServer()
+        self.redis = fakeredis.FakeRedis(server=self.server)
+        self.store = FakeStore()
+        self.channel = channel if channel is not None else FakeChannel()
+        self.limiter = FakeLimiter()
+        self.scheduler = RecordingScheduler()
+        self.cooldowns = Cooldowns(client=self.redis, default_seconds=30.0)
+        self.suppressions = FakeSuppressions()
+        self.outcomes = FakeOutcomes()
+        self.metrics = CountingMetrics()
+        self.executor = DeliveryExecutor(
+            store=self.store,  # type: ignore[arg-type]
+            poison_queue=FakePoisonQueue(self.store, FakeGauge()),  # type: ignore[arg-type]
+            limiter=self.limiter,  # type: ignore[arg-type]
+            channel_factory=lambda _: self.channel,
+            scheduler=self.scheduler,
+            retry_policy=RetryPolicy(max_attempts=5, delays=(5.0, 30.0), max_retry_delay_seconds=3600.0),
+            rate_limits=Settings(database_url="", redis_url="").rate_limits,
+            queue_depth=FakeGauge(),  # type: ignore[arg-type]
+            hash_secret=SECRET,
+            metrics=self.metrics,
+            rand=lambda: 0.5,
+            feedback=ProviderFeedback(
+                cooldowns=self.cooldowns,
+                suppressions=self.suppressions,  # type: ignore[arg-type]
+                outcomes=self.outcomes,  # type: ignore[arg-type]
+                hash_secret=SECRET,
+                metrics=self.metrics,
+            ),
+        )
+
+    def run(self, delivery_id: str = "d-1", attempt: int = 0, channel: str = "email", to: str = TO) -> dict[str, Any]:
+        request = DeliveryRequest(
+            delivery_id=delivery_id,
+            channel=ChannelType(channel),
+            recipient=to,
+            subject="Disk full",
+            body="db-1 at 99%",
+            attempt=attempt,
+        )
+        return dict(self.executor.run(request))
+
+    def make_due(self, delivery_id: str = "d-1") -> None:
+        row = self.store.get(delivery_id)
+        assert row is not None and row.next_attempt_at is not None
+        self.store.clock.now = row.next_attempt_at
+
+
+@pytest.fixture
+def h() -> Iterator[Harness]:
+    harness = Harness()
+    yield harness
+    harness.redis.close()
+
+
+# -- suppression --------------------------------------------------------------------------------------
+def test_a_suppressed_recipient_is_poisoned_with_its_reason_and_no_request(h: Harness) -> None:
+    """``suppressed: <reason>``, nothing sent, no rate-limit slot taken, counted by the metric."""
+    h.suppressions.add(channel="email", rhash=recipient_hash(SECRET, "email", TO), masked="o***", reason="bounced")
+    result = h.run()
+    assert result["outcome"] == "poisoned" and result["error"] == "suppressed: bounced"
+    assert h.channel.sent == [] and h.limiter.calls == []
+    assert h.metrics.suppressed_by == ["email"]
+
+
+def test_a_permanent_answer_about_the_recipient_suppresses_it_and_the_next_delivery_is_not_sent(h: Harness) -> None:
+    """The first delivery is poisoned with the provider's reason and adds the entry; the second sends nothing."""
+    h.channel.errors.append(RecipientRejectedError("smtp recipient refused 550 5.1.1: no such user"))
+    first = h.run("d-1")
+    assert first["outcome"] == "poisoned"
+    [(key, entry)] = h.suppressions.entries.items()
+    assert key == ("email", recipient_hash(SECRET, "email", TO))
+    assert entry == {"recipient": "o***@example.com", "reason": first["error"], "source": "d-1"}
+    second = h.run("d-2")
+    assert second["error"] == f"suppressed: {first['error']}"
+    assert len(h.channel.sent) == 1
+
+
+def test_a_plain_permanent_failure_does_not_suppress(h: Harness) -> None:
+    """Spam rejection (5.7.1) is about the message, not the recipient: no entry."""
+    h.channel.errors.append(PermanentDeliveryError("smtp 554 5.7.1 rejected as spam"))
+    assert h.run()["outcome"] == "poisoned"
+    assert h.suppressions.entries == {}
+
+
+# -- cooldown -----------------------------------------------------------------------------------------
+def test_a_slow_down_answer_starts_a_cooldown_for_the_destination_with_retry_after(h: Harness) -> None:
+    """A 429 with Retry-After 5 cools the destination for 5 s; the delivery itself retries no sooner."""
+    h.channel.errors.append(SlowDownError("smtp 421 4.7.0 try later", retry_after=5.0))
+    result = h.run()
+    assert result["outcome"] == "retry_scheduled"
+    dest = destination_hash(SECRET, "email", "email")  # FakeChannel's destination: the channel name
+    assert h.cooldowns.remaining("email", dest) == pytest.approx(5.0, abs=0.1)
+
+
+def test_a_slow_down_without_retry_after_cools_for_the_default(h: Harness) -> None:
+    """No Retry-After: ALERT_COOLDOWN_SECONDS (30 here)."""
+    h.channel.errors.append(SlowDownError("twilio 20429 too many requests"))
+    h.run()
+    assert h.cooldowns.remaining("email", destination_hash(SECRET, "email", "email")) == pytest.approx(30, abs=0.1)
+
+
+def test_a_cooling_destination_defers_without_a_request_or_an_attempt(h: Harness) -> None:
+    """Like a rate-limit denial: pending, a deferral counted, next attempt after the cooldown, no send."""
+    h.cooldowns.start("email", destination_hash(SECRET, "email", "email"), 20.0)
+    result = h.run()
+    assert result["outcome"] == "retry_scheduled" and result["status"] == "pending"
+    assert result["error"].startswith("rate_limited: cooldown, the email provider asked to slow down")
+    row = h.store.get("d-1")
+    assert row is not None and row.attempts == 0 and row.deferrals == 1
+    assert row.next_attempt_at is not None and row.db_now is not None
+    assert (row.next_attempt_at - row.db_now).total_seconds() >= 20.0 - 0.1
+    assert h.channel.sent == [] and h.limiter.calls == []
+    [follow_up] = h.scheduler.scheduled
+    assert follow_up.kind == "defer" and follow_up.delay_seconds >= 20.0 - 0.1
+    assert h.metrics.throttled_by == [("email", "cooldown")]
+
+
+def test_a_cooldown_beyond_max_defer_poisons_like_a_rate_limit(h: Harness) -> None:
+    """Deferrals for a cooldown count within ALERT_MAX_DEFER_SECONDS."""
+    h.executor.max_defer_seconds = 10.0
+    h.cooldowns.start("email", destination_hash(SECRET, "email", "email"), 60.0)
+    result = h.run()
+    assert result["outcome"] == "poisoned" and result["error"].startswith("rate_limited_too_long: cooldown")
+    assert h.channel.sent == []
+
+
+# -- unknown outcome ----------------------------------------------------------------------------------
+def test_an_unknown_outcome_is_recorded_with_when_the_attempt_began_and_counted() -> None:
+    """``outcome_unknown:`` error, transient retry, the claim time kept for the look-up, one metric."""
+    h = Harness(SmsLikeChannel(OutcomeUnknownError("twilio no answer after sending: ReadTimeout")))
+    with capture_logs() as logs:
+        result = h.run(channel="sms", to="+15551234567")
+    assert result["outcome"] == "retry_scheduled"
+    assert result["error"] == "outcome_unknown: twilio no answer after sending: ReadTimeout"
+    assert h.outcomes.started == {"d-1": h.store.clock.now}
+    assert h.metrics.unknown_by == ["sms"]
+    assert any(e["event"] == "delivery_outcome_unknown" and e["delivery_id"] == "d-1" for e in logs)
+
+
+def test_an_sms_found_at_twilio_after_an_unknown_outcome_is_delivered_without_sending_again() -> None:
+    """The look-up finds the message: delivered with its SID, no second send."""
+    channel = SmsLikeChannel(OutcomeUnknownError("twilio no answer after sending: ReadTimeout"), found="SM42")
+    h = Harness(channel)
+    h.run(channel="sms", to="+15551234567")
+    started = h.outcomes.started["d-1"]
+    h.make_due()
+    result = h.run(attempt=1, channel="sms", to="+15551234567")
+    assert result["outcome"] == "delivered" and result["message_id"] == "SM42"
+    assert len(channel.sent) == 1 and channel.lookups == [started]
+    assert h.outcomes.cleared == ["d-1"]
+
+
+def test_an_sms_not_found_at_twilio_is_sent_again_once() -> None:
+    """The look-up finds nothing: the retry goes ahead, exactly one more send."""
+    channel = SmsLikeChannel(OutcomeUnknownError("twilio no answer after sending: ReadTimeout"), found=None)
+    h = Harness(channel)
+    h.run(channel="sms", to="+15551234567")
+    h.make_due()
+    result = h.run(attempt=1, channel="sms", to="+15551234567")
+    assert result["outcome"] == "delivered"
+    assert len(channel.sent) == 2 and len(channel.lookups) == 1
+
+
+def test_a_replayed_sms_after_an_unknown_outcome_is_still_looked_up() -> None:
+    """``poison replay`` resets attempts to 0; the unknown attempt may still have gone out, so ask first."""
+    channel = SmsLikeChannel(found="SM77")
+    h = Harness(channel)
+    h.outcomes.started["d-1"] = h.store.clock.now
+    result = h.run(attempt=0, channel="sms", to="+15551234567")
+    assert result["outcome"] == "delivered" and result["message_id"] == "SM77"
+    assert channel.sent == []
+
+
+def test_a_failed_look_up_retries_later_instead_of_sending_blindly() -> None:
+    """Twilio cannot be asked: no send, a transient retry with the attempt counted."""
+    lookup_down = TransientDeliveryError("outcome_unknown: twilio lookup failed: ConnectionError")
+    channel = SmsLikeChannel(OutcomeUnknownError("twilio no answer after sending: ReadTimeout"), found=lookup_down)
+    h = Harness(channel)
+    h.run(channel="sms", to="+15551234567")
+    h.make_due()
+    result = h.run(attempt=1, channel="sms", to="+15551234567")
+    assert result["outcome"] == "retry_scheduled" and result["error"].startswith("outcome_unknown: twilio lookup")
+    assert len(channel.sent) == 1
+    row = h.store.get("d-1")
+    assert row is not None and row.attempts == 2
+
+
+def test_e_mail_after_an_unknown_outcome_just_retries_without_a_look_up(h: Harness) -> None:
+    """Only SMS asks the provider; e-mail resends (its Message-ID lets mailboxes fold a duplicate)."""
+    h.channel.errors.append(OutcomeUnknownError("smtp no reply after end of DATA: SMTPServerDisconnected"))
+    h.run()
+    h.make_due()
+    assert h.run(attempt=1)["outcome"] == "delivered"
+    assert len(h.channel.sent) == 2
+
+
+def test_a_feedback_store_failure_never_fails_the_delivery(h: Harness) -> None:
+    """Recording a suppression is a side effect: if it fails, the delivery is still poisoned and logged."""
+
+    def broken_add(**_: Any) -> bool:
+        raise ConnectionError("database gone")
+
+    h.suppressions.add = broken_add  # type: ignore[method-assign,assignment]
+    h.channel.errors.append(RecipientRejectedError("smtp recipient refused 550 5.1.1"))
+    with capture_logs() as logs:
+        result = h.run()
+    assert result["outcome"] == "poisoned"
+    assert any(e["event"] == "provider_feedback_not_recorded" for e in logs)
+    assert h.store.get("d-1") is not None and h.store.get("d-1").status is DeliveryStatus.POISON  # type: ignore[union-attr]
+
+
+# -- channel classification that feeds the policies ----------------------------------------------------
+def test_the_cooldown_default_comes_from_alert_cooldown_seconds() -> None:
+    """ALERT_COOLDOWN_SECONDS (default 30) is read and validated like every other setting."""
+    from alert_worker.errors import ConfigurationError
+
+    assert Settings.from_env({}).cooldown_seconds == 30.0
+    assert Settings.from_env({"ALERT_COOLDOWN_SECONDS": "12.5"}).cooldown_seconds == 12.5
+    with pytest.raises(ConfigurationError, match="ALERT_COOLDOWN_SECONDS"):
+        Settings.from_env({"ALERT_COOLDOWN_SECONDS": "soon"})
+
+
+@pytest.mark.parametrize(
+    ("reply", "what", "expected"),
+    [
+        ("5.1.1 no such user", "smtp recipient refused", RecipientRejectedError),
+        ("5.1.8 bad sender domain", "smtp", PermanentDeliveryError),
+        ("5.1.1 unknown", "smtp sender refused", PermanentDeliveryError),
+        ("4.7.0 try later", "smtp", SlowDownError),
+        ("4.2.2 mailbox full", "smtp", TransientDeliveryError),
+    ],
+    ids=["5.1.1-recipient", "5.1.8-sender-not-suppressed", "sender-refused-not-suppressed", "4.7.0", "4.2.2"],
+)
+def test_only_recipient_answers_suppress_and_only_slow_downs_cool(reply: str, what: str, expected: type) -> None:
+    """5.1.x about the recipient suppresses; the sender's own 5.1.7/5.1.8 do not; 4.7.x cools the server."""
+    from alert_worker.channels.email import classify_smtp_reply
+
+    code = 550 if reply.startswith("5") else 450
+    assert type(classify_smtp_reply(code, reply, what=what)) is expected
+
+
+@pytest.mark.parametrize(
+    ("exc", "unknown"),
+    [
+        (requests.ReadTimeout("read"), True),
+        (requests.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError())), True),
+        (requests.ConnectTimeout("connect"), False),
+        (requests.ConnectionError("Max retries exceeded (NewConnectionError)"), False),
+    ],
+    ids=["read-timeout", "aborted-after-sending", "connect-timeout", "refused"],
+)
+def test_an_outcome_is_unknown_only_when_the_request_may_have_been_sent(exc: Exception, unknown: bool) -> None:
+    """Before a connection exists nothing was sent; after it, silence may hide an accepted message."""
+    from alert_worker.channels.http import outcome_unknown
+
+    assert outcome_unknown(exc) is unknown  # type: ignore[arg-type]
