@@ -81,6 +81,8 @@ class DeliveryMetrics(Protocol):
     def attempt(self, channel: str, outcome: str) -> None: ...
     def throttled(self, channel: str, limit: str) -> None: ...
     def latency(self, channel: str, seconds: float) -> None: ...
+    def retried(self, channel: str, error: str) -> None: ...
+    def deferred(self, channel: str, reason: str) -> None: ...
 
 
 class NullMetrics:
@@ -91,6 +93,12 @@ class NullMetrics:
         pass
 
     def latency(self, channel: str, seconds: float) -> None:
+        pass
+
+    def retried(self, channel: str, error: str) -> None:
+        pass
+
+    def deferred(self, channel: str, reason: str) -> None:
         pass
 
 
@@ -245,6 +253,7 @@ class DeliveryExecutor:
             if not decision.retry:
                 return self._poison(claim, log, attempts, f"{decision.reason}: {exc.reason}", retryable=True)
             self.metrics.attempt(row.channel, "transient_failure")
+            self.metrics.retried(row.channel, exc.reason)
             next_at, _ = self.store.schedule_retry(
                 row.id, claim.token, attempts=attempts, delay_seconds=decision.delay_seconds, error=exc.reason
             )
@@ -272,6 +281,7 @@ class DeliveryExecutor:
         error = f"rate_limited: {limit_name} limit"
         next_at, _ = self.store.defer(row.id, claim.token, delay_seconds=delay, error=error)
         self._schedule(claim, log, attempts, delay, "defer", queue)
+        self.metrics.deferred(row.channel, limit_name)
         log.info(
             "delivery_deferred", limit=limit_name, delay_seconds=round(delay, 3), next_attempt_at=next_at.isoformat()
         )

@@ -42,3 +42,24 @@ CREATE TABLE IF NOT EXISTS alert_worker_meta (
     value      text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- The operator's overview (`alert-worker status` with no id, CONTRACT §6.4) and the due-pending gauge.
+-- Oldest due pending delivery: one ordered read of this partial index (its expression matches the query).
+CREATE INDEX IF NOT EXISTS alert_deliveries_due_pending_idx
+    ON alert_deliveries ((COALESCE(next_attempt_at, created_at))) WHERE status = 'pending';
+-- Counts by status and channel: an index-only range scan for the open statuses; the extended statistics
+-- make the planner's per-(status, channel) estimate of the terminal statuses accurate on large tables.
+CREATE INDEX IF NOT EXISTS alert_deliveries_status_channel_idx ON alert_deliveries (status, channel);
+CREATE STATISTICS IF NOT EXISTS alert_deliveries_status_channel_stats (mcv) ON status, channel
+    FROM alert_deliveries;
+
+-- Provider feedback (CONTRACT §6.2); the same DDL as the suppression module's, so the overview can count it.
+CREATE TABLE IF NOT EXISTS alert_suppressions (
+    channel            text NOT NULL CHECK (channel IN ('email', 'slack', 'sms')),
+    recipient_hash     text NOT NULL,
+    recipient          text NOT NULL,
+    reason             text NOT NULL,
+    source_delivery_id text NULL,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (channel, recipient_hash)
+);

@@ -27,12 +27,12 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 @pytest.fixture
 def collector(redis_url: str) -> AlertCollector:
-    return AlertCollector(client_factory=lambda: redis.Redis.from_url(redis_url), clock=lambda: 1_000_100.0)
+    return AlertCollector(client_factory=lambda: redis.Redis.from_url(redis_url))
 
 
 @pytest.mark.parametrize(
     ("seconds", "bucket"),
-    [(0.0, "0.1"), (0.1, "0.1"), (0.11, "0.25"), (59.9, "60.0"), (7200, "7200.0"), (7200.5, "+Inf")],
+    [(0.0, "0.05"), (0.1, "0.1"), (0.11, "0.25"), (59.9, "60.0"), (600, "600.0"), (600.5, "+Inf")],
     ids=["zero", "on-a-bound", "just-over", "a-minute", "last-bound", "beyond"],
 )
 def test_a_latency_lands_in_the_smallest_bucket_that_holds_it(seconds: float, bucket: str) -> None:
@@ -55,7 +55,6 @@ def test_counts_written_by_jobs_render_as_prometheus_counters_histogram_and_gaug
     metrics.latency("email", 9000.0)
     redis_client.set("alert:poison:count", 4)
     redis_client.set("alert:queue:depth", 7)
-    redis_client.set("alert:pending:oldest_since", 1_000_000)
 
     found = samples(render(collector).decode())
     assert found[("alert_delivery_attempts_total", (("channel", "email"), ("outcome", "delivered")))] == 3
@@ -64,6 +63,7 @@ def test_counts_written_by_jobs_render_as_prometheus_counters_histogram_and_gaug
     assert found[("alert_delivery_throttled_total", (("channel", "email"), ("limit", "recipient")))] == 1
     bucket = "alert_delivery_latency_seconds_bucket"
     assert found[(bucket, (("channel", "email"), ("le", "0.1")))] == 0
+    assert found[(bucket, (("channel", "email"), ("le", "600.0")))] == 2
     assert found[(bucket, (("channel", "email"), ("le", "0.25")))] == 1
     assert found[(bucket, (("channel", "email"), ("le", "5.0")))] == 2
     assert found[(bucket, (("channel", "email"), ("le", "+Inf")))] == 3
@@ -71,7 +71,6 @@ def test_counts_written_by_jobs_render_as_prometheus_counters_histogram_and_gaug
     assert found[("alert_delivery_latency_seconds_sum", (("channel", "email"),))] == pytest.approx(9003.2)
     assert found[("alert_poison_queue_size", ())] == 4
     assert found[("alert_queue_depth", ())] == 7
-    assert found[("alert_oldest_pending_age_seconds", ())] == 100
     assert found[("alert_metrics_redis_up", ())] == 1
 
 
@@ -79,7 +78,8 @@ def test_an_empty_store_renders_zero_gauges(collector: AlertCollector) -> None:
     """Nothing recorded yet: gauges at 0, no counter samples, Redis up."""
     found = samples(render(collector).decode())
     assert found[("alert_poison_queue_size", ())] == 0
-    assert found[("alert_oldest_pending_age_seconds", ())] == 0
+    assert found[("alert_workers_live", ())] == 0
+    assert found[("alert_suppressed_total", (("channel", "sms"),))] == 0
     assert not any(name.startswith("alert_delivery_attempts") for name, _ in found)
 
 
