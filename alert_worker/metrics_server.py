@@ -177,11 +177,15 @@ def _histogram(buckets: dict[bytes, bytes], sums: dict[bytes, bytes]) -> Metric:
 
 
 def database_probe(database_url: str, *, timeout_seconds: int = 5) -> Callable[[], float | None]:
-    """The oldest-due-pending query on a fresh, bounded connection per scrape."""
+    """The oldest-due-pending query on a fresh, bounded connection per scrape.
+
+    ``SET LOCAL`` (inside the transaction) so a PgBouncer in transaction mode never carries the timeout
+    over to another client's server connection.
+    """
 
     def probe() -> float | None:
-        with psycopg.connect(database_url, connect_timeout=timeout_seconds, autocommit=True) as conn:
-            conn.execute(f"SET statement_timeout = {int(timeout_seconds * 1000)}")
+        with psycopg.connect(database_url, connect_timeout=timeout_seconds) as conn, conn.transaction():
+            conn.execute(f"SET LOCAL statement_timeout = {int(timeout_seconds * 1000)}")
             return oldest_due_pending_seconds(conn)
 
     return probe
