@@ -150,7 +150,29 @@ _STATUS_FIELDS = (
 )
 
 
+def cmd_overview(args: argparse.Namespace, settings: Settings) -> int:
+    """``status`` with no id: the one-screen overview (``alert_worker.overview``)."""
+    from alert_worker.overview import collect_overview, render_text
+    from alert_worker.rq_jobs import scheduler_locks
+
+    with _both(settings) as conns:
+        view = collect_overview(
+            database=conns.database,
+            redis_client=conns.redis,
+            prefix=settings.redis_key_prefix,
+            queues=settings.queues,
+            scheduler_probe=lambda queues: scheduler_locks(conns.redis, queues),
+        )
+    if args.json:
+        _json(view.as_json())
+    else:
+        _out(render_text(view))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    if args.id is None:
+        return cmd_overview(args, settings)
     with _database(settings) as database:
         row = OperatorQueries(source=database).status(args.id)
     if row is None:

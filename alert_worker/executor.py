@@ -244,6 +244,7 @@ class DeliveryExecutor:
             if not decision.retry:
                 return self._poison(claim, log, attempts, f"{decision.reason}: {exc.reason}", retryable=True)
             self.metrics.attempt(row.channel, "transient_failure")
+            self.metrics.retried(row.channel, exc.reason)
             next_at, _ = self.store.schedule_retry(
                 row.id, claim.token, attempts=attempts, delay_seconds=decision.delay_seconds, error=exc.reason
             )
@@ -278,6 +279,7 @@ class DeliveryExecutor:
         error = error or f"rate_limited: {limit_name} limit"
         next_at, _ = self.store.defer(row.id, claim.token, delay_seconds=delay, error=error)
         self._schedule(row, log, attempts, delay, "defer", queue, token=claim.token)
+        self.metrics.deferred(row.channel, limit_name)
         log.info(
             "delivery_deferred", limit=limit_name, delay_seconds=round(delay, 3), next_attempt_at=next_at.isoformat()
         )

@@ -2,15 +2,19 @@
 
 Every job runs in a short-lived forked process, so in-process counters would vanish with it. Jobs
 ``HINCRBY`` a few Redis hashes instead (best effort: a failing write is logged, never raised), and
-``main()`` renders them, with the poison and queue-depth gauges, as Prometheus text on
-``ALERT_METRICS_PORT`` (``metrics_server``). The numbers are cluster-wide: every worker serving metrics
-shows the same totals, so aggregate with ``max`` (see README "Metrics and alert rules").
+``main()`` renders them, with the gauges, as Prometheus text on ``ALERT_METRICS_PORT``
+(``metrics_server``). The numbers are cluster-wide: every worker serving metrics shows the same totals,
+so aggregate with ``max`` (see docs/_notes/ops.md for every metric and its labels).
+
+Label values are bounded: channels and outcomes are enums, a limit is a limit name, and a retry's free
+text reason is folded into a fixed class by ``retry_reason`` so a provider's message never makes a series.
 
 This module stays light (no ``prometheus_client``, ~90 ms to import): every job imports it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +26,31 @@ from alert_worker.counters import POISON_COUNT_KEY, QUEUE_DEPTH_KEY
 
 log = structlog.get_logger("alert_worker.metrics")
 
-# Seconds from row creation to provider acceptance: sub-second sends up to retries after an hour.
-LATENCY_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+# Seconds from enqueue (row creation) to provider acceptance: sub-second sends up to retries over ten minutes.
+LATENCY_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+CHANNELS: tuple[str, ...] = ("email", "slack", "sms")
 SEP = "|"
+
+# First match wins; the text is a channel's sanitized error (``smtp 451 4.7.1: ...``, ``slack 503``).
+_RETRY_REASONS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("outcome_unknown", re.compile(r"^outcome_unknown")),
+    ("rate_limited", re.compile(r"too many requests|\b429\b|\b4\.7\.\d+|\b421\b")),
+    ("timeout", re.compile(r"timeout|timed out")),
+    ("disconnected", re.compile(r"disconnect")),
+    ("connection_error", re.compile(r"connection")),
+    ("server_error", re.compile(r"server error|\b5\d\d\b")),
+    ("smtp_4xx", re.compile(r"^smtp\w* 4\d\d|\b4\.\d+\.\d+")),
+    ("worker_error", re.compile(r"^worker_error")),
+)
+
+
+def retry_reason(error: str) -> str:
+    """The bounded label for a retry's reason (``other`` when no class fits)."""
+    text = error.lower()
+    for label, pattern in _RETRY_REASONS:
+        if pattern.search(text):
+            return label
+    return "other"
 
 
 @dataclass(frozen=True)
@@ -38,6 +64,14 @@ class MetricKeys:
     @property
     def throttled(self) -> str:
         return f"{self.prefix}metrics:throttled"
+
+    @property
+    def deferrals(self) -> str:
+        return f"{self.prefix}metrics:deferrals"
+
+    @property
+    def retries(self) -> str:
+        return f"{self.prefix}metrics:retries"
 
     @property
     def suppressed(self) -> str:
@@ -65,6 +99,7 @@ class MetricKeys:
 
     @property
     def oldest_pending_since(self) -> str:
+        """Written by the sweep (never-attempted pending rows); no longer exported, see ops notes."""
         return f"{self.prefix}pending:oldest_since"
 
 
@@ -88,15 +123,26 @@ class RedisMetrics:
         self._keys = MetricKeys(prefix)
 
     def attempt(self, channel: str, outcome: str) -> None:
-        self._write(lambda p: p.hincrby(self._keys.attempts, f"{channel}{SEP}{outcome}", 1))
+        self._incr(self._keys.attempts, channel, outcome)
 
     def throttled(self, channel: str, limit: str) -> None:
-        self._write(lambda p: p.hincrby(self._keys.throttled, f"{channel}{SEP}{limit}", 1))
+        """A rate-limit denial (``limit``: channel, recipient, global)."""
+        self._incr(self._keys.throttled, channel, limit)
+
+    def deferred(self, channel: str, reason: str) -> None:
+        """A delivery put off without using an attempt (``reason``: a limit name or ``cooldown``)."""
+        self._incr(self._keys.deferrals, channel, reason)
+
+    def retried(self, channel: str, error: str) -> None:
+        """A retry scheduled after a transient failure; ``error`` is folded by ``retry_reason``."""
+        self._incr(self._keys.retries, channel, retry_reason(error))
 
     def suppressed(self, channel: str) -> None:
+        """A delivery poisoned because its recipient is on the suppression list."""
         self._write(lambda p: p.hincrby(self._keys.suppressed, channel, 1))
 
     def unknown_outcome(self, channel: str) -> None:
+        """An attempt that may have reached the provider with no answer (``outcome_unknown:``)."""
         self._write(lambda p: p.hincrby(self._keys.unknown_outcomes, channel, 1))
 
     def latency(self, channel: str, seconds: float) -> None:
@@ -105,6 +151,9 @@ class RedisMetrics:
             p.hincrbyfloat(self._keys.latency_sum, channel, max(0.0, seconds))
 
         self._write(write)
+
+    def _incr(self, key: str, channel: str, label: str) -> None:
+        self._write(lambda p: p.hincrby(key, f"{channel}{SEP}{label}", 1))
 
     def _write(self, commands: Callable[[Any], Any]) -> None:
         try:

@@ -66,6 +66,8 @@ class DeliveryMetrics(Protocol):
     def attempt(self, channel: str, outcome: str) -> None: ...
     def throttled(self, channel: str, limit: str) -> None: ...
     def latency(self, channel: str, seconds: float) -> None: ...
+    def retried(self, channel: str, error: str) -> None: ...
+    def deferred(self, channel: str, reason: str) -> None: ...
 
 
 class NullMetrics:
@@ -76,4 +78,10 @@ class NullMetrics:
         pass
 
     def latency(self, channel: str, seconds: float) -> None:
+        pass
+
+    def retried(self, channel: str, error: str) -> None:
+        pass
+
+    def deferred(self, channel: str, reason: str) -> None:
         pass

@@ -12,7 +12,7 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import redis
@@ -119,3 +119,13 @@ class RqEnqueuer:
                     job_id_for(follow_up.delivery_id, f"{follow_up.kind}-{follow_up.token}"),
                 ),
             )
+
+
+def scheduler_locks(connection: redis.Redis, queues: Sequence[str]) -> dict[str, bool]:
+    """Whether an RQ scheduler holds its lock for each queue (key from RQ's public ``get_locking_key``)."""
+    from rq.scheduler import RQScheduler
+
+    pipe = connection.pipeline(transaction=False)
+    for queue in queues:
+        pipe.exists(RQScheduler.get_locking_key(queue))
+    return {queue: bool(held) for queue, held in zip(queues, pipe.execute(), strict=True)}

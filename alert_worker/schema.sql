@@ -43,6 +43,16 @@ CREATE TABLE IF NOT EXISTS alert_worker_meta (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- The operator's overview (`alert-worker status` with no id, CONTRACT §6.4) and the due-pending gauge.
+-- Oldest due pending delivery: one ordered read of this partial index (its expression matches the query).
+CREATE INDEX IF NOT EXISTS alert_deliveries_due_pending_idx
+    ON alert_deliveries ((COALESCE(next_attempt_at, created_at))) WHERE status = 'pending';
+-- Counts by status and channel: an index-only range scan for the open statuses; the extended statistics
+-- make the planner's per-(status, channel) estimate of the terminal statuses accurate on large tables.
+CREATE INDEX IF NOT EXISTS alert_deliveries_status_channel_idx ON alert_deliveries (status, channel);
+CREATE STATISTICS IF NOT EXISTS alert_deliveries_status_channel_stats (mcv) ON status, channel
+    FROM alert_deliveries;
+
 -- Recipients a provider said can never receive (CONTRACT §6.2): later deliveries are poisoned unsent.
 CREATE TABLE IF NOT EXISTS alert_suppressions (
     channel            text NOT NULL CHECK (channel IN ('email', 'slack', 'sms')),

@@ -227,9 +227,12 @@ def run_worker(settings: Settings, *, burst: bool = False, worker_class: type[An
     sweeper: SweeperThread | None = None
     try:
         if settings.metrics_port:
-            from alert_worker.metrics_server import AlertCollector, MetricsServer
+            from alert_worker.metrics_server import MetricsServer, collector_for
+            from alert_worker.rq_jobs import scheduler_locks
 
-            collector = AlertCollector(client_factory=lambda: open_redis(settings), prefix=settings.redis_key_prefix)
+            collector = collector_for(
+                settings, client_factory=lambda: open_redis(settings), scheduler_locks=scheduler_locks
+            )
             metrics = MetricsServer(collector=collector, port=settings.metrics_port)
         if not burst:
             interval = settings.sweep_interval_seconds
