@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -84,9 +84,10 @@ class RecoveredDelivery:
 class DeliveryStore:
     """Postgres access for ``alert_deliveries``. Owns no connection: the pool is passed in."""
 
-    def __init__(self, *, pool: ConnectionPool, stuck_after_seconds: int = 900) -> None:
+    def __init__(self, *, pool: ConnectionPool, stuck_after_seconds: int = 900, claimed_by: str | None = None) -> None:
         self._pool = pool
         self._stuck_after_seconds = stuck_after_seconds
+        self._claimed_by = claimed_by  # the RQ worker's name, written by every claim (dead-worker reclaim)
 
     # -- schema ----------------------------------------------------------------------------------
     def migrate(self) -> None:
@@ -165,11 +166,12 @@ class DeliveryStore:
                 f"""
                 INSERT INTO alert_deliveries AS d
                     (id, channel, recipient, recipient_hash, status, payload, queue, claim_token,
-                     last_attempt_at)
+                     last_attempt_at, claimed_by)
                 VALUES (%(id)s, %(channel)s, %(masked)s, %(hash)s, 'in_progress', %(payload)s, %(queue)s,
-                        %(token)s, now())
+                        %(token)s, now(), %(claimed_by)s)
                 ON CONFLICT (id) DO UPDATE
                    SET status = 'in_progress', claim_token = EXCLUDED.claim_token,
+                       claimed_by = EXCLUDED.claimed_by,
                        last_attempt_at = now(), updated_at = now(),
                        attempts = d.attempts + (d.status = 'in_progress')::int
                  WHERE (d.status = 'pending' AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= now()))
@@ -186,6 +188,7 @@ class DeliveryStore:
                     "queue": new.queue,
                     "token": token,
                     "stuck": self._stuck_after_seconds,
+                    "claimed_by": self._claimed_by,
                 },
             ).fetchone()
         if found is None:
@@ -301,36 +304,58 @@ class DeliveryStore:
         return [r[0] for r in rows]
 
     def take_overdue(
-        self, *, grace_seconds: int, limit: int = 500, due_before: Mapping[str, datetime] | None = None
+        self,
+        *,
+        grace_seconds: int,
+        limit: int = 500,
+        due_before: Mapping[str, datetime] | None = None,
+        claimant_alive: Callable[[str], bool] | None = None,
+        dead_after_seconds: int = 60,
     ) -> list[RecoveredDelivery]:
-        """Stamp and return overdue pending rows and stuck in-progress rows, each once per grace period.
+        """Stamp and return overdue pending rows, stuck in-progress rows and rows of dead claimants.
 
         ``due_before`` maps a queue to a time: a pending row on that queue is taken only if it became due
-        before then (its job, if any, would already have left the queue). ``FOR UPDATE SKIP LOCKED`` lets
-        two sweepers run at once without taking the same row.
+        before then (its job, if any, would already have left the queue). A row whose ``claimed_by``
+        worker ``claimant_alive`` says is gone, claimed more than ``dead_after_seconds`` ago, goes back
+        to ``pending`` with the lost attempt counted (as a stuck reclaim counts it) and its claim token
+        cleared, so the old claimer can write nothing more. The grace period spaces repeated re-enqueues
+        of a row; it never delays a row's first reclaim. ``FOR UPDATE SKIP LOCKED`` lets two sweepers
+        run at once without taking the same row.
         """
         cutoffs = dict(due_before or {})
+        dead = self._dead_claimants(claimant_alive, dead_after_seconds) if claimant_alive else []
         with self._pool.connection() as conn:
             rows = conn.execute(
                 """
                 UPDATE alert_deliveries AS d
-                   SET next_attempt_at = CASE WHEN d.status = 'pending' THEN now() ELSE d.next_attempt_at END,
+                   SET status = CASE WHEN c.dead THEN 'pending' ELSE d.status END,
+                       attempts = d.attempts + c.dead::int,
+                       claim_token = CASE WHEN c.dead THEN NULL ELSE d.claim_token END,
+                       error_message = CASE WHEN c.dead THEN 'worker_lost' ELSE d.error_message END,
+                       next_attempt_at = CASE WHEN d.status = 'pending' OR c.dead THEN now()
+                                              ELSE d.next_attempt_at END,
                        updated_at = now()
-                 WHERE d.id IN (
-                       SELECT id FROM alert_deliveries
+                  FROM (
+                       SELECT id, (status = 'in_progress' AND claimed_by = ANY(%(dead)s::text[])
+                                   AND last_attempt_at < now() - make_interval(secs => %(dead_after)s)) AS dead
+                         FROM alert_deliveries
                         WHERE (status = 'pending'
                                AND COALESCE(next_attempt_at, updated_at) < now() - make_interval(secs => %(grace)s)
                                AND COALESCE(next_attempt_at, updated_at) < COALESCE(
-                                   (SELECT c.cutoff
-                                      FROM unnest(%(queues)s::text[], %(cutoffs)s::timestamptz[]) AS c(queue, cutoff)
-                                     WHERE c.queue = alert_deliveries.queue),
+                                   (SELECT q.cutoff
+                                      FROM unnest(%(queues)s::text[], %(cutoffs)s::timestamptz[]) AS q(queue, cutoff)
+                                     WHERE q.queue = alert_deliveries.queue),
                                    'infinity'))
                            OR (status = 'in_progress'
                                AND last_attempt_at < now() - make_interval(secs => %(stuck)s)
-                               AND updated_at < now() - make_interval(secs => %(grace)s))
+                               AND (updated_at = last_attempt_at
+                                    OR updated_at < now() - make_interval(secs => %(grace)s)))
+                           OR (status = 'in_progress' AND claimed_by = ANY(%(dead)s::text[])
+                               AND last_attempt_at < now() - make_interval(secs => %(dead_after)s))
                         ORDER BY COALESCE(next_attempt_at, updated_at)
                         LIMIT %(limit)s
-                        FOR UPDATE SKIP LOCKED)
+                        FOR UPDATE SKIP LOCKED) AS c
+                 WHERE d.id = c.id
                 RETURNING d.id, d.channel, d.payload, d.queue, d.attempts, now()
                 """,
                 {
@@ -339,9 +364,21 @@ class DeliveryStore:
                     "limit": limit,
                     "queues": list(cutoffs),
                     "cutoffs": list(cutoffs.values()),
+                    "dead": dead,
+                    "dead_after": dead_after_seconds,
                 },
             ).fetchall()
         return [RecoveredDelivery(*r) for r in rows]
+
+    def _dead_claimants(self, claimant_alive: Callable[[str], bool], dead_after_seconds: int) -> list[str]:
+        """Claimants of in-progress rows older than ``dead_after_seconds`` that are no longer alive."""
+        with self._pool.connection() as conn:
+            names = conn.execute(
+                "SELECT DISTINCT claimed_by FROM alert_deliveries WHERE status = 'in_progress' "
+                "AND claimed_by IS NOT NULL AND last_attempt_at < now() - make_interval(secs => %s)",
+                (dead_after_seconds,),
+            ).fetchall()
+        return [name for (name,) in names if not claimant_alive(name)]
 
     def replay(self, delivery_ids: list[str]) -> list[RecoveredDelivery]:
         """Poison rows back to pending with attempts and deferrals cleared; each returned once only."""

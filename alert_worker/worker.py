@@ -27,6 +27,7 @@ import alert_worker.entrypoint  # noqa: F401
 from alert_worker.channels.slack import check_webhook_url
 from alert_worker.counters import Gauge, poison_count, queue_depth
 from alert_worker.errors import InvalidInputError
+from alert_worker.liveness import Liveness
 from alert_worker.logs import configure_logging
 from alert_worker.metrics import MetricKeys
 from alert_worker.resources import DB_CONNECT_TIMEOUT_SECONDS, Connections, open_redis, short_lived
@@ -152,6 +153,8 @@ def sweep_pass(settings: Settings, *, lock_ttl_seconds: float, release_lock: boo
                 store=conns.store,
                 enqueuer=RqEnqueuer(connection=conns.redis, job_timeout_seconds=settings.job_timeout_seconds),
                 grace_seconds=settings.sweep_grace_seconds,
+                claimant_alive=Liveness(client=conns.redis, prefix=settings.redis_key_prefix).is_alive,
+                dead_after_seconds=settings.job_timeout_seconds,
                 **_gauges(settings, conns),
             )
         finally:
