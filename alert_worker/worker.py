@@ -9,6 +9,7 @@ its own short-lived connections for every pass and never holds them across the w
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -205,11 +206,18 @@ def _warn_disabled_channels(settings: Settings) -> None:
             )
 
 
-def run_worker(settings: Settings, *, burst: bool = False, worker_class: type[Any] | None = None) -> int:
+def run_worker(
+    settings: Settings, *, burst: bool = False, worker_class: type[Any] | None = None, threads: int | None = None
+) -> int:
     """``main()``: 0 after a clean (warm) shutdown or an empty burst, 1 when start-up checks fail."""
-    from rq.worker import Worker
+    from alert_worker.threaded_worker import ThreadPoolWorker, resolve_threads
 
     configure_logging(settings.log_format)
+    try:
+        threads = resolve_threads(os.environ, threads)  # the thread-pooled worker (CONTRACT §6.1)
+    except ValueError as exc:
+        log.error("configuration_invalid", error=str(exc))
+        return 1
     try:
         require_connection_settings(settings)
         check_database(settings)
@@ -241,14 +249,18 @@ def run_worker(settings: Settings, *, burst: bool = False, worker_class: type[An
                 sweep=lambda: sweep_pass(settings, lock_ttl_seconds=max(1.0, interval * 0.9), release_lock=False),
             )
             sweeper.start()
-        cls = worker_class or Worker
+        cls: type[Any] = worker_class or ThreadPoolWorker
         queues = [Queue(name, connection=connection) for name in settings.queues]
-        worker = cls(queues, connection=connection, log_job_description=False)
+        if worker_class is None:
+            worker = ThreadPoolWorker(queues, connection=connection, settings=settings, threads=threads)
+        else:
+            worker = cls(queues, connection=connection, log_job_description=False)
         log.info(
             "worker_started",
             queues=list(settings.queues),
             worker_class=f"{cls.__module__}.{cls.__qualname__}",
             burst=burst,
+            threads=threads if worker_class is None else 1,
             metrics_port=metrics.port if metrics else None,
             sweep_interval_seconds=None if burst else settings.sweep_interval_seconds,
             pending=counts["pending"],
