@@ -45,9 +45,13 @@ _DRAIN_MARGIN_SECONDS = 30.0  # past the job timeout: the death penalty has fire
 
 def resolve_threads(env: Mapping[str, str], override: int | None = None) -> int:
     """``--threads`` else ``ALERT_WORKER_THREADS`` else 8; ``ValueError`` naming the source outside 1..64."""
-    source, raw = ("--threads", str(override)) if override is not None else (
-        "ALERT_WORKER_THREADS",
-        env.get("ALERT_WORKER_THREADS", "").strip() or str(DEFAULT_THREADS),
+    source, raw = (
+        ("--threads", str(override))
+        if override is not None
+        else (
+            "ALERT_WORKER_THREADS",
+            env.get("ALERT_WORKER_THREADS", "").strip() or str(DEFAULT_THREADS),
+        )
     )
     try:
         threads = int(raw)

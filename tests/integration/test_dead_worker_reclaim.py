@@ -78,9 +78,7 @@ def _registered_dead(client: redis.Redis, settings: Settings, name: str) -> None
     client.delete(reg.keys.alive)
 
 
-def test_the_claim_records_the_claiming_workers_name(
-    settings: Settings, database_url: str, claim_as: object
-) -> None:
+def test_the_claim_records_the_claiming_workers_name(settings: Settings, database_url: str, claim_as: object) -> None:
     """Every claim writes ``claimed_by``."""
     send_alert("email", "ops@example.com", "s", "b", delivery_id="c-1", settings=settings)
     claim_as("c-1", "worker-a")  # type: ignore[operator]
@@ -105,7 +103,7 @@ def test_a_row_of_a_dead_claimant_is_reclaimed_after_the_job_timeout_counting_th
     alive_state: str,
     reclaimed: bool,
 ) -> None:
-    """Claim older than ALERT_JOB_TIMEOUT_SECONDS + claimant not alive: back to pending, attempt counted, re-enqueued."""
+    """Claim older than the job timeout, claimant not alive: back to pending, attempt counted, re-enqueued."""
     send_alert("email", "ops@example.com", "s", "b", delivery_id="d-1", settings=settings)
     Queue("alerts", connection=redis_client).empty()
     claim_as("d-1", "w1")  # type: ignore[operator]
@@ -168,9 +166,7 @@ def test_the_old_claimer_can_write_nothing_after_a_dead_worker_reclaim(
 
 def test_liveness_reads_the_keys_the_registration_writes(settings: Settings, redis_client: redis.Redis) -> None:
     """Registration and Liveness agree on the key names, on the real server."""
-    reg = Registration(
-        client=redis_client, prefix=settings.redis_key_prefix, name="w9", threads=4, in_flight=lambda: 2
-    )
+    reg = Registration(client=redis_client, prefix=settings.redis_key_prefix, name="w9", threads=4, in_flight=lambda: 2)
     liveness = Liveness(client=redis_client, prefix=settings.redis_key_prefix)
     reg.start()
     try:
