@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 import pytest
 import redis
-from aiosmtpd.controller import Controller
 from rq import Queue
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.worker import BaseWorker
@@ -21,45 +18,17 @@ from alert_worker import threaded_worker
 from alert_worker.producer import send_alert
 from alert_worker.settings import Settings
 from alert_worker.threaded_worker import ThreadPoolWorker, open_shared_resources
+from tests.integration.counting_sink import CountingSink, running_counting_sink
 from tests.support.cli import preserved_logging
-from tests.support.smtp import SmtpSink, free_port
+from tests.support.smtp import SmtpSink
 
 pytestmark = pytest.mark.integration
 
 
-@dataclass
-class CountingSink(SmtpSink):
-    """DATA waits until ``gate``; records how many DATA commands were waiting at once."""
-
-    gate: threading.Event = field(default_factory=threading.Event)
-    inside: int = 0
-    most_inside: int = 0
-    observed: list[dict[str, int]] = field(default_factory=list)
-    probe: Any = None
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        with self.lock:
-            self.inside += 1
-            self.most_inside = max(self.most_inside, self.inside)
-        if self.probe is not None:
-            self.observed.append(self.probe())
-        while not self.gate.is_set():
-            await asyncio.sleep(0.01)
-        with self.lock:
-            self.inside -= 1
-        return await super().handle_DATA(server, session, envelope)
-
-
 @pytest.fixture
 def counting_sink() -> Iterator[CountingSink]:
-    sink = CountingSink(port=free_port())
-    controller = Controller(sink, hostname="127.0.0.1", port=sink.port)
-    controller.start()
-    try:
+    with running_counting_sink() as sink:
         yield sink
-    finally:
-        sink.gate.set()
-        controller.stop()
 
 
 def _open_gate_when(sink: CountingSink, inside: int, *, timeout: float = 30) -> threading.Thread:
