@@ -30,6 +30,7 @@ from alert_worker.counters import Gauge, poison_count, queue_depth
 from alert_worker.errors import InvalidInputError
 from alert_worker.liveness import Liveness
 from alert_worker.logs import configure_logging
+from alert_worker.preload import preload_process
 from alert_worker.metrics import MetricKeys
 from alert_worker.resources import DB_CONNECT_TIMEOUT_SECONDS, Connections, open_redis, short_lived
 
@@ -249,6 +250,7 @@ def run_worker(
                 sweep=lambda: sweep_pass(settings, lock_ttl_seconds=max(1.0, interval * 0.9), release_lock=False),
             )
             sweeper.start()
+        preload_process(settings)  # per-process caches before any work-horse fork (alert_worker.preload)
         cls: type[Any] = worker_class or ThreadPoolWorker
         queues = [Queue(name, connection=connection) for name in settings.queues]
         if worker_class is None:

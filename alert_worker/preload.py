@@ -1,0 +1,44 @@
+"""Build what every job of a process needs once, before a forking worker forks its work-horses.
+
+A forked horse inherits the parent's memory, so anything built here is free in every horse: the job
+module and channel imports, the recipient-hash secret (read from Postgres once, cached per process by
+``DeliveryStore``), the TLS context (only when SMTP uses TLS: loading the CA bundle costs ~20 ms) and
+the channels' own preload hook when the channel package offers one. No connection, pool or thread is
+left open across the fork: the secret is read on a short-lived, thread-free pool that is closed here.
+Plain ``rq worker`` without ``-c alert_worker.rq_settings`` keeps paying these per job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+import alert_worker.channels.email as email_channel
+import alert_worker.entrypoint  # noqa: F401 - the job module: a horse must not re-import it
+from alert_worker.resources import closing_resources, open_job_resources
+from alert_worker.settings import Settings
+from alert_worker.store import DeliveryStore
+
+log = structlog.get_logger("alert_worker.preload")
+
+
+def preload_process(settings: Settings) -> dict[str, bool]:
+    """Warm the per-process caches; each step that fails is logged and skipped (jobs then pay for it)."""
+    done = {"hash_secret": False, "tls_context": False, "channel_hook": False}
+    if settings.database_url:
+        try:
+            with closing_resources(open_job_resources(settings)) as resources:
+                DeliveryStore(pool=resources.pool).recipient_hash_secret(settings.recipient_hash_secret)
+            done["hash_secret"] = True
+        except Exception as exc:  # noqa: BLE001 - an optimisation; the job reads the secret itself
+            log.warning("preload_skipped", step="hash_secret", error=type(exc).__name__)
+    if settings.smtp.host and settings.smtp.security in ("starttls", "ssl"):
+        email_channel.default_tls_context()
+        done["tls_context"] = True
+    hook: Callable[..., Any] | None = getattr(email_channel, "preload", None)  # added by the channels' owner
+    if callable(hook):
+        hook(settings)
+        done["channel_hook"] = True
+    return done
