@@ -40,6 +40,7 @@ log = structlog.get_logger("alert_worker.threaded_worker")
 
 DEFAULT_THREADS = 8
 MAX_THREADS = 64
+RQ_WORKER_TTL_SECONDS = 60
 _DRAIN_MARGIN_SECONDS = 30.0  # past the job timeout: the death penalty has fired by then
 
 
@@ -103,6 +104,9 @@ class ThreadPoolWorker(BaseWorker):
 
     def __init__(self, queues: Any, *, settings: Settings, threads: int, **kwargs: Any) -> None:
         kwargs.setdefault("log_job_description", False)
+        # RQ raises its connection's socket timeout to worker_ttl - 5 (its blocking dequeue); job threads use
+        # that connection for RQ's bookkeeping, so keep it near a minute instead of RQ's default seven.
+        kwargs.setdefault("worker_ttl", RQ_WORKER_TTL_SECONDS)
         super().__init__(queues, **kwargs)
         if not 1 <= threads <= MAX_THREADS:
             raise ValueError(f"threads must be 1..{MAX_THREADS}, got {threads}")

@@ -30,8 +30,8 @@ from alert_worker.counters import Gauge, poison_count, queue_depth
 from alert_worker.errors import InvalidInputError
 from alert_worker.liveness import Liveness
 from alert_worker.logs import configure_logging
-from alert_worker.preload import preload_process
 from alert_worker.metrics import MetricKeys
+from alert_worker.preload import preload_process
 from alert_worker.resources import DB_CONNECT_TIMEOUT_SECONDS, Connections, open_redis, short_lived
 
 if TYPE_CHECKING:

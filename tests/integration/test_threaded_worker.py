@@ -149,3 +149,16 @@ def test_the_registration_is_gone_after_a_clean_exit(
     """A burst that ends cleanly deletes ``alert:worker:<name>`` and its alive key."""
     worker = _run_burst(monkeypatch, worker_env, redis_client, threads=2)
     assert redis_client.keys(f"alert:worker:{worker.name}*") == []
+
+
+def test_rqs_own_redis_calls_from_job_threads_are_bounded_near_a_minute(
+    redis_url: str, worker_env: dict[str, str]
+) -> None:
+    """RQ lifts its connection's socket timeout to its dequeue timeout; the threaded worker keeps that under 60 s."""
+    client = redis.Redis.from_url(redis_url)
+    worker = ThreadPoolWorker(
+        [Queue("alerts", connection=client)], connection=client, settings=Settings.from_env(worker_env), threads=2
+    )
+    assert 0 < client.connection_pool.connection_kwargs["socket_timeout"] <= 60
+    assert worker.dequeue_timeout < 60
+    client.close()
