@@ -10,6 +10,7 @@ Plain ``rq worker`` without ``-c alert_worker.rq_settings`` keeps paying these p
 
 from __future__ import annotations
 
+import email.policy  # noqa: F401 - EmailMessage() imports it on first use: once here, not in every horse
 from collections.abc import Callable
 from typing import Any
 

@@ -189,7 +189,8 @@ class EmailChannel(Channel):
 
     def _connect(self) -> smtplib.SMTP:
         s = self._settings
-        context = self._tls_context or default_tls_context()
+        # Only TLS needs a context: building the default one loads the CA bundle (~20-50 ms per process).
+        context = self._tls_context or (default_tls_context() if s.security in ("ssl", "starttls") else None)
         smtp: smtplib.SMTP
         if s.security == "ssl":
             smtp = smtplib.SMTP_SSL(s.host, s.port, timeout=self._timeout, context=context)
