@@ -20,6 +20,7 @@ from __future__ import annotations
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any
@@ -41,7 +42,8 @@ log = structlog.get_logger("alert_worker.threaded_worker")
 DEFAULT_THREADS = 8
 MAX_THREADS = 64
 RQ_WORKER_TTL_SECONDS = 60
-_DRAIN_MARGIN_SECONDS = 30.0  # past the job timeout: the death penalty has fired by then
+_DRAIN_MARGIN_SECONDS = 30.0
+_HEARTBEAT_EVERY_SECONDS = 5.0  # past the job timeout: the death penalty has fired by then
 
 
 def resolve_threads(env: Mapping[str, str], override: int | None = None) -> int:
@@ -120,6 +122,7 @@ class ThreadPoolWorker(BaseWorker):
         self._resources: JobResources | None = None
         self._registration: Registration | None = None
         self._pool_threads: list[threading.Thread] = []
+        self._last_beat = -_HEARTBEAT_EVERY_SECONDS
 
     @property
     def in_flight(self) -> int:
@@ -207,6 +210,18 @@ class ThreadPoolWorker(BaseWorker):
 
     def _fewer_than(self, seen: int) -> Callable[[], bool]:
         return lambda: self._in_flight < seen or self._stopping.is_set()
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's loop beats the worker key three or four times per job (three round trips each), on the one
+        thread that dequeues for all N: measured as half its time. A bare beat within
+        ``_HEARTBEAT_EVERY_SECONDS`` of the last one is skipped (the key's TTL is ``worker_ttl + 60``);
+        a beat with an explicit TTL or inside a pipeline always goes through."""
+        if timeout is None and pipeline is None:
+            now = time.monotonic()
+            if now - self._last_beat < _HEARTBEAT_EVERY_SECONDS:
+                return
+            self._last_beat = now
+        super().heartbeat(timeout, pipeline)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Like SimpleWorker: the started-registry entry outlives the job (the timer bounds the job)."""

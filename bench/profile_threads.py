@@ -1,9 +1,9 @@
 """cProfile inside the threaded worker: where one process's CPU goes when it drains deliveries.
 
-``python -m bench.profile_threads [--jobs 400] [--threads 16] [--latency-ms 100]``: enqueues the jobs,
+``python -m bench.profile_threads [--jobs 400] [--threads 16] [--latency-ms 100] >/dev/null``: enqueues the jobs,
 runs ``ThreadPoolWorker.work(burst=True)`` in this process with one profiler for the dequeue loop (main
 thread) and one per job thread (around ``perform_job``), and prints the top functions of each by
-cumulative time, plus the drain rate. The providers answer after ``--latency-ms``.
+cumulative time, plus the drain rate, on stderr. The providers answer after ``--latency-ms``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import logging
 import os
 import pstats
+import sys
 import threading
 import time
 import uuid
@@ -62,6 +64,7 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=int, default=100)
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # the sink runs in this process; the bench's does not
     with (
         throwaway_database() as database_url,
         locked_redis_db() as redis_url,
@@ -100,14 +103,17 @@ def main() -> int:
         worker.work(burst=True)
         main_profile.disable()
         took = time.monotonic() - started
-        print(f"drained {args.jobs} in {took:.1f} s: {args.jobs / took:.1f} jobs/s (with profiling overhead)")
-        print("== dequeue loop (main thread) ==")
-        print(top(pstats.Stats(main_profile), args.top))
-        print("== job threads (perform_job), all threads merged ==")
+        report = sys.stderr
+        print(
+            f"drained {args.jobs} in {took:.1f} s: {args.jobs / took:.1f} jobs/s (with profiling overhead)", file=report
+        )
+        print("== dequeue loop (main thread) ==", file=report)
+        print(top(pstats.Stats(main_profile), args.top), file=report)
+        print("== job threads (perform_job), all threads merged ==", file=report)
         merged = pstats.Stats(_profiles[0])
         for profile in _profiles[1:]:
             merged.add(profile)
-        print(top(merged, args.top))
+        print(top(merged, args.top), file=report)
         client.close()
     return 0
 

@@ -137,3 +137,22 @@ def test_the_job_timer_is_a_daemon_thread() -> None:
     """A cold exit must not wait for a job's timeout timer."""
     penalty = DaemonTimerDeathPenalty(5)
     assert penalty.new_timer().daemon
+
+
+def test_rqs_bare_heartbeats_are_spaced_but_explicit_ones_always_go_through() -> None:
+    """The dequeue thread serves N job threads: RQ's several bare beats per job collapse to one per 5 s."""
+    from rq import Queue
+
+    from alert_worker.settings import Settings
+
+    conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    worker = ThreadPoolWorker(
+        [Queue("alerts", connection=conn)], connection=conn, settings=Settings(database_url="", redis_url=""), threads=2
+    )
+    worker.heartbeat()
+    assert conn.exists(worker.key)
+    conn.delete(worker.key)
+    worker.heartbeat()
+    assert not conn.exists(worker.key)
+    worker.heartbeat(timeout=100)
+    assert conn.exists(worker.key)
