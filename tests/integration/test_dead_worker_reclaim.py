@@ -175,3 +175,14 @@ def test_liveness_reads_the_keys_the_registration_writes(settings: Settings, red
     finally:
         reg.close()
     assert not redis_client.exists(reg.keys.registration, reg.keys.alive)
+
+
+def test_a_grace_period_longer_than_the_stuck_threshold_never_delays_a_rows_first_reclaim(
+    worker_env: dict[str, str], database_url: str, claim_as: object
+) -> None:
+    """Grace 600 s, stuck 300 s: a claim stuck for 301 s is taken by the first sweep that sees it."""
+    settings = Settings.from_env({**worker_env, "ALERT_SWEEP_GRACE_SECONDS": "600", "ALERT_STUCK_AFTER_SECONDS": "300"})
+    send_alert("email", "ops@example.com", "s", "b", delivery_id="d-5", settings=settings)
+    claim_as("d-5", None)  # type: ignore[operator]
+    _age_claim(database_url, "d-5", 301)
+    assert (report := sweep_pass(settings, lock_ttl_seconds=60, release_lock=True)) and report.requeued == 1
