@@ -71,6 +71,9 @@ def _run_options(parser: argparse.ArgumentParser, *, default: Any) -> None:
     parser.add_argument(
         "--worker-class", type=_worker_class, default=default, help="RQ worker class, e.g. rq.worker.SimpleWorker"
     )
+    parser.add_argument(
+        "--threads", type=int, default=default, help="deliveries at once, 1-64 (default ALERT_WORKER_THREADS or 8)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if is_worker:
         from alert_worker.worker import run_worker
 
-        return run_worker(settings, burst=bool(args.burst), worker_class=args.worker_class)
+        return run_worker(settings, burst=bool(args.burst), worker_class=args.worker_class, threads=args.threads)
     configure_logging(settings.log_format, stream=sys.stderr)
     from alert_worker.commands import run_command
 

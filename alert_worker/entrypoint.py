@@ -33,7 +33,12 @@ from alert_worker.validation import validate_job_arguments
 
 def build_executor(settings: Settings, resources: JobResources) -> DeliveryExecutor:
     """Wire one job's collaborators; tests build ``DeliveryExecutor`` directly with fakes."""
-    store = DeliveryStore(pool=resources.pool, stuck_after_seconds=settings.stuck_after_seconds)
+    job = get_current_job()  # its worker_name is the claimant the dead-worker reclaim checks
+    store = DeliveryStore(
+        pool=resources.pool,
+        stuck_after_seconds=settings.stuck_after_seconds,
+        claimed_by=job.worker_name if job is not None else None,
+    )
     prefix = settings.redis_key_prefix
     hash_secret = store.recipient_hash_secret(settings.recipient_hash_secret)
     metrics = RedisMetrics(client=resources.redis, prefix=prefix)

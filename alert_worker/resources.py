@@ -14,6 +14,7 @@ import atexit
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,8 +173,15 @@ def close_process_resources() -> list[BaseException]:
 atexit.register(close_process_resources)  # a forked RQ work-horse leaves by os._exit and skips this
 
 
+# Set in each job thread of the thread-pooled worker: the process's shared pool and client (owned=False).
+shared_job_resources: ContextVar[JobResources | None] = ContextVar("shared_job_resources", default=None)
+
+
 def open_resources_for(settings: Settings) -> JobResources:
-    """The resources one job runs on, per ``settings.resource_scope``."""
+    """The resources one job runs on: the thread-pooled worker's shared pair, else per ``resource_scope``."""
+    shared = shared_job_resources.get()
+    if shared is not None:
+        return shared
     if settings.resource_scope == "process":
         return process_resources(settings)
     return open_job_resources(settings)

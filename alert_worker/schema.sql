@@ -27,6 +27,10 @@ CREATE TABLE IF NOT EXISTS alert_deliveries (
     updated_at          timestamptz NOT NULL DEFAULT now()
 );
 
+-- The RQ worker that made the current claim (CONTRACT §6.1): the sweep reclaims a row whose claimant
+-- is no longer alive after the job timeout instead of the much longer stuck threshold.
+ALTER TABLE alert_deliveries ADD COLUMN IF NOT EXISTS claimed_by text NULL;
+
 -- The sweep scans only rows that can still move; the poison list reads newest first.
 CREATE INDEX IF NOT EXISTS alert_deliveries_open_idx
     ON alert_deliveries (status, (COALESCE(next_attempt_at, updated_at)))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -19,6 +18,8 @@ from psycopg_pool import ConnectionPool
 
 from alert_worker.errors import ClaimLostError
 from alert_worker.models import DeliveryRow, DeliveryStatus
+from alert_worker.recovery import RecoveredDelivery as RecoveredDelivery  # re-exported: callers import it from here
+from alert_worker.recovery import RecoveryStatements
 
 _ROW_COLUMNS = (
     "id, channel, status, attempts, deferrals, recipient_hash, payload, queue, deferred_since, "
@@ -69,24 +70,16 @@ class Claim:
     created: bool
 
 
-@dataclass(frozen=True)
-class RecoveredDelivery:
-    """A row the sweep or a replay hands back to the queue."""
+class DeliveryStore(RecoveryStatements):
+    """Postgres access for ``alert_deliveries``. Owns no connection: the pool is passed in.
 
-    id: str
-    channel: str
-    payload: dict[str, Any] | None
-    queue: str
-    attempts: int
-    stamp: datetime
+    The sweep's and the operators' statements live in ``alert_worker.recovery`` (``RecoveryStatements``).
+    """
 
-
-class DeliveryStore:
-    """Postgres access for ``alert_deliveries``. Owns no connection: the pool is passed in."""
-
-    def __init__(self, *, pool: ConnectionPool, stuck_after_seconds: int = 900) -> None:
+    def __init__(self, *, pool: ConnectionPool, stuck_after_seconds: int = 900, claimed_by: str | None = None) -> None:
         self._pool = pool
         self._stuck_after_seconds = stuck_after_seconds
+        self._claimed_by = claimed_by  # the RQ worker's name, written by every claim (dead-worker reclaim)
 
     # -- schema ----------------------------------------------------------------------------------
     def migrate(self) -> None:
@@ -165,11 +158,12 @@ class DeliveryStore:
                 f"""
                 INSERT INTO alert_deliveries AS d
                     (id, channel, recipient, recipient_hash, status, payload, queue, claim_token,
-                     last_attempt_at)
+                     last_attempt_at, claimed_by)
                 VALUES (%(id)s, %(channel)s, %(masked)s, %(hash)s, 'in_progress', %(payload)s, %(queue)s,
-                        %(token)s, now())
+                        %(token)s, now(), %(claimed_by)s)
                 ON CONFLICT (id) DO UPDATE
                    SET status = 'in_progress', claim_token = EXCLUDED.claim_token,
+                       claimed_by = EXCLUDED.claimed_by,
                        last_attempt_at = now(), updated_at = now(),
                        attempts = d.attempts + (d.status = 'in_progress')::int
                  WHERE (d.status = 'pending' AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= now()))
@@ -186,6 +180,7 @@ class DeliveryStore:
                     "queue": new.queue,
                     "token": token,
                     "stuck": self._stuck_after_seconds,
+                    "claimed_by": self._claimed_by,
                 },
             ).fetchone()
         if found is None:
@@ -292,90 +287,3 @@ class DeliveryStore:
             """,
             {"id": delivery_id, "token": token, "error": error, "_returning": "id"},
         )
-
-    # -- recovery and operators ----------------------------------------------------------------------
-    def pending_queues(self) -> list[str]:
-        """The RQ queues that pending rows travel on (the sweep asks each how far behind it is)."""
-        with self._pool.connection() as conn:
-            rows = conn.execute("SELECT DISTINCT queue FROM alert_deliveries WHERE status = 'pending'").fetchall()
-        return [r[0] for r in rows]
-
-    def take_overdue(
-        self, *, grace_seconds: int, limit: int = 500, due_before: Mapping[str, datetime] | None = None
-    ) -> list[RecoveredDelivery]:
-        """Stamp and return overdue pending rows and stuck in-progress rows, each once per grace period.
-
-        ``due_before`` maps a queue to a time: a pending row on that queue is taken only if it became due
-        before then (its job, if any, would already have left the queue). ``FOR UPDATE SKIP LOCKED`` lets
-        two sweepers run at once without taking the same row.
-        """
-        cutoffs = dict(due_before or {})
-        with self._pool.connection() as conn:
-            rows = conn.execute(
-                """
-                UPDATE alert_deliveries AS d
-                   SET next_attempt_at = CASE WHEN d.status = 'pending' THEN now() ELSE d.next_attempt_at END,
-                       updated_at = now()
-                 WHERE d.id IN (
-                       SELECT id FROM alert_deliveries
-                        WHERE (status = 'pending'
-                               AND COALESCE(next_attempt_at, updated_at) < now() - make_interval(secs => %(grace)s)
-                               AND COALESCE(next_attempt_at, updated_at) < COALESCE(
-                                   (SELECT c.cutoff
-                                      FROM unnest(%(queues)s::text[], %(cutoffs)s::timestamptz[]) AS c(queue, cutoff)
-                                     WHERE c.queue = alert_deliveries.queue),
-                                   'infinity'))
-                           OR (status = 'in_progress'
-                               AND last_attempt_at < now() - make_interval(secs => %(stuck)s)
-                               AND updated_at < now() - make_interval(secs => %(grace)s))
-                        ORDER BY COALESCE(next_attempt_at, updated_at)
-                        LIMIT %(limit)s
-                        FOR UPDATE SKIP LOCKED)
-                RETURNING d.id, d.channel, d.payload, d.queue, d.attempts, now()
-                """,
-                {
-                    "grace": grace_seconds,
-                    "stuck": self._stuck_after_seconds,
-                    "limit": limit,
-                    "queues": list(cutoffs),
-                    "cutoffs": list(cutoffs.values()),
-                },
-            ).fetchall()
-        return [RecoveredDelivery(*r) for r in rows]
-
-    def replay(self, delivery_ids: list[str]) -> list[RecoveredDelivery]:
-        """Poison rows back to pending with attempts and deferrals cleared; each returned once only."""
-        with self._pool.connection() as conn:
-            rows = conn.execute(
-                """
-                UPDATE alert_deliveries
-                   SET status = 'pending', attempts = 0, deferrals = 0, deferred_since = NULL,
-                       next_attempt_at = now(), claim_token = NULL, error_message = NULL, updated_at = now()
-                 WHERE id = ANY(%s) AND status = 'poison' AND payload IS NOT NULL
-                RETURNING id, channel, payload, queue, attempts, now()
-                """,
-                (delivery_ids,),
-            ).fetchall()
-        return [RecoveredDelivery(*r) for r in rows]
-
-    def resolve(self, delivery_ids: list[str], *, note: str | None = None) -> list[str]:
-        """Poison rows to ``failed`` with the payload erased; returns the ids moved."""
-        with self._pool.connection() as conn:
-            rows = conn.execute(
-                """
-                UPDATE alert_deliveries
-                   SET status = 'failed', payload = NULL, next_attempt_at = NULL, updated_at = now(),
-                       error_message = COALESCE(%s, error_message)
-                 WHERE id = ANY(%s) AND status = 'poison'
-                RETURNING id
-                """,
-                (note, delivery_ids),
-            ).fetchall()
-        return [r[0] for r in rows]
-
-    def counts(self) -> dict[str, int]:
-        """Rows per status (every status present, zero when none)."""
-        with self._pool.connection() as conn:
-            rows = conn.execute("SELECT status, count(*) FROM alert_deliveries GROUP BY status").fetchall()
-        found = {status: int(n) for status, n in rows}
-        return {s.value: found.get(s.value, 0) for s in DeliveryStatus}

@@ -51,15 +51,24 @@ def sweep_once(
     batch_size: int = 500,
     oldest_pending_epoch: Callable[[], int] | None = None,
     oldest_pending_gauge: Gauge | None = None,
+    claimant_alive: Callable[[str], bool] | None = None,
+    dead_after_seconds: int = 60,
 ) -> SweepReport:
     """One pass: re-enqueue what is overdue, then reconcile the gauges.
 
     ``oldest_pending_epoch`` (a query) and ``oldest_pending_gauge`` feed the metrics' oldest-pending age.
+    ``claimant_alive`` (``liveness.Liveness.is_alive``) turns on the dead-worker reclaim (CONTRACT §6.1).
     """
     requeued = 0
     due_before = _still_queued_cutoffs(store, enqueuer)
     while True:
-        batch = store.take_overdue(grace_seconds=grace_seconds, limit=batch_size, due_before=due_before)
+        batch = store.take_overdue(
+            grace_seconds=grace_seconds,
+            limit=batch_size,
+            due_before=due_before,
+            claimant_alive=claimant_alive,
+            dead_after_seconds=dead_after_seconds,
+        )
         for row in batch:
             enqueue_recovered(enqueuer, row, kind="sweep")
             requeued += 1

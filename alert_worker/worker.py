@@ -9,6 +9,7 @@ its own short-lived connections for every pass and never holds them across the w
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -27,8 +28,10 @@ import alert_worker.entrypoint  # noqa: F401
 from alert_worker.channels.slack import check_webhook_url
 from alert_worker.counters import Gauge, poison_count, queue_depth
 from alert_worker.errors import InvalidInputError
+from alert_worker.liveness import Liveness
 from alert_worker.logs import configure_logging
 from alert_worker.metrics import MetricKeys
+from alert_worker.preload import preload_process
 from alert_worker.resources import DB_CONNECT_TIMEOUT_SECONDS, Connections, open_redis, short_lived
 
 if TYPE_CHECKING:
@@ -152,6 +155,8 @@ def sweep_pass(settings: Settings, *, lock_ttl_seconds: float, release_lock: boo
                 store=conns.store,
                 enqueuer=RqEnqueuer(connection=conns.redis, job_timeout_seconds=settings.job_timeout_seconds),
                 grace_seconds=settings.sweep_grace_seconds,
+                claimant_alive=Liveness(client=conns.redis, prefix=settings.redis_key_prefix).is_alive,
+                dead_after_seconds=settings.job_timeout_seconds,
                 **_gauges(settings, conns),
             )
         finally:
@@ -202,11 +207,18 @@ def _warn_disabled_channels(settings: Settings) -> None:
             )
 
 
-def run_worker(settings: Settings, *, burst: bool = False, worker_class: type[Any] | None = None) -> int:
+def run_worker(
+    settings: Settings, *, burst: bool = False, worker_class: type[Any] | None = None, threads: int | None = None
+) -> int:
     """``main()``: 0 after a clean (warm) shutdown or an empty burst, 1 when start-up checks fail."""
-    from rq.worker import Worker
+    from alert_worker.threaded_worker import ThreadPoolWorker, resolve_threads
 
     configure_logging(settings.log_format)
+    try:
+        threads = resolve_threads(os.environ, threads)  # the thread-pooled worker (CONTRACT §6.1)
+    except ValueError as exc:
+        log.error("configuration_invalid", error=str(exc))
+        return 1
     try:
         require_connection_settings(settings)
         check_database(settings)
@@ -241,14 +253,19 @@ def run_worker(settings: Settings, *, burst: bool = False, worker_class: type[An
                 sweep=lambda: sweep_pass(settings, lock_ttl_seconds=max(1.0, interval * 0.9), release_lock=False),
             )
             sweeper.start()
-        cls = worker_class or Worker
+        preload_process(settings)  # per-process caches before any work-horse fork (alert_worker.preload)
+        cls: type[Any] = worker_class or ThreadPoolWorker
         queues = [Queue(name, connection=connection) for name in settings.queues]
-        worker = cls(queues, connection=connection, log_job_description=False)
+        if worker_class is None:
+            worker = ThreadPoolWorker(queues, connection=connection, settings=settings, threads=threads)
+        else:
+            worker = cls(queues, connection=connection, log_job_description=False)
         log.info(
             "worker_started",
             queues=list(settings.queues),
             worker_class=f"{cls.__module__}.{cls.__qualname__}",
             burst=burst,
+            threads=threads if worker_class is None else 1,
             metrics_port=metrics.port if metrics else None,
             sweep_interval_seconds=None if burst else settings.sweep_interval_seconds,
             pending=counts["pending"],

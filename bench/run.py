@@ -1,26 +1,29 @@
 """Drain throughput and enqueue→accepted latency of our job against RQ's ceiling and the reference design.
 
-``python -m bench.run --quick`` (under 3 minutes) or ``python -m bench.run`` (the full run), from the
-repository root. Cases, each run by a real ``rq worker`` subprocess on a private queue:
+``python -m bench.run --quick`` (a few minutes) or ``python -m bench.run`` (the full run), from the
+repository root. Jobs, each drained by a real worker subprocess on a private queue:
 
   (a) ceiling    RQ no-op job with our job's arguments
-  (b) per-job    ``execute_delivery_job``, default ``ALERT_RESOURCE_SCOPE=job``
+  (b) per-job    ``execute_delivery_job`` (e-mail)        (s) the same, Slack (webhook)
   (c) process    ``execute_delivery_job`` with ``ALERT_RESOURCE_SCOPE=process``
   (d) reference  ``bench.reference_async``: asyncio.run + AsyncConnectionPool + redis.asyncio per job
   (e) floor      RQ plus the SMTP send alone (no database, no Redis of ours): what any delivery costs
 
-on ``simple`` (``rq.worker.SimpleWorker``) and ``fork`` (forking ``Worker`` whose parent preloaded the
-job modules, as ``alert-worker run`` does); (b) also on ``plain``: exactly ``rq worker Q --with-scheduler``,
-nothing preloaded, so every work-horse imports the package. Throughput: N jobs enqueued up front,
-a ``--burst`` worker drains them; jobs/s from RQ's ``ended_at`` stamps (first to last, so worker start-up
-is excluded); median of the rounds, which are interleaved. Latency: a long-running worker fed at half
-the measured capacity; enqueue call → SMTP sink accepted (no-op: → RQ ``ended_at``). RSS: peak of the
-worker and its work-horses (``wait4``). Rate limits are disabled; every delivery goes to a loopback sink.
+on workers ``simple`` (``rq.worker.SimpleWorker``), ``fork`` (forking ``Worker`` whose parent preloaded
+the job modules, as ``alert-worker run --worker-class rq.worker.Worker`` does), ``plain`` (exactly
+``rq worker Q --with-scheduler``: every work-horse imports the package) and ``threads`` (``alert-worker
+run --burst --threads N``, the thread-pooled worker). A case ``X-W@L`` runs against providers that
+answer after L ms (``bench.providers``; no suffix: L = 0). Throughput: jobs enqueued up front, a burst
+worker drains them; jobs/s from RQ's ``ended_at`` stamps (first to last, so start-up is excluded);
+median of interleaved rounds. Latency (``a-fork``, ``b-fork``): a long-running worker fed at half the
+measured capacity; enqueue call → provider answered (no-op: → RQ ``ended_at``). RSS: peak of the
+worker and its work-horses (``wait4``). Rate limits are disabled.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -38,7 +41,8 @@ import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from bench.services import TimingSink, locked_redis_db, running_sink, throwaway_database
+from bench.providers import Answers, SlowWebhook, running_slow_smtp, running_slow_webhook
+from bench.services import locked_redis_db, throwaway_database
 
 REPO = Path(__file__).resolve().parent.parent
 JOBS = {
@@ -47,25 +51,33 @@ JOBS = {
     "c": ("process scope", "alert_worker.entrypoint.execute_delivery_job"),
     "d": ("reference async", "bench.reference_async.execute_delivery_job"),
     "e": ("floor: RQ + SMTP send only", "bench.jobs.send_only"),
+    "s": ("per-job scope, Slack", "alert_worker.entrypoint.execute_delivery_job"),
 }
 WORKERS = {
     "simple": "rq.worker.SimpleWorker",
     "fork": "bench.workers.PreloadedWorker",
     "plain": "rq.worker.Worker",
+    "threads": "",  # alert-worker run --threads N
 }
 ALL_CASES = (
     "a-simple",
     "e-simple",
     "b-simple",
-    "c-simple",
     "d-simple",
     "a-fork",
     "e-fork",
     "b-fork",
-    "c-fork",
     "d-fork",
     "b-plain",
+    "e-threads",
+    "b-threads",
+    "b-threads@100",
+    "s-threads@100",
+    "d-simple@100",
 )
+LATENCY_CASES = ("a-fork", "b-fork")
+PROVIDER_LATENCY_MS = 100  # the @100 cases: a real provider answers in 100-300 ms
+THREADS = 16
 RATE_VARIABLES = (
     "ALERT_RATE_EMAIL_PER_MIN",
     "ALERT_RATE_SLACK_PER_MIN",
@@ -89,41 +101,63 @@ class CaseResult:
         return statistics.median(self.throughputs) if self.throughputs else float("nan")
 
 
+def latency_of(case: str) -> int:
+    return int(case.split("@")[1]) if "@" in case else 0
+
+
+def worker_of(case: str) -> str:
+    return case.split("-")[1].split("@")[0]
+
+
 @dataclass
 class Bench:
     database_url: str
     redis_url: str
-    sink: TimingSink
+    smtp: dict[int, Answers]  # by latency (ms): SlowSmtpSink
+    hooks: dict[int, SlowWebhook]
     scratch: Path
     connection: redis.Redis = field(init=False)
 
     def __post_init__(self) -> None:
         self.connection = redis.Redis.from_url(self.redis_url)
 
+    def answers(self, case: str) -> Answers:
+        return (self.hooks if case.startswith("s") else self.smtp)[latency_of(case)]
+
     # -- processes -----------------------------------------------------------------------------------
-    def env(self, case: str) -> dict[str, str]:
+    def env(self, case: str, queue: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ALERT_", "RQ_", "SMTP_", "TWILIO_"))}
+        latency = latency_of(case)
         env.update(
             DATABASE_URL=self.database_url,
             REDIS_URL=self.redis_url,
             SMTP_HOST="127.0.0.1",
-            SMTP_PORT=str(self.sink.port),
+            SMTP_PORT=str(getattr(self.smtp[latency], "port", 0)),
             SMTP_SECURITY="none",
             ALERTS_FROM_EMAIL="alerts@example.org",
+            SLACK_WEBHOOK_HOSTS="127.0.0.1",
+            SLACK_WEBHOOK_URL=self.hooks[latency].url,
             ALERT_RECIPIENT_HASH_SECRET="bench-secret",
             ALERT_RESOURCE_SCOPE="process" if case.startswith("c") else "job",
+            ALERT_AUTO_MIGRATE="0",
+            ALERT_WORKER_THREADS=str(THREADS),
+            RQ_QUEUES=queue,
             PYTHONPATH=str(REPO),
         )
         env.update(dict.fromkeys(RATE_VARIABLES, "0"))
         return env
 
     def start_worker(self, case: str, queue: str, *, burst: bool) -> subprocess.Popen[bytes]:
-        rq = shutil.which("rq", path=str(Path(sys.executable).parent)) or "rq"
-        command = [rq, "worker", "-u", self.redis_url, "-w", WORKERS[case.split("-")[1]], "--with-scheduler"]
+        if worker_of(case) == "threads":
+            command = [sys.executable, "-m", "alert_worker", "run", "--threads", str(THREADS)]
+        else:
+            rq = shutil.which("rq", path=str(Path(sys.executable).parent)) or "rq"
+            command = [rq, "worker", "-u", self.redis_url, "-w", WORKERS[worker_of(case)], "--with-scheduler", queue]
         if burst:
             command.append("--burst")
         log = (self.scratch / f"{queue}.log").open("wb")
-        return subprocess.Popen([*command, queue], cwd=REPO, env=self.env(case), stdout=subprocess.DEVNULL, stderr=log)
+        env = self.env(case, queue)
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
 
     @staticmethod
     def reap(process: subprocess.Popen[bytes], timeout: float) -> int:
@@ -142,11 +176,12 @@ class Bench:
 
     # -- jobs ----------------------------------------------------------------------------------------
     def enqueue(self, queue: Queue, case: str, delivery_id: str) -> Job:
+        slack = case.startswith("s")
         return queue.enqueue(
             JOBS[case[0]][1],
             delivery_id,
-            "email",
-            "ops@example.org",
+            "slack" if slack else "email",
+            "" if slack else "ops@example.org",
             delivery_id,  # the subject: the sink keys accepted messages by it
             "disk almost full on db-1",
             job_id=delivery_id,
@@ -168,7 +203,7 @@ class Bench:
         return done, failed
 
     def throughput_run(self, case: str, n: int, tag: str) -> tuple[float, int, int]:
-        queue_name = f"bench-{case}-{tag}-{uuid.uuid4().hex[:6]}"
+        queue_name = f"bench-{case.replace('@', 'at')}-{tag}-{uuid.uuid4().hex[:6]}"
         queue = Queue(queue_name, connection=self.connection)
         ids = [f"{queue_name}-{i}" for i in range(n)]
         for delivery_id in ids:
@@ -181,7 +216,7 @@ class Bench:
         return (len(stamps) - 1) / (stamps[-1] - stamps[0]), rss, n - len(done)
 
     def latency_run(self, case: str, m: int, rate: float, tag: str) -> tuple[list[float], int, int]:
-        queue_name = f"bench-{case}-{tag}-{uuid.uuid4().hex[:6]}"
+        queue_name = f"bench-{case.replace('@', 'at')}-{tag}-{uuid.uuid4().hex[:6]}"
         queue = Queue(queue_name, connection=self.connection)
         worker = self.start_worker(case, queue_name, burst=False)
         try:
@@ -201,7 +236,7 @@ class Bench:
         finally:
             worker.send_signal(signal.SIGTERM)
             rss = self.reap(worker, timeout=60)
-        accepted = self.ended(ids)[0] if case.startswith("a") else self.sink.times(f"{queue_name}-")
+        accepted = self.ended(ids)[0] if case.startswith("a") else self.answers(case).times(f"{queue_name}-")
         samples = [(accepted[i] - enqueued[i]) * 1000 for i in ids if i in accepted]
         return samples, rss, m - len(samples)
 
@@ -244,7 +279,7 @@ def table(results: dict[str, CaseResult]) -> Iterator[str]:
     yield "| case | worker | jobs/s (median) | runs | p50 ms | p95 ms | p99 ms | peak RSS MB | failed |"
     yield "|---|---|---:|---|---:|---:|---:|---:|---:|"
     for case, r in results.items():
-        letter, worker = case.split("-")
+        letter, worker = case[0], case.split("-", 1)[1]
         runs = " ".join(f"{t:.0f}" for t in r.throughputs)
         lat = r.latencies_ms
         yield (
@@ -267,32 +302,34 @@ def main(argv: list[str] | None = None) -> int:
     m = args.latency_jobs or (30 if args.quick else 150)
     latency_rounds = args.latency_rounds or (1 if args.quick else 2)
     cases = [c for c in args.cases.split(",") if c]
-    unknown = set(cases) - set(ALL_CASES)
+    unknown = {c for c in cases if c.split("@")[0] not in {a.split("@")[0] for a in ALL_CASES}}
     if unknown:
         parser.error(f"unknown cases: {sorted(unknown)}")
     results = {case: CaseResult() for case in cases}
     started, load_before = time.monotonic(), load()
-    with (
-        throwaway_database() as database_url,
-        locked_redis_db() as redis_url,
-        running_sink() as sink,
-        tempfile.TemporaryDirectory(prefix="alert-bench-") as scratch,
-    ):
-        bench = Bench(database_url=database_url, redis_url=redis_url, sink=sink, scratch=Path(scratch))
+    latencies = sorted({0} | {latency_of(c) for c in cases})
+    with contextlib.ExitStack() as stack:
+        database_url = stack.enter_context(throwaway_database())
+        redis_url = stack.enter_context(locked_redis_db())
+        smtp: dict[int, Answers] = {ms: stack.enter_context(running_slow_smtp(ms)) for ms in latencies}
+        hooks = {ms: stack.enter_context(running_slow_webhook(ms)) for ms in latencies}
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="alert-bench-"))
+        bench = Bench(database_url=database_url, redis_url=redis_url, smtp=smtp, hooks=hooks, scratch=Path(scratch))
         for round_ in range(args.rounds):
             for case in cases:
+                size = max(n, 10 * THREADS) if worker_of(case) == "threads" else n
                 try:
-                    jobs_per_second, rss, failed = bench.throughput_run(case, n, f"t{round_}")
+                    jobs_per_second, rss, failed = bench.throughput_run(case, size, f"t{round_}")
                 except (RuntimeError, TimeoutError) as exc:  # reported in the table; the other cases go on
                     print(f"  round {round_ + 1} {case}: {exc}", file=sys.stderr, flush=True)
-                    results[case].failures += n
+                    results[case].failures += size
                     continue
                 results[case].throughputs.append(jobs_per_second)
                 results[case].rss_kb.append(rss)
                 results[case].failures += failed
-                print(f"  round {round_ + 1} {case:9s} {jobs_per_second:7.1f} jobs/s", file=sys.stderr, flush=True)
+                print(f"  round {round_ + 1} {case:14s} {jobs_per_second:7.1f} jobs/s", file=sys.stderr, flush=True)
         for round_ in range(latency_rounds):
-            for case in cases:
+            for case in [c for c in cases if c in LATENCY_CASES]:
                 rate = results[case].jobs_per_second / 2
                 if not rate > 0:
                     continue
@@ -307,18 +344,37 @@ def main(argv: list[str] | None = None) -> int:
                 results[case].failures += failed
                 print(f"  latency {case:9s} at {rate:5.1f}/s p99 {percentile(samples, 99):6.1f} ms", file=sys.stderr)
         bench.connection.close()
-    print(f"jobs per throughput run {n}, rounds {args.rounds}; latency jobs {m} x {latency_rounds} at half capacity")
+    print(
+        f"jobs per throughput run {n} (threaded: at least {10 * THREADS}), rounds {args.rounds}; "
+        f"latency jobs {m} x {latency_rounds} at half capacity; N={THREADS}"
+    )
     print(f"load average before {load_before}, after {load()}; {os.cpu_count()} CPUs; ")
     print(f"took {time.monotonic() - started:.0f} s")
     for line in table(results):
         print(line)
-    p99 = percentile(results["b-fork"].latencies_ms, 99) if "b-fork" in results else float("nan")
-    print(
-        f"bench: per_job_vs_reference={ratio(results, 'b-simple', 'd-simple')} "
-        f"process_vs_ceiling={ratio(results, 'c-simple', 'a-simple')} "
-        f"plain_vs_preloaded={ratio(results, 'b-plain', 'b-fork')} p99_ms={p99:.1f}"
-    )
+    print(summary_line(results, PROVIDER_LATENCY_MS))
     return 1 if any(r.failures for r in results.values()) else 0
+
+
+def summary_line(results: dict[str, CaseResult], latency_ms: int) -> str:
+    at = f"@{latency_ms}"
+    threaded = results.get(f"b-threads{at}")
+    rss = max(threaded.rss_kb, default=0) / 1024 if threaded else float("nan")
+    return (
+        f"bench: threads_vs_reference_at_latency={ratio(results, f'b-threads{at}', f'd-simple{at}')} "
+        f"threads_jps_at_latency={threaded.jobs_per_second if threaded else float('nan'):.1f} "
+        f"rss_mb={rss:.0f} "
+        f"overhead_vs_floor={ratio(results, 'b-threads', 'e-threads')} "
+        f"fork_vs_reference={ratio(results, 'b-fork', 'd-fork')} "
+        f"p99_fork_vs_noop={p99_ratio(results, 'b-fork', 'a-fork')} "
+        f"plain_vs_preloaded={ratio(results, 'b-plain', 'b-fork')}"
+    )
+
+
+def p99_ratio(results: dict[str, CaseResult], top: str, bottom: str) -> str:
+    if top not in results or bottom not in results or not results[bottom].latencies_ms:
+        return "n/a"
+    return f"{percentile(results[top].latencies_ms, 99) / percentile(results[bottom].latencies_ms, 99):.2f}"
 
 
 if __name__ == "__main__":

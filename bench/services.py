@@ -93,7 +93,7 @@ class TimingSink:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         now = time.time()
-        key = _subject(envelope.original_content)
+        key = subject_of(envelope.original_content)
         with self.lock:
             self.accepted_at[key] = now
         return "250 2.0.0 OK queued"
@@ -107,7 +107,7 @@ class TimingSink:
             return {k: v for k, v in self.accepted_at.items() if k.startswith(prefix)}
 
 
-def _subject(content: bytes) -> str:
+def subject_of(content: bytes) -> str:
     for line in content.split(b"\r\n" if b"\r\n" in content else b"\n"):
         if not line:
             break

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -51,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.crash", description=__doc__)
     parser.add_argument("--full", action="store_true", help="the full sizes (about 5-10 minutes)")
     parser.add_argument("--only", action="append", choices=sorted(SCENARIOS), help="run just these scenarios")
+    parser.add_argument(
+        "--worker", choices=["threaded", "forking", "rq"], help="the worker kind (default CRASH_WORKER or threaded)"
+    )
     args = parser.parse_args(argv)
+    if args.worker:
+        os.environ["CRASH_WORKER"] = args.worker
     # SIGTERM unwinds like Ctrl-C, so every private server and worker is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

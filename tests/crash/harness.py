@@ -2,11 +2,12 @@
 
 A ``Cluster`` owns one private PostgreSQL cluster, one private Redis and the fake providers for a whole
 run. Each scenario opens a ``Run`` on it: a fresh database, an emptied Redis, fresh provider scripts,
-``workers`` real worker processes (forking RQ ``Worker`` with the scheduler, each in its own process
-group so parent, horse and scheduler die together) and a supervisor that restarts a worker that exited
-(as systemd would). Workers are ``python -m alert_worker run`` (the worker main, whose sweeper thread
-recovers lost jobs) or, with ``CRASH_WORKER=rq``, plain ``rq worker alerts --with-scheduler`` with a
-harness thread calling ``alert_worker.sweep.sweep_once`` as the sweeper.
+``workers`` real worker processes (each in its own process group so parent, horses and scheduler die
+together) and a supervisor that restarts a worker that exited (as systemd would). ``CRASH_WORKER``
+selects the worker kind, judged the same way: ``threaded`` (the default: ``python -m alert_worker run``,
+the thread-pooled worker, whose sweeper thread recovers lost jobs), ``forking`` (the same main with
+``--worker-class rq.worker.Worker``) or ``rq`` (plain ``rq worker alerts --with-scheduler`` with a
+harness thread calling ``alert_worker.sweep.sweep_once`` as the sweeper).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from alert_worker.counters import poison_count, queue_depth
+from alert_worker.liveness import Liveness
 from alert_worker.models import ChannelType
 from alert_worker.redaction import mask_recipient, recipient_hash
 from alert_worker.resources import closing_resources, open_job_resources
@@ -125,8 +127,10 @@ class WorkerProcess:
         self.generation += 1
         self.started_at = time.monotonic()
         self.name = f"crash-w{self.index}-g{self.generation}-{uuid.uuid4().hex[:6]}"
-        if self.mode == "main":  # the worker main: preflight, migrate, sweeper thread, rq Worker
+        if self.mode in ("threaded", "main"):  # the worker main: preflight, migrate, sweeper, thread pool
             command = [sys.executable, "-m", "alert_worker", "run"]
+        elif self.mode == "forking":  # the same main with RQ's forking one-job-at-a-time Worker
+            command = [sys.executable, "-m", "alert_worker", "run", "--worker-class", "rq.worker.Worker"]
         else:  # plain `rq worker alerts --with-scheduler` (job module preloaded); the harness sweeps
             command = [
                 sys.executable,
@@ -189,7 +193,7 @@ class Run:
     env_overrides: dict[str, str] = field(default_factory=dict)
     sweep_interval: float = 1.0
     grace_seconds: int = 2
-    mode: str = field(default_factory=lambda: os.environ.get("CRASH_WORKER", "main"))
+    mode: str = field(default_factory=lambda: os.environ.get("CRASH_WORKER", "threaded"))
     deliveries: list[Delivery] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     worker_restarts: int = 0
@@ -259,7 +263,7 @@ class Run:
                 proc.start()
                 self._procs.append(proc)
             self._spawn(self._supervise, "crash-supervisor")
-            if self.mode != "main":  # main() runs its own sweeper thread (one cluster-wide, Redis lock)
+            if self.mode == "rq":  # main() runs its own sweeper thread (one cluster-wide, Redis lock)
                 self._spawn(self._sweep_loop, "crash-sweeper")
         except BaseException:
             self.close()
@@ -311,6 +315,8 @@ class Run:
                     queue_depth=queue_depth(res.redis, self.settings.redis_key_prefix),
                     poison_gauge=poison_count(res.redis, self.settings.redis_key_prefix),
                     grace_seconds=self.settings.sweep_grace_seconds,
+                    claimant_alive=Liveness(client=res.redis, prefix=self.settings.redis_key_prefix).is_alive,
+                    dead_after_seconds=self.settings.job_timeout_seconds,
                 )
             self.sweeps += 1
         except BaseException:
@@ -401,19 +407,19 @@ class Run:
     def resume_supervisor(self) -> None:
         self._supervising.set()
 
-    def current_delivery(self, proc: WorkerProcess) -> str | None:
-        """The delivery the worker's horse is running now (read from RQ's worker record)."""
+    def current_deliveries(self, proc: WorkerProcess) -> list[str]:
+        """The deliveries the worker is running now, one per RQ execution (a threaded worker has many)."""
         conn = redis.Redis.from_url(self.cluster.redis.url, socket_timeout=2)
         try:
             pid = proc.process.pid if proc.process else -1
             worker = next((w for w in Worker.all(connection=conn) if w.pid == pid), None)
-            job_id = worker.get_current_job_id() if worker else None
-            if not job_id:
-                return None
-            job = Job.fetch(job_id, connection=conn)
-            return str(job.args[0]) if job.args else None
+            if worker is None:
+                return []
+            job_ids = [e.job_id for e in worker.get_current_executions(refresh=True)]
+            jobs = Job.fetch_many(job_ids, connection=conn)
+            return [str(job.args[0]) for job in jobs if job is not None and job.args]
         except Exception:
-            return None
+            return []
         finally:
             conn.close()
 

@@ -1,6 +1,7 @@
-"""The seven crash-consistency scenarios of issue 4, each returning an ``Outcome`` with its own verdict.
+"""The crash-consistency scenarios (issues 4 and 11), each returning an ``Outcome`` with its own verdict.
 
-Every scenario runs real forking ``rq worker --with-scheduler`` processes against the private servers,
+Every scenario runs real worker processes (``CRASH_WORKER``: threaded, forking or plain rq) against the
+private servers,
 produces its burst through the producer's order (row first, then job), injects its fault while the burst
 is in flight, polls until every row is terminal (with a deadline), then judges provider-side records.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import random
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -120,7 +122,10 @@ def kill_at_boundaries(cluster: Cluster, scale: Scale) -> Outcome:
         for n in range(scale.per_boundary):
             deliveries.append(Delivery(f"k2-{boundary}-{n:03d}", "email", script, crash=True))
     outcome = Outcome("kill_at_boundaries")
-    with timed(outcome), Run(cluster, "s2", grace_seconds=scale.grace_seconds) as run:
+    # One delivery at a time per process: a self-kill at a boundary must take down only the delivery it
+    # names, so each acceptance beyond the first is explained by exactly one kill event.
+    one_at_a_time = {"ALERT_WORKER_THREADS": "1"}
+    with timed(outcome), Run(cluster, "s2", env_overrides=one_at_a_time, grace_seconds=scale.grace_seconds) as run:
         run.produce(deliveries)
         finished = run.wait_until_terminal(scale.deadline)
         kills = run.kills()
@@ -156,11 +161,10 @@ def worker_kills(cluster: Cluster, scale: Scale) -> Outcome:
             _wait_for_progress(run, (step + 1) / (len(plan) + 2))
             proc = run.processes()[step % len(run.processes())]
             if action == "kill":
-                proc.signal_group(signal.SIGSTOP)  # freeze the group, then read what its horse is running
-                in_flight = run.current_delivery(proc)
+                proc.signal_group(signal.SIGSTOP)  # freeze the group, then read what it is running
+                in_flight = run.current_deliveries(proc)
                 proc.signal_group(signal.SIGKILL)
-                if in_flight:
-                    events.append(Event("worker_sigkill", in_flight))
+                events.extend(Event("worker_sigkill", delivery_id) for delivery_id in in_flight)
                 outcome.kills += 1
             elif proc.process is not None:
                 proc.process.send_signal(signal.SIGTERM)
@@ -266,6 +270,54 @@ def rate_limit_burst(cluster: Cluster, scale: Scale) -> Outcome:
     return outcome
 
 
+# -- 8 ---------------------------------------------------------------------------------------------------
+def threaded_kill_in_flight(cluster: Cluster, scale: Scale, *, in_flight: int = 16) -> Outcome:
+    """kill -9 of a threaded worker with ``in_flight`` deliveries mid-send: all delivered within the job
+    timeout plus two sweep intervals of the kill (dead-worker reclaim), not the stuck threshold."""
+    job_timeout, sweep_interval = 6, 1.0
+    deliveries = [Delivery(f"t8-{i:05d}", "email", ("hang:4",)) for i in range(in_flight)]
+    outcome = Outcome("threaded_kill_in_flight")
+    env = {
+        "ALERT_WORKER_THREADS": str(in_flight),
+        "ALERT_SEND_TIMEOUT_SECONDS": "5",
+        "ALERT_JOB_TIMEOUT_SECONDS": str(job_timeout),
+        "ALERT_STUCK_AFTER_SECONDS": "600",
+    }
+    with (
+        timed(outcome),
+        Run(cluster, "s8", workers=1, env_overrides=env, sweep_interval=sweep_interval, mode="threaded") as run,
+    ):
+        run.produce(deliveries)
+        if not _wait_for_sends(cluster, deliveries, timeout=60):  # every one inside its first (hanging) DATA
+            outcome.failures.append(f"never saw {in_flight} sends in flight at once")
+        proc = run.processes()[0]
+        proc.signal_group(signal.SIGKILL)
+        killed_at = time.monotonic()
+        outcome.kills = 1
+        budget = job_timeout + 2 * sweep_interval
+        finished = run.wait_until_terminal(scale.deadline)
+        outcome.notes["recovery_seconds"] = round(time.monotonic() - killed_at, 1)
+        outcome.notes["budget_seconds"] = budget
+        judge(run, outcome, finished=finished, events=[])
+        if outcome.notes["recovery_seconds"] > budget + _RESTART_ALLOWANCE_SECONDS:
+            outcome.failures.append(f"recovered in {outcome.notes['recovery_seconds']} s, budget {budget} s")
+    return outcome
+
+
+def _wait_for_sends(cluster: Cluster, deliveries: list[Delivery], *, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with cluster.provider.lock:
+            if all(cluster.provider.calls[d.id] >= 1 for d in deliveries):
+                return True
+        time.sleep(0.05)
+    return False
+
+
+# A restarted worker needs its start-up checks and first dequeue before it can deliver what was reclaimed.
+_RESTART_ALLOWANCE_SECONDS = 2.0
+
+
 SCENARIOS: dict[str, Callable[[Cluster, Scale], Outcome]] = {
     "transient_20pct": transient_failures,
     "kill_at_boundaries": kill_at_boundaries,
@@ -274,4 +326,5 @@ SCENARIOS: dict[str, Callable[[Cluster, Scale], Outcome]] = {
     "postgres_outage": postgres_outage,
     "provider_hang": provider_hang,
     "rate_limit_burst": rate_limit_burst,
+    "threaded_kill_in_flight": threaded_kill_in_flight,
 }

@@ -1,7 +1,8 @@
 """The crash-consistency scenarios at CI size (``python -m tests.crash --full`` runs them large).
 
-Each runs real forking ``rq worker --with-scheduler`` processes against private PostgreSQL and Redis
-servers and loopback providers, injects its fault mid-burst and polls until every row is terminal.
+Each runs real worker processes (``CRASH_WORKER``: threaded by default, forking, or plain ``rq worker``;
+the same judge for all) against private PostgreSQL and Redis servers and loopback providers, injects its
+fault mid-burst and polls until every row is terminal.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tests.crash.scenarios import (
     provider_hang,
     rate_limit_burst,
     redis_restart,
+    threaded_kill_in_flight,
     transient_failures,
     worker_kills,
 )
@@ -32,7 +34,7 @@ def test_transient_failures_end_as_scripted_and_each_delivered_row_is_accepted_o
     assert outcome.notes["transient_scripted"] > 0
 
 
-@pytest.mark.parametrize("worker", ["main", "rq"], ids=["alert-worker-run", "plain-rq-worker"])
+@pytest.mark.parametrize("worker", ["threaded", "forking", "rq"], ids=["threaded", "forking", "plain-rq-worker"])
 def test_a_work_horse_killed_at_any_boundary_still_ends_delivered(
     cluster: Cluster, worker: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -85,3 +87,13 @@ def test_a_burst_over_the_rate_limit_is_all_sent_and_never_exceeds_it(cluster: C
     assert outcome.failures == []
     assert outcome.lost == 0
     assert outcome.max_window_rate == outcome.limit == SMALL.rate_limit
+
+
+def test_a_threaded_worker_killed_with_16_deliveries_in_flight_has_all_16_delivered_within_the_job_timeout(
+    cluster: Cluster,
+) -> None:
+    """kill -9 mid-send: the dead-worker reclaim hands every row back within job timeout + two sweep intervals."""
+    outcome = threaded_kill_in_flight(cluster, SMALL)
+    assert outcome.failures == []
+    assert (outcome.lost, outcome.duplicates) == (0, 0)
+    assert outcome.notes["recovery_seconds"] <= outcome.notes["budget_seconds"] + 2.0

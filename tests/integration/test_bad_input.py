@@ -24,9 +24,7 @@ RECIPIENT = {"email": "ops@example.com", "slack": HOOK, "sms": "+15551234567"}
 
 
 @pytest.fixture
-def providers(
-    monkeypatch: pytest.MonkeyPatch, worker_env: dict[str, str]
-) -> Iterator[MockedProviders]:
+def providers(monkeypatch: pytest.MonkeyPatch, worker_env: dict[str, str]) -> Iterator[MockedProviders]:
     env = {**worker_env, **channel_env(slack_default=SLACK_DEFAULT, twilio_token="t" * 32)}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -79,12 +77,33 @@ POISONED = [
     ("sms", "+1555\ud83d", "s", "b", "invalid_input: recipient contains lone surrogates"),
 ]
 POISONED_IDS = [
-    "email-empty-recipient", "sms-empty-recipient", "email-malformed", "email-no-local-part", "email-two-recipients",
-    "sms-not-e164", "slack-foreign-host", "slack-metadata-ip", "slack-userinfo", "email-oversize-recipient",
-    "slack-oversize-recipient", "sms-oversize-recipient", "email-body-over-1mb", "sms-body-over-1mb",
-    "slack-neither-subject-nor-body", "email-none-subject-blank-body", "email-subject-int", "slack-body-dict",
-    "sms-recipient-int", "email-body-bytes", "email-subject-bell", "slack-body-nul", "sms-body-escape",
-    "email-recipient-nul", "email-subject-surrogate", "slack-body-surrogate", "sms-recipient-surrogate",
+    "email-empty-recipient",
+    "sms-empty-recipient",
+    "email-malformed",
+    "email-no-local-part",
+    "email-two-recipients",
+    "sms-not-e164",
+    "slack-foreign-host",
+    "slack-metadata-ip",
+    "slack-userinfo",
+    "email-oversize-recipient",
+    "slack-oversize-recipient",
+    "sms-oversize-recipient",
+    "email-body-over-1mb",
+    "sms-body-over-1mb",
+    "slack-neither-subject-nor-body",
+    "email-none-subject-blank-body",
+    "email-subject-int",
+    "slack-body-dict",
+    "sms-recipient-int",
+    "email-body-bytes",
+    "email-subject-bell",
+    "slack-body-nul",
+    "sms-body-escape",
+    "email-recipient-nul",
+    "email-subject-surrogate",
+    "slack-body-surrogate",
+    "sms-recipient-surrogate",
 ]
 
 
@@ -111,8 +130,15 @@ def test_bad_input_is_poisoned_with_a_clear_reason_and_nothing_sent(
 
 @pytest.mark.parametrize(
     ("delivery_id", "channel", "attempt"),
-    [("d", "fax", 0), ("", "email", 0), ("x" * 256, "email", 0), (7, "email", 0), ("d", "email", -1),
-     ("d", "email", "2"), ("d", "email", None)],
+    [
+        ("d", "fax", 0),
+        ("", "email", 0),
+        ("x" * 256, "email", 0),
+        (7, "email", 0),
+        ("d", "email", -1),
+        ("d", "email", "2"),
+        ("d", "email", None),
+    ],
     ids=["unknown-channel", "empty-id", "id-256", "id-int", "attempt-negative", "attempt-str", "attempt-none"],
 )
 def test_only_channel_id_and_attempt_raise_value_error_and_create_nothing(
@@ -128,8 +154,14 @@ def test_only_channel_id_and_attempt_raise_value_error_and_create_nothing(
 
 @pytest.mark.parametrize(
     ("channel", "subject", "body"),
-    [("email", "", "body only"), ("email", "subject only", ""), ("slack", "", "body only"),
-     ("slack", "subject only", None), ("sms", None, "body only"), ("sms", "subject only", "")],
+    [
+        ("email", "", "body only"),
+        ("email", "subject only", ""),
+        ("slack", "", "body only"),
+        ("slack", "subject only", None),
+        ("sms", None, "body only"),
+        ("sms", "subject only", ""),
+    ],
     ids=["email-no-subject", "email-no-body", "slack-no-subject", "slack-no-body", "sms-no-subject", "sms-no-body"],
 )
 def test_an_empty_subject_or_empty_body_alone_is_delivered(
@@ -152,9 +184,7 @@ def test_slack_empty_recipient_means_the_default_webhook(
     assert _row(database_url, "slack-default")[2] == "hooks.slack.com/***"
 
 
-@pytest.mark.parametrize(
-    ("channel", "limit"), [("slack", 40_000), ("sms", 1_600)], ids=["slack-40000", "sms-1600"]
-)
+@pytest.mark.parametrize(("channel", "limit"), [("slack", 40_000), ("sms", 1_600)], ids=["slack-40000", "sms-1600"])
 def test_over_long_text_is_truncated_with_the_marker_and_delivered(
     providers: MockedProviders, channel: str, limit: int
 ) -> None:

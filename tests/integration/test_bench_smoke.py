@@ -1,4 +1,4 @@
-"""The benchmark script still runs end to end (tiny sizes: ceiling and per-job scope on SimpleWorker)."""
+"""The benchmark script still runs end to end (tiny sizes: the ceiling, and the threaded worker at 100 ms)."""
 
 from __future__ import annotations
 
@@ -10,22 +10,23 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+_RATIO = r"(\d+\.\d\d|n/a)"
 LAST_LINE = re.compile(
-    r"bench: per_job_vs_reference=(\d+\.\d\d|n/a) process_vs_ceiling=(\d+\.\d\d|n/a) "
-    r"plain_vs_preloaded=(\d+\.\d\d|n/a) p99_ms=(\d+\.\d|nan)"
+    rf"bench: threads_vs_reference_at_latency={_RATIO} threads_jps_at_latency=(\d+\.\d|nan) rss_mb=(\d+|nan) "
+    rf"overhead_vs_floor={_RATIO} fork_vs_reference={_RATIO} p99_fork_vs_noop={_RATIO} plain_vs_preloaded={_RATIO}"
 )
 
 
 @pytest.mark.integration
 def test_bench_runs_the_ceiling_and_per_job_cases_and_ends_with_the_summary_line() -> None:
-    """20 jobs per case, one round: exit 0, a table row per case, the summary line last."""
+    """One round: exit 0, a table row per case, the summary line last with the threaded figures filled in."""
     done = subprocess.run(
         [
             *(sys.executable, "-m", "bench.run", "--jobs", "20", "--rounds", "1"),
             "--latency-jobs",
             "10",
             "--cases",
-            "a-simple,b-simple",
+            "a-simple,b-threads@100",
         ],
         cwd=REPO,
         capture_output=True,
@@ -37,4 +38,6 @@ def test_bench_runs_the_ceiling_and_per_job_cases_and_ends_with_the_summary_line
     assert LAST_LINE.fullmatch(lines[-1]), lines[-1]
     rows = [line for line in lines if line.startswith("| (")]
     assert [row.split("|")[1].strip() for row in rows] == ["(a) ceiling (RQ no-op)", "(b) per-job scope"]
+    assert [row.split("|")[2].strip() for row in rows] == ["simple", "threads@100"]
+    assert "threads_jps_at_latency=nan" not in lines[-1]
     assert all(float(row.split("|")[3]) > 0 for row in rows), rows

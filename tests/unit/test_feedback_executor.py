@@ -24,6 +24,7 @@ from alert_worker.errors import (
 from alert_worker.executor import DeliveryExecutor, DeliveryRequest
 from alert_worker.feedback import ProviderFeedback
 from alert_worker.models import ChannelType, DeliveryStatus, Message
+from alert_worker.ports import NullMetrics
 from alert_worker.redaction import recipient_hash
 from alert_worker.retry import RetryPolicy
 from alert_worker.settings import Settings
@@ -65,7 +66,7 @@ class FakeOutcomes:
         self.cleared.append(delivery_id)
 
 
-class CountingMetrics:
+class CountingMetrics(NullMetrics):
     def __init__(self) -> None:
         self.suppressed_by: list[str] = []
         self.unknown_by: list[str] = []

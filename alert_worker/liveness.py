@@ -1,0 +1,134 @@
+"""Worker registration and liveness in Redis, so the sweep can tell a dead claimant from a slow one.
+
+A worker of this package registers as the hash ``alert:worker:<name>`` (``threads``, ``in_flight``,
+``started_at``; a TTL of at least a day, refreshed; deleted on a clean exit) and keeps the key
+``alert:worker:<name>:alive`` with a short TTL (at most 30 s) that a background thread refreshes at a
+third of it. A ``kill -9`` stops the refreshes: the alive key expires and the sweep reclaims the rows
+the worker had claimed (CONTRACT §6.1). A claimant that never registered (plain ``rq worker``) is alive
+while RQ's own worker key exists.
+
+Imports no rq: RQ's worker-key prefix is written here and pinned by a test against rq's own constant.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import structlog
+
+log = structlog.get_logger("alert_worker.liveness")
+
+RQ_WORKER_KEY_PREFIX = "rq:worker:"  # rq.worker.BaseWorker.redis_worker_namespace_prefix (pinned by a test)
+REGISTRATION_TTL_SECONDS = 2 * 24 * 3600  # at least 24 h, refreshed with every alive beat
+MAX_ALIVE_TTL_SECONDS = 30
+MIN_ALIVE_TTL_SECONDS = 3
+
+
+def alive_ttl_for(job_timeout_seconds: int) -> int:
+    """The alive key's TTL: the job timeout, kept within 3..30 s.
+
+    A dead worker is noticed about as fast as a running job could have ended, and never later than
+    30 s; refreshing every third of it keeps a busy-but-alive worker's key from lapsing.
+    """
+    return max(MIN_ALIVE_TTL_SECONDS, min(MAX_ALIVE_TTL_SECONDS, int(job_timeout_seconds)))
+
+
+class WorkerKeys:
+    """The Redis keys of one worker name under the package prefix (``alert:`` by default)."""
+
+    def __init__(self, *, prefix: str, name: str) -> None:
+        self.registration = f"{prefix}worker:{name}"
+        self.alive = f"{prefix}worker:{name}:alive"
+        self.rq_worker = f"{RQ_WORKER_KEY_PREFIX}{name}"
+
+
+class Liveness:
+    """Answers "is this claimant alive?" for the sweep; one Redis round trip per name."""
+
+    def __init__(self, *, client: redis.Redis, prefix: str) -> None:
+        self._client = client
+        self._prefix = prefix
+
+    def is_alive(self, name: str) -> bool:
+        keys = WorkerKeys(prefix=self._prefix, name=name)
+        with self._client.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.alive)
+            pipe.exists(keys.registration)
+            pipe.exists(keys.rq_worker)
+            alive, registered, rq_worker = pipe.execute()
+        if registered or alive:
+            return bool(alive)
+        return bool(rq_worker)
+
+
+class Registration:
+    """Registers one worker and keeps its alive key fresh from a daemon thread until ``close``.
+
+    ``in_flight`` is read at every beat (a callable, so the worker need not push counts). A failed
+    beat is logged and retried at the next one; it never stops the worker.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: redis.Redis,
+        prefix: str,
+        name: str,
+        threads: int,
+        in_flight: Callable[[], int],
+        alive_ttl_seconds: int = MAX_ALIVE_TTL_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 1 <= alive_ttl_seconds <= MAX_ALIVE_TTL_SECONDS:
+            raise ValueError(f"alive_ttl_seconds must be 1..{MAX_ALIVE_TTL_SECONDS}, got {alive_ttl_seconds}")
+        self._client = client
+        self.keys = WorkerKeys(prefix=prefix, name=name)
+        self._threads = threads
+        self._in_flight = in_flight
+        self._ttl = alive_ttl_seconds
+        self._started_at = clock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def beat_interval_seconds(self) -> float:
+        return self._ttl / 3
+
+    def beat(self) -> None:
+        """Write the registration and the alive key once (``start`` calls this before returning)."""
+        fields: dict[Any, Any] = {
+            "threads": self._threads,
+            "in_flight": self._in_flight(),
+            "started_at": f"{self._started_at:.3f}",
+        }
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.registration, mapping=fields)
+            pipe.expire(self.keys.registration, REGISTRATION_TTL_SECONDS)
+            pipe.set(self.keys.alive, "1", ex=self._ttl)
+            pipe.execute()
+
+    def start(self) -> None:
+        self.beat()
+        self._thread = threading.Thread(target=self._run, name="alert-liveness", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.beat_interval_seconds):
+            try:
+                self.beat()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("liveness_beat_failed", error=type(exc).__name__)
+
+    def close(self, *, clean: bool = True) -> None:
+        """Stop beating; delete both keys (a clean exit, or a cold one: either way nothing runs here now)."""
+        self._stopping.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2 * self.beat_interval_seconds)
+        try:
+            self._client.delete(self.keys.alive, self.keys.registration)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("liveness_unregister_failed", error=type(exc).__name__, clean=clean)

@@ -1,0 +1,158 @@
+"""The thread count, the liveness keys, and the rq internals the threaded worker is pinned to."""
+
+from __future__ import annotations
+
+import inspect
+
+import fakeredis
+import pytest
+from rq.timeouts import TimerDeathPenalty
+from rq.worker import BaseWorker
+
+from alert_worker.liveness import (
+    MAX_ALIVE_TTL_SECONDS,
+    REGISTRATION_TTL_SECONDS,
+    RQ_WORKER_KEY_PREFIX,
+    Liveness,
+    Registration,
+    alive_ttl_for,
+)
+from alert_worker.threaded_worker import DaemonTimerDeathPenalty, ThreadPoolWorker, resolve_threads
+
+
+@pytest.mark.parametrize(
+    ("env", "override", "expected"),
+    [
+        ({}, None, 8),
+        ({"ALERT_WORKER_THREADS": "16"}, None, 16),
+        ({"ALERT_WORKER_THREADS": "16"}, 3, 3),
+        ({}, 1, 1),
+        ({}, 64, 64),
+    ],
+    ids=["default-8", "env", "flag-wins", "lowest", "highest"],
+)
+def test_the_thread_count_comes_from_the_flag_then_the_environment_then_8(
+    env: dict[str, str], override: int | None, expected: int
+) -> None:
+    """``--threads`` overrides ``ALERT_WORKER_THREADS``; both default to 8."""
+    assert resolve_threads(env, override) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "override", "named"),
+    [
+        ({}, 0, "--threads"),
+        ({}, 65, "--threads"),
+        ({"ALERT_WORKER_THREADS": "0"}, None, "ALERT_WORKER_THREADS"),
+        ({"ALERT_WORKER_THREADS": "many"}, None, "ALERT_WORKER_THREADS"),
+    ],
+    ids=["flag-zero", "flag-65", "env-zero", "env-not-a-number"],
+)
+def test_a_thread_count_outside_1_to_64_is_refused_naming_its_source(
+    env: dict[str, str], override: int | None, named: str
+) -> None:
+    """The refusal names where the bad value came from, so the one log line says what to fix."""
+    with pytest.raises(ValueError, match=named):
+        resolve_threads(env, override)
+
+
+@pytest.mark.parametrize(("job_timeout", "ttl"), [(1, 3), (10, 10), (60, 30)], ids=["floor-3", "job-timeout", "cap-30"])
+def test_the_alive_ttl_follows_the_job_timeout_within_3_to_30_seconds(job_timeout: int, ttl: int) -> None:
+    """A dead worker is noticed about as fast as a job could have ended, never later than 30 s."""
+    assert alive_ttl_for(job_timeout) == ttl
+
+
+def test_a_beat_writes_the_registration_and_a_short_lived_alive_key() -> None:
+    """Hash fields threads/in_flight/started_at with a TTL of at least 24 h; alive key TTL at most 30 s."""
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    reg = Registration(client=client, prefix="alert:", name="w1", threads=8, in_flight=lambda: 3, clock=lambda: 100.0)
+    reg.beat()
+    assert client.hgetall("alert:worker:w1") == {b"threads": b"8", b"in_flight": b"3", b"started_at": b"100.000"}
+    assert client.ttl("alert:worker:w1") >= 24 * 3600
+    assert 0 < client.ttl("alert:worker:w1:alive") <= MAX_ALIVE_TTL_SECONDS
+    assert REGISTRATION_TTL_SECONDS >= 24 * 3600
+    reg.close()
+    assert not client.exists("alert:worker:w1", "alert:worker:w1:alive")
+
+
+def test_an_alive_ttl_over_30_seconds_is_refused() -> None:
+    """The contract caps the alive key at 30 s."""
+    with pytest.raises(ValueError, match="alive_ttl_seconds"):
+        Registration(
+            client=fakeredis.FakeRedis(),
+            prefix="alert:",
+            name="w",
+            threads=1,
+            in_flight=lambda: 0,
+            alive_ttl_seconds=31,
+        )
+
+
+@pytest.mark.parametrize(
+    ("keys", "alive"),
+    [
+        (["alert:worker:w:alive"], True),
+        (["alert:worker:w"], False),
+        (["alert:worker:w", "rq:worker:w"], False),
+        (["rq:worker:w"], True),
+        ([], False),
+    ],
+    ids=["alive-key", "registered-no-alive-key", "registered-rq-key-ignored", "plain-rq-worker", "nothing"],
+)
+def test_a_claimant_is_alive_by_its_alive_key_or_if_unregistered_by_rqs_worker_key(
+    keys: list[str], alive: bool
+) -> None:
+    """CONTRACT §6.1's liveness rule, table by table."""
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    for key in keys:
+        client.set(key, "1")
+    assert Liveness(client=client, prefix="alert:").is_alive("w") is alive
+
+
+def test_rqs_worker_key_prefix_is_the_one_liveness_checks() -> None:
+    """Pinned: liveness imports no rq, so it writes RQ's worker-key prefix itself."""
+    assert BaseWorker.redis_worker_namespace_prefix == RQ_WORKER_KEY_PREFIX
+
+
+def test_the_rq_extension_points_the_threaded_worker_overrides_still_exist() -> None:
+    """Pinned (rq 3.0): the methods ThreadPoolWorker overrides or calls, with the signatures it relies on."""
+    params = {
+        "execute_job": ["self", "job", "queue"],
+        "perform_job": ["self", "job", "queue", "execution"],
+        "prepare_execution": ["self", "job"],
+        "request_stop": ["self", "signum", "frame"],
+        "request_force_stop": ["self", "signum", "frame"],
+        "handle_warm_shutdown_request": ["self"],
+        "teardown": ["self"],
+        "dequeue_job_and_maintain_ttl": ["self", "timeout", "max_idle_time"],
+        "get_heartbeat_ttl": ["self", "job", "working_time"],
+    }
+    for name, expected in params.items():
+        assert list(inspect.signature(getattr(BaseWorker, name)).parameters) == expected, name
+    assert issubclass(ThreadPoolWorker, BaseWorker)
+    assert list(inspect.signature(TimerDeathPenalty.new_timer).parameters) == ["self"]
+
+
+def test_the_job_timer_is_a_daemon_thread() -> None:
+    """A cold exit must not wait for a job's timeout timer."""
+    penalty = DaemonTimerDeathPenalty(5)
+    assert penalty.new_timer().daemon
+
+
+def test_rqs_bare_heartbeats_are_spaced_but_explicit_ones_always_go_through() -> None:
+    """The dequeue thread serves N job threads: RQ's several bare beats per job collapse to one per 5 s."""
+    from rq import Queue
+
+    from alert_worker.settings import Settings
+
+    conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    worker = ThreadPoolWorker(
+        [Queue("alerts", connection=conn)], connection=conn, settings=Settings(database_url="", redis_url=""), threads=2
+    )
+    worker.heartbeat()
+    assert conn.exists(worker.key)
+    conn.delete(worker.key)
+    worker.heartbeat()
+    assert not conn.exists(worker.key)
+    worker.heartbeat(timeout=100)
+    assert conn.exists(worker.key)
