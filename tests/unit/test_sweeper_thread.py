@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 
 from alert_worker.producer import QueueAdmission, QueueFullError
-from alert_worker.worker import SweeperThread
+from alert_worker.sweep import SweeperThread
 from tests.support.processes import wait_until
 
 
