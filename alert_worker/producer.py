@@ -66,6 +66,10 @@ class SendRequest:
     alert_id: str | None = None
     dedup_key: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.delivery_id is not None and not self.delivery_id.strip():
+            raise ValueError("delivery_id must not be empty (omit it for a new UUID)")
+
 
 class ProducerStore(Protocol):
     def recipient_hash_secret(self, configured: str = "") -> str: ...
@@ -133,8 +137,6 @@ class Producer:
     def record_and_enqueue(self, request: SendRequest) -> SendOutcome:
         """Create the pending row and enqueue its job once. If the enqueue fails, the id is still returned:
         the sweep finds the row (``COALESCE(next_attempt_at, updated_at)``) and enqueues it."""
-        if request.delivery_id is not None and not request.delivery_id.strip():
-            raise ValueError("delivery_id must not be empty (omit it for a new UUID)")
         delivery_id, channel_type, _ = validate_job_arguments(
             request.delivery_id or str(uuid.uuid4()), request.channel, 0
         )

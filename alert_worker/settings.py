@@ -229,7 +229,7 @@ class Settings:
 
 
 def _sweep_grace(env: Mapping[str, str]) -> int:
-    grace = _int(env, "ALERT_SWEEP_GRACE_SECONDS", 60)
+    grace = _int(env, "ALERT_SWEEP_GRACE_SECONDS", 60, minimum=-(2**63))
     if grace < 1:
         raise ConfigurationError(
             f"ALERT_SWEEP_GRACE_SECONDS must be >= 1, got {grace}: with no grace a swept row is due again at "
