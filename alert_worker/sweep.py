@@ -185,11 +185,13 @@ def sweep_pass(settings: Settings, *, lock_ttl_seconds: float, release_lock: boo
 class SweeperThread(threading.Thread):
     """Calls ``sweep`` every ``interval_seconds`` until stopped; logs failures, never raises."""
 
-    def __init__(self, *, interval_seconds: float, sweep: Callable[[], object]) -> None:
+    def __init__(
+        self, *, interval_seconds: float, sweep: Callable[[], object], stopping: threading.Event | None = None
+    ) -> None:
         super().__init__(name="alert-sweeper", daemon=True)
         self._interval = interval_seconds
         self._sweep = sweep
-        self._stopping = threading.Event()
+        self._stopping = stopping or threading.Event()
 
     def run(self) -> None:
         while not self._stopping.wait(self._interval):

@@ -166,3 +166,8 @@ def test_alert_worker_status_loads_neither_rq_nor_a_provider_library_nor_the_exe
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     [line] = [line for line in done.stdout.splitlines() if line.startswith("LOADED")]
     assert line == "LOADED 1 ", done.stderr
+
+
+def test_tests_are_marked_by_their_directory(request: pytest.FixtureRequest) -> None:
+    """conftest adds ``unit`` here, so ``pytest -m unit`` runs this file without any pytestmark line."""
+    assert request.node.get_closest_marker("unit") is not None

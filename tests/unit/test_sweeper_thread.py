@@ -30,13 +30,33 @@ def test_the_sweeper_keeps_sweeping_after_a_failed_pass_and_stops_when_asked() -
     assert not thread.is_alive()
 
 
+class WatchedStop(threading.Event):
+    """The sweeper's stop event, telling the test when (and for how long) the thread first waits on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeouts: list[float | None] = []
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.timeouts.append(timeout)
+        self.waiting.set()
+        return super().wait(timeout)
+
+
 def test_the_sweeper_waits_one_interval_before_its_first_pass() -> None:
-    """Start-up already reconciled the gauges; the first sweep comes an interval later."""
+    """Start-up already reconciled the gauges; the first sweep comes an interval later.
+
+    The test stops the thread only once it is inside that first wait: stopping right after start()
+    could end it before run() began and prove nothing.
+    """
     ran = threading.Event()
-    thread = SweeperThread(interval_seconds=3600, sweep=ran.set)
+    stopping = WatchedStop()
+    thread = SweeperThread(interval_seconds=3600, sweep=ran.set, stopping=stopping)
     thread.start()
+    assert stopping.waiting.wait(timeout=10), "the thread never reached its first wait"
     thread.stop(timeout_seconds=5)
-    assert not ran.is_set() and not thread.is_alive()
+    assert stopping.timeouts == [3600] and not ran.is_set() and not thread.is_alive()
 
 
 @pytest.fixture
