@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 import structlog
@@ -90,9 +90,16 @@ class QueueAdmission:
     """
 
     def __init__(
-        self, *, client: redis.Redis, prefix: str, max_depth: int, resume_fraction: float = RESUME_FRACTION
+        self,
+        *,
+        client: redis.Redis,
+        prefix: str,
+        max_depth: int,
+        resume_fraction: float = RESUME_FRACTION,
+        logger: Any = None,
     ) -> None:
         keys = RedisKeys(prefix)
+        self._log = logger or structlog.get_logger("alert_worker.producer")
         self._client = client
         self._depth = Gauge(client=client, key=keys.queue_depth)
         self._flag = keys.queue_refusing
@@ -103,7 +110,7 @@ class QueueAdmission:
         """The depth the delivery was admitted at, ``None`` when Redis could not say; raises ``QueueFullError``."""
         depth = self._depth.get()
         if depth is None:
-            log.warning("queue_depth_unknown", detail="Redis did not answer; admitting the delivery")
+            self._log.warning("queue_depth_unknown", detail="Redis did not answer; admitting the delivery")
             return None
         try:
             if depth > self.max_depth:
@@ -114,7 +121,7 @@ class QueueAdmission:
                     raise QueueFullError(depth, self.max_depth, self.resume_below)
                 self._client.delete(self._flag)
         except redis.RedisError:
-            log.warning("queue_depth_unknown", detail="Redis did not answer; admitting the delivery")
+            self._log.warning("queue_depth_unknown", detail="Redis did not answer; admitting the delivery")
             return None
         return depth
 
