@@ -16,7 +16,7 @@ import structlog
 from alert_worker.errors import InvalidInputError
 from alert_worker.models import ChannelType
 from alert_worker.redaction import safe_error, url_password, url_target
-from alert_worker.resources import DB_CONNECT_TIMEOUT_SECONDS, open_redis, short_lived
+from alert_worker.resources import DB_CONNECT_TIMEOUT_SECONDS, open_redis
 from alert_worker.settings import Settings
 
 log = structlog.get_logger("alert_worker.health")
@@ -134,10 +134,14 @@ def run_check(settings: Settings) -> dict[str, Any]:
         result["redis"] = _probe(check_redis, settings, settings.redis_url, "REDIS_URL")
     else:
         result["redis"] = "unusable (see warnings)"
-    if result["database"] == "ok" and result["redis"] == "ok":
-        with short_lived(settings) as conns:
-            _database_details(conns.database, warnings)
-            _redis_details(settings, conns.redis, result, warnings)
+    if result["database"] == "ok":
+        _database_details(settings, warnings)
+    if result["redis"] == "ok":
+        client = open_redis(settings)
+        try:
+            _redis_details(settings, client, result, warnings)
+        finally:
+            client.close()
     result["channels"] = channel_states(settings)
     result["ok"] = result["database"] == "ok" and result["redis"] == "ok"
     return result
@@ -153,8 +157,8 @@ def _probe(probe: Any, settings: Settings, url: str, variable: str) -> str:
     return "ok"
 
 
-def _database_details(pool: Any, warnings: list[str]) -> None:
-    with pool.connection() as conn:
+def _database_details(settings: Settings, warnings: list[str]) -> None:
+    with psycopg.connect(settings.database_url, connect_timeout=DB_CONNECT_TIMEOUT_SECONDS) as conn:
         present = conn.execute("SELECT to_regclass('alert_deliveries') IS NOT NULL").fetchone()
     if not (present and present[0]):
         warnings.append("schema missing: run `alert-worker migrate` (the worker migrates at start-up)")

@@ -148,3 +148,13 @@ def test_every_rq_worker_command_the_package_prints_disables_job_description_log
     assert advice and all(RQ_WORKER_COMMAND in line for line in advice)
     assert "--disable-job-desc-logging" in RQ_WORKER_COMMAND
     assert "--disable-job-desc-logging" in cli("check", "--help").out
+
+
+def test_check_reports_a_missing_schema_even_while_redis_is_down(cli: InProcessCli, database_url: str) -> None:
+    """Each server's details are checked on their own: one being down hides nothing about the other."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE alert_deliveries CASCADE")
+    result = cli("check", "--json", REDIS_URL="redis://127.0.0.1:1/0")
+    report = json.loads(result.out)
+    assert result.code == 1 and report["database"] == "ok" and report["redis"].startswith("unreachable")
+    assert any(w.startswith("schema missing") for w in report["warnings"])
