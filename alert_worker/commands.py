@@ -54,10 +54,21 @@ def _show(value: Any) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
-@contextmanager
-def _database(settings: Settings) -> Iterator[ConnectionPool]:
+def _reachable_database(settings: Settings) -> None:
+    """One direct connection first: a pool would retry in the background and only say "timeout"."""
+    from alert_worker.health import StartupError, check_database
+
     if not settings.database_url:
         raise CommandFailed("DATABASE_URL is not set")
+    try:
+        check_database(settings)
+    except StartupError as exc:
+        raise CommandFailed(f"database unreachable: {exc}") from exc
+
+
+@contextmanager
+def _database(settings: Settings) -> Iterator[ConnectionPool]:
+    _reachable_database(settings)
     database = open_job_pool(settings)
     try:
         yield database
@@ -68,6 +79,7 @@ def _database(settings: Settings) -> Iterator[ConnectionPool]:
 @contextmanager
 def _both(settings: Settings) -> Iterator[Connections]:
     require_connection_settings_or_fail(settings)
+    _reachable_database(settings)
     with short_lived(settings) as conns:
         yield conns
 
@@ -86,6 +98,7 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     from alert_worker.producer import QueueFullError, send_alert
 
     require_connection_settings_or_fail(settings)
+    _reachable_database(settings)
     try:
         outcome = send_alert(
             args.channel,
@@ -120,24 +133,12 @@ def require_connection_settings_or_fail(settings: Settings) -> None:
         raise CommandFailed(str(exc)) from exc
 
 
-_STATUS_FIELDS = (
-    ("id", "id"),
-    ("status", "status"),
-    ("channel", "channel"),
-    ("recipient", "recipient"),
-    ("attempts", "attempts"),
-    ("deferrals", "deferrals"),
-    ("next_attempt_at", "next_attempt_at"),
-    ("last_attempt_at", "last_attempt_at"),
-    ("last_error", "error_message"),
-    ("delivered_at", "delivered_at"),
-    ("poison_at", "poison_at"),
-    ("provider_message_id", "provider_message_id"),
-    ("queue", "queue"),
-    ("alert_id", "alert_id"),
-    ("created_at", "created_at"),
-    ("updated_at", "updated_at"),
+_STATUS_COLUMNS = (
+    *("id", "status", "channel", "recipient", "attempts", "deferrals", "next_attempt_at", "last_attempt_at"),
+    *("error_message", "delivered_at", "poison_at", "provider_message_id", "queue", "alert_id"),
+    *("created_at", "updated_at"),
 )
+_STATUS_FIELDS = tuple(("last_error" if c == "error_message" else c, c) for c in _STATUS_COLUMNS)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -236,6 +237,7 @@ def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
     from alert_worker.sweep import sweep_pass
 
     require_connection_settings_or_fail(settings)
+    _reachable_database(settings)
     report = sweep_pass(settings, lock_ttl_seconds=max(60.0, settings.sweep_interval_seconds * 2), release_lock=True)
     if report is None:
         message = "another sweeper holds the lock (a worker swept within the last interval); nothing done"

@@ -158,3 +158,18 @@ def test_check_reports_a_missing_schema_even_while_redis_is_down(cli: InProcessC
     report = json.loads(result.out)
     assert result.code == 1 and report["database"] == "ok" and report["redis"].startswith("unreachable")
     assert any(w.startswith("schema missing") for w in report["warnings"])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("status", "x"), ("poison", "list"), ("poison", "replay", "x"), ("sweep",)],
+    ids=["status", "poison-list", "poison-replay", "sweep"],
+)
+def test_an_operator_command_with_postgres_down_fails_at_once_with_the_reason(
+    cli: InProcessCli, args: tuple[str, ...]
+) -> None:
+    """One line naming the refused connection, the DSN's password masked; no pool timeout to wait for."""
+    result = cli(*args, DATABASE_URL="postgresql://postgres:hunter2@127.0.0.1:1/x", ALERT_SEND_TIMEOUT_SECONDS="30")
+    assert result.code == 1
+    line = _one_clear_line(result.err)
+    assert "database unreachable" in line and "Connection refused" in line and "hunter2" not in line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 import threading
 from collections import deque
@@ -16,6 +17,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from tests.support.processes import free_port  # Controller(port=0) does not work
+
+# aiosmtpd logs every session at INFO from its own thread; in a test of a CLI that logs to stderr, a line
+# from an earlier test's session could land in this test's captured output.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 @dataclass
