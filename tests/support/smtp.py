@@ -18,10 +18,6 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from tests.support.processes import free_port  # Controller(port=0) does not work
 
-# aiosmtpd logs every session at INFO from its own thread; in a test of a CLI that logs to stderr, a line
-# from an earlier test's session could land in this test's captured output.
-logging.getLogger("mail.log").setLevel(logging.WARNING)
-
 
 @dataclass
 class Accepted:
@@ -92,6 +88,9 @@ def running_smtp_sink(
     implicit_tls_context: ssl.SSLContext | None = None,
     login: tuple[str, str] | None = None,
 ) -> Iterator[SmtpSink]:
+    # aiosmtpd logs every session at INFO from its own thread; in a test of a CLI that logs to stderr, a line
+    # from an earlier test's session could land in this test's captured output. Set per sink: tests reset it.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     sink = SmtpSink(port=free_port())
     kwargs: dict[str, Any] = {}
     if starttls_context is not None:
