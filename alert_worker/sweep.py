@@ -39,10 +39,6 @@ QUEUE_CLOCK_MARGIN_SECONDS = 5.0
 
 
 class Enqueuer(Protocol):
-    def enqueue_now(
-        self, *, queue: str, delivery_id: str, channel: str, payload: dict[str, str], attempt: int, suffix: str
-    ) -> bool: ...
-
     def oldest_queued_at(self, queue: str) -> datetime | None: ...
 
     def enqueue_recovered(self, row: RecoveredDelivery, *, kind: str) -> bool: ...
