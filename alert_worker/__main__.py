@@ -2,6 +2,6 @@
 
 import sys
 
-from alert_worker.entrypoint import main
+from alert_worker.cli import main
 
 sys.exit(main())

@@ -29,7 +29,10 @@ def parse_since(raw: str, *, now: datetime | None = None) -> datetime:
     found = _DURATION.match(raw.strip())
     if found:
         amount, unit = int(found.group(1)), _UNITS[found.group(2)]
-        return (now or datetime.now(UTC)) - timedelta(**{unit: amount})
+        try:
+            return (now or datetime.now(UTC)) - timedelta(**{unit: amount})
+        except OverflowError:
+            raise argparse.ArgumentTypeError(f"{raw!r} reaches before year 1") from None
     try:
         when = datetime.fromisoformat(raw.strip())
     except ValueError:
@@ -49,16 +52,12 @@ def _positive(raw: str) -> int:
 
 def _worker_class(raw: str) -> type[Any]:
     """An importable RQ worker class, e.g. ``rq.worker.SimpleWorker``; checked before anything starts."""
-    from rq.utils import import_attribute
-    from rq.worker import BaseWorker
+    from alert_worker.worker import load_worker_class  # loads rq: only when the option is given
 
     try:
-        cls = import_attribute(raw)
-    except (ImportError, AttributeError, ValueError):
-        raise argparse.ArgumentTypeError(f"cannot import worker class {raw!r}") from None
-    if not (isinstance(cls, type) and issubclass(cls, BaseWorker)):
-        raise argparse.ArgumentTypeError(f"{raw!r} is not an RQ worker class")
-    return cls
+        return load_worker_class(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _run_options(parser: argparse.ArgumentParser, *, default: Any) -> None:
@@ -134,12 +133,33 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="re-enqueue overdue and stuck deliveries once (for cron/systemd timers)")
     sweep.add_argument("--json", action="store_true", help="print JSON")
     add_suppression_parser(sub)
-    check = sub.add_parser("check", help="check Postgres, Redis, the scheduler and channels; exit 0 when both answer")
+    check = sub.add_parser(
+        "check",
+        help="check Postgres, Redis, the scheduler and channels; exit 0 when both answer",
+        description="Check Postgres, Redis, the RQ scheduler lock and the channels. A plain RQ worker must run "
+        "as `rq worker --with-scheduler --disable-job-desc-logging` (job descriptions carry recipients).",
+    )
     check.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
+def _undecodable(argv: list[str]) -> str | None:
+    """The first argument that was not valid UTF-8 (Python keeps its bytes as lone surrogates)."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            return arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``alert-worker`` and ``python -m alert_worker``; ``entrypoint.main`` is an alias."""
+    argv = sys.argv[1:] if argv is None else argv
+    bad = _undecodable(argv)
+    if bad is not None:
+        print(f"alert-worker: error: argument {bad!r} is not valid UTF-8", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     command = args.command or "run"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import redis
 import structlog
 
+from alert_worker.keys import DEFAULT_PREFIX, RedisKeys
+
 log = structlog.get_logger("alert_worker.counters")
 
 
@@ -39,13 +41,19 @@ class Gauge:
         return int(raw) if raw is not None else 0
 
 
-POISON_COUNT_KEY = "poison:count"  # after the prefix: alert:poison:count (CONTRACT §3)
-QUEUE_DEPTH_KEY = "queue:depth"  # alert:queue:depth
+# Suffixes after the prefix, kept for metrics.py until it reads RedisKeys (alert:poison:count, CONTRACT §3).
+POISON_COUNT_KEY = RedisKeys("").poison_count
+QUEUE_DEPTH_KEY = RedisKeys("").queue_depth
 
 
-def poison_count(client: redis.Redis, prefix: str = "alert:") -> Gauge:
-    return Gauge(client=client, key=f"{prefix}{POISON_COUNT_KEY}")
+def poison_count(client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> Gauge:
+    return Gauge(client=client, key=RedisKeys(prefix).poison_count)
 
 
-def queue_depth(client: redis.Redis, prefix: str = "alert:") -> Gauge:
-    return Gauge(client=client, key=f"{prefix}{QUEUE_DEPTH_KEY}")
+def queue_depth(client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> Gauge:
+    return Gauge(client=client, key=RedisKeys(prefix).queue_depth)
+
+
+def oldest_pending_gauge(client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> Gauge:
+    """Creation time (epoch s) of the oldest never-tried pending delivery; feeds the metrics' age."""
+    return Gauge(client=client, key=RedisKeys(prefix).oldest_pending_since)

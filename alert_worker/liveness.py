@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -132,3 +132,16 @@ class Registration:
             self._client.delete(self.keys.alive, self.keys.registration)
         except (redis.RedisError, OSError) as exc:
             log.warning("liveness_unregister_failed", error=type(exc).__name__, clean=clean)
+
+
+# RQ's scheduler lock key (``rq.scheduler.RQScheduler.get_locking_key``), written out so an operator
+# command need not import rq; tests/unit/test_keys.py pins it to RQ's own value.
+RQ_SCHEDULER_LOCK_KEY = "rq:scheduler-lock:{queue}"
+
+
+def scheduler_locks(client: redis.Redis, queues: Sequence[str]) -> dict[str, bool]:
+    """Whether an RQ scheduler holds its lock for each queue: retries and deferrals will run."""
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        pipe.exists(RQ_SCHEDULER_LOCK_KEY.format(queue=queue))
+    return {queue: bool(held) for queue, held in zip(queues, pipe.execute(), strict=True)}

@@ -4,7 +4,8 @@ Our own events and RQ's stdlib ``logging`` lines go through one renderer, so eve
 is JSON with ``event``, ``level``, ``timestamp`` (ISO, UTC) and ``logger``. RQ only attaches its own
 (plain-text, coloured) handlers when no ancestor logger has a handler; we install one on the root
 logger first. Delivery events carry ``delivery_id``, ``channel``, ``attempt`` and ``recipient_hash``;
-RQ lines about one of our jobs get ``job_id`` and ``delivery_id`` parsed from the job id. A last
+RQ lines about one of our jobs get ``job_id`` and ``delivery_id`` parsed from the job id
+(``rq_jobs.parse_job_id``, next to the code that writes it). A last
 processor redacts any value under a secret-bearing key, as a belt to the executor's braces.
 """
 
@@ -20,13 +21,6 @@ import structlog
 
 _SECRET_KEYS = frozenset({"recipient", "body", "subject", "password", "token", "auth_token", "webhook_url", "url"})
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# Our job ids (rq_jobs.job_id_for): alert-<delivery id or h+hash>-<suffix>, suffixes as enqueued by
-# send, sweep, replay and the executor's follow-ups (retry/defer + claim token).
-_JOB_ID = re.compile(
-    r"(?<![A-Za-z0-9_-])alert-(?P<key>[A-Za-z0-9_-]+?)"
-    r"-(?P<suffix>send|sweep-\d+|replay-\d+|(?:retry|defer)-[0-9a-f-]{36})(?![A-Za-z0-9_-])"
-)
-_HASHED_KEY = re.compile(r"h[0-9a-f]{32}")
 
 
 def _drop_secret_keys(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -42,12 +36,17 @@ def _rq_job_context(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mu
         return event_dict
     event = _ANSI.sub("", event)
     event_dict["event"] = event
-    found = _JOB_ID.search(event)
-    if found and "job_id" not in event_dict:
-        event_dict["job_id"] = found.group(0)
-        key = found.group("key")
-        if "delivery_id" not in event_dict and not _HASHED_KEY.fullmatch(key):
-            event_dict["delivery_id"] = key
+    if "alert-" not in event or "job_id" in event_dict:
+        return event_dict
+    # Imported here: a line naming one of our jobs comes from RQ, which is loaded already; an operator
+    # command's stray library warning must not load rq.
+    from alert_worker.rq_jobs import parse_job_id
+
+    found = parse_job_id(event)
+    if found:
+        event_dict["job_id"] = found.job_id
+        if "delivery_id" not in event_dict and found.delivery_id is not None:
+            event_dict["delivery_id"] = found.delivery_id
     return event_dict
 
 

@@ -15,7 +15,7 @@ import email.policy  # noqa: F401 - EmailMessage() imports it on first use: once
 import structlog
 
 import alert_worker.channels.email as email_channel
-import alert_worker.entrypoint  # noqa: F401 - the job module: a horse must not re-import it
+import alert_worker.job  # noqa: F401 - the job module: a horse must not re-import it
 from alert_worker.resources import closing_resources, open_job_resources
 from alert_worker.settings import Settings
 from alert_worker.store import DeliveryStore

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import redis
 
 from alert_worker.errors import RateLimiterUnavailableError
+from alert_worker.keys import RedisKeys
 from alert_worker.settings import RateLimit
 
 # KEYS: one sorted set per limit. ARGV: now (seconds, float; < 0 = use Redis TIME), member, then
@@ -69,16 +70,16 @@ class RateLimiter:
         clock: Callable[[], float] | None = None,
     ) -> None:
         self._client = client
-        self._prefix = key_prefix
+        self._keys = RedisKeys(key_prefix)
         self._clock = clock  # None: use the Redis server's clock, shared by every worker
         self._script = client.register_script(_SCRIPT)
 
     def _key(self, limit: RateLimit, channel: str, recipient_hash: str) -> str:
         if limit.name == "channel":
-            return f"{self._prefix}rl:channel:{channel}"
+            return self._keys.rate_limit_channel(channel)
         if limit.name == "recipient":
-            return f"{self._prefix}rl:recipient:{channel}:{recipient_hash}"
-        return f"{self._prefix}rl:{limit.name}"
+            return self._keys.rate_limit_recipient(channel, recipient_hash)
+        return self._keys.rate_limit(limit.name)
 
     def acquire(self, channel: str, recipient_hash: str, limits: Sequence[RateLimit]) -> RateDecision:
         """Take one slot in every enabled limit, or none; raises ``RateLimiterUnavailableError``."""

@@ -97,3 +97,43 @@ def scrub_echoes(text: str, *sources: str, min_chars: int = 4) -> str:
     if not seen:
         return text
     return " ".join("<redacted>" if w.strip(_WORD_EDGES) in seen else w for w in text.split(" "))
+
+
+# -- connection URLs and operator-facing errors (settings ``repr``, start-up probes, CLI failures) --------
+def url_password(url: str) -> str:
+    """The password in a DSN, or ``""`` (also for a malformed URL): what ``safe_error`` must mask."""
+    try:
+        return urlsplit(url).password or ""
+    except ValueError:
+        return ""
+
+
+def redact_url(url: str) -> str:
+    """Keep scheme, user, host, port and path of a DSN; the password becomes ``***``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return "<malformed url>"
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{netloc}").geturl()
+
+
+def url_target(url: str) -> str:
+    """``host:port/db`` of a URL for a log line; never credentials (``?`` when there is no host)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "?"
+    return f"{host}:{port or ''}{parts.path}" if host else "?"
+
+
+def safe_error(exc: BaseException, *secrets: str) -> str:
+    """``Type: first line`` of an error, bounded, with each known secret (a DSN password) masked."""
+    text = (str(exc).strip().splitlines() or [""])[0][:200]
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

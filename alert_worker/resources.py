@@ -1,11 +1,12 @@
 """Connections for jobs, operator commands and the sweeper: how they are opened, shared and closed.
 
-Job scope (the default, CONTRACT §1): each job opens a ``JobPool`` (a ``ConnectionPool`` that connects in
-the job's own thread and starts no threads) and a Redis client, and ``closing_resources`` closes both on
-the way out, even when the delivery raises. Process scope (``ALERT_RESOURCE_SCOPE=process``): one checked
-pool and one client per process, made after any fork (keyed by pid) and closed at exit. Operator
-commands and the sweeper thread use ``short_lived``: the job-scope pair, for one command or one pass,
-so nothing with threads or locks is held across a ``fork()``.
+Job scope (the default, CONTRACT §1): each job opens a one-connection ``ConnectionPool`` and a Redis
+client, and ``closing_resources`` closes both on the way out, even when the delivery raises. Process
+scope (``ALERT_RESOURCE_SCOPE=process``): one checked pool and one client per process, made after any
+fork (keyed by pid) and closed at exit. Operator commands and the sweeper thread use ``short_lived``:
+the job-scope pair, for one command or one pass, so nothing with threads or locks is held across a
+``fork()``. Enqueues go through ``enqueue_client``: one Redis client per process, because RQ caches its
+Lua scripts per client object.
 """
 
 from __future__ import annotations
@@ -16,12 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
 
 import redis
-from psycopg import Connection
 from psycopg_pool import ConnectionPool
-from psycopg_pool.pool import AddConnection, MaintenanceTask, ReturnConnection
 
 from alert_worker.settings import Settings
 from alert_worker.store import DeliveryStore
@@ -56,38 +54,6 @@ class JobResources:
         return errors
 
 
-class JobPool(ConnectionPool):
-    """A ``ConnectionPool`` for one job: it connects in the calling thread and starts no threads.
-
-    A job is one thread making a few statements; the stock pool would start a scheduler and a worker
-    thread, connect in the worker and join both on close, and each hand-off waits for a CPU on a busy
-    host. This overrides psycopg_pool 3.3 internals (pinned in requirements.txt; guarded by
-    tests/integration/test_resource_scope.py): no threads, no initial connection, a connection made
-    on first use, and a broken one replaced by the next use instead of a background task.
-    """
-
-    def _start_workers(self) -> None:
-        pass
-
-    def _start_initial_tasks(self) -> None:
-        pass
-
-    def _get_ready_connection(self, timeout: float | None) -> Connection[Any] | None:
-        conn = super()._get_ready_connection(timeout)
-        if conn is None and self._nconns < self.max_size:  # called under the pool's lock
-            conn = self._connect(timeout=timeout)
-            self._nconns += 1
-        return conn
-
-    def run_task(self, task: MaintenanceTask) -> None:
-        if isinstance(task, AddConnection):  # a broken connection was dropped: the next use reconnects
-            with self._lock:
-                self._nconns -= 1
-        elif isinstance(task, ReturnConnection):
-            task._run(self)
-        # Nothing else is scheduled without worker threads.
-
-
 def open_pool(settings: Settings, *, check: bool = False) -> ConnectionPool:
     """The process-scope pool: one connection, kept warm by psycopg_pool's own worker thread.
 
@@ -106,12 +72,19 @@ def open_pool(settings: Settings, *, check: bool = False) -> ConnectionPool:
     )
 
 
-def open_job_pool(settings: Settings) -> JobPool:
-    """The per-job pool: at most one connection, opened on first use in the job's own thread."""
-    return JobPool(
+def open_job_pool(settings: Settings) -> ConnectionPool:
+    """The per-job pool: a stock ``ConnectionPool`` of one connection, opened at once by one worker thread.
+
+    Public API only. bench/job_pool_choice.py measured it against ``min_size=0`` (connects on first
+    use: slower), ``NullConnectionPool`` (a new connection per statement: ~3x slower) and a bare
+    ``psycopg.connect`` (as fast, but not a pool, so the store could not take it). With Postgres down,
+    ``connection()`` raises ``PoolTimeout`` after ``ALERT_SEND_TIMEOUT_SECONDS``.
+    """
+    return ConnectionPool(
         settings.database_url,
-        min_size=0,
+        min_size=1,
         max_size=1,
+        num_workers=1,
         timeout=settings.send_timeout_seconds,
         kwargs={"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS, "autocommit": True},
         open=True,
@@ -132,6 +105,23 @@ def open_redis(settings: Settings) -> redis.Redis:
         protocol=2,
         driver_info=None,
     )
+
+
+# (pid, url) -> the client this process enqueues with. RQ 3.0 keeps its Lua scripts per client object
+# (rq.scripts) for the life of the process: a client per enqueue would keep every one of them alive.
+_enqueue_clients: dict[tuple[int, str], redis.Redis] = {}
+
+
+def enqueue_client(settings: Settings) -> redis.Redis:
+    """The one Redis client this process enqueues with (producer, follow-ups, sweep, replay, copies).
+
+    Made after any fork (keyed by pid) and never closed by a job: redis-py reconnects it when broken.
+    """
+    key = (os.getpid(), settings.redis_url)
+    found = _enqueue_clients.get(key)
+    if found is None:
+        found = _enqueue_clients[key] = open_redis(settings)
+    return found
 
 
 def open_job_resources(settings: Settings) -> JobResources:

@@ -1,8 +1,10 @@
-"""How deliveries become RQ jobs: the one place (with the worker side) that imports ``rq``.
+"""RQ edge 1, enqueueing: how deliveries become RQ jobs. With ``worker`` the only modules importing ``rq``.
 
 Every job we enqueue carries a neutral description (never the recipient or body), a bounded
-``failure_ttl`` and a ``job_timeout``, and a deterministic id so the same follow-up, sweep or replay
-can never be queued twice.
+``failure_ttl`` and a ``job_timeout``, and a deterministic id so the same follow-up, sweep, replay or
+database-wait copy can never be queued twice. Also here: the current job's origin and meta, the
+scheduler-lock probe, and ``parse_job_id`` for the ids written here. Importing this loads rq (and with it
+``rq.worker``): operator commands that do not enqueue must not import it.
 """
 
 from __future__ import annotations
@@ -12,19 +14,65 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import redis
-from rq import Queue
+from rq import Queue, get_current_job
 from rq.exceptions import DuplicateJobError
 
-from alert_worker.executor import FollowUp
+if TYPE_CHECKING:
+    from alert_worker.executor import FollowUp
+    from alert_worker.store import RecoveredDelivery
 
 JOB_FUNC = "alert_worker.entrypoint.execute_delivery_job"
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,80}")
 _SAFE_SUFFIX = re.compile(r"[^A-Za-z0-9_-]")
+
+
+# The ids job_id_for writes: alert-<delivery id or h+hash>-<suffix>, suffixes as enqueued by send, sweep,
+# replay, the executor's follow-ups (retry/defer + claim token) and the database-wait copies.
+_JOB_ID = re.compile(
+    r"(?<![A-Za-z0-9_-])alert-(?P<key>[A-Za-z0-9_-]+?)"
+    r"-(?P<suffix>send|sweep-\d+|replay-\d+|dbwait-\d+-\d+|(?:retry|defer)-[0-9a-f-]{36})(?![A-Za-z0-9_-])"
+)
+_HASHED_KEY = re.compile(r"h[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class ParsedJobId:
+    job_id: str
+    delivery_id: str | None  # None when the delivery id was hashed into the job id
+
+
+def parse_job_id(text: str) -> ParsedJobId | None:
+    """The first job id of ours in ``text`` (an RQ log line), and its delivery id when readable."""
+    found = _JOB_ID.search(text)
+    if found is None:
+        return None
+    key = found.group("key")
+    return ParsedJobId(job_id=found.group(0), delivery_id=None if _HASHED_KEY.fullmatch(key) else key)
+
+
+@dataclass(frozen=True)
+class CurrentJob:
+    """What a running job needs to know about itself: RQ's id, its origin queue, its meta."""
+
+    id: str
+    origin: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    worker_name: str | None = None  # the claimant recorded in ``claimed_by`` (dead-worker reclaim)
+
+
+def current_job() -> CurrentJob | None:
+    """The RQ job this code runs in, or ``None`` when called directly (tests, a script)."""
+    job = get_current_job()
+    if job is None:
+        return None
+    return CurrentJob(id=job.id, origin=job.origin, meta=dict(job.meta or {}), worker_name=job.worker_name)
 
 
 def job_id_for(delivery_id: str, suffix: str) -> str:
@@ -61,14 +109,17 @@ class RqEnqueuer:
         self._job_timeout = job_timeout_seconds
         self._clock = clock
 
-    def _options(self, delivery_id: str, job_id: str) -> dict[str, object]:
-        return {
+    def _options(self, delivery_id: str, job_id: str, meta: Mapping[str, Any] | None = None) -> dict[str, object]:
+        options: dict[str, object] = {
             "job_id": job_id,
             "description": f"alert delivery {delivery_id}",
             "failure_ttl": FAILURE_TTL_SECONDS,
             "job_timeout": self._job_timeout,
             "unique": True,
         }
+        if meta:
+            options["meta"] = dict(meta)
+        return options
 
     def enqueue_now(
         self, *, queue: str, delivery_id: str, channel: str, payload: dict[str, str], attempt: int, suffix: str
@@ -120,12 +171,53 @@ class RqEnqueuer:
                 ),
             )
 
+    def schedule_copy(
+        self,
+        *,
+        queue: str,
+        delivery_id: str,
+        channel: str,
+        payload: dict[str, str],
+        attempt: int,
+        delay_seconds: float,
+        suffix: str,
+        meta: Mapping[str, Any],
+    ) -> bool:
+        """``enqueue_in`` a copy of a job that could not start (its database was unreachable).
 
-def scheduler_locks(connection: redis.Redis, queues: Sequence[str]) -> dict[str, bool]:
-    """Whether an RQ scheduler holds its lock for each queue (key from RQ's public ``get_locking_key``)."""
-    from rq.scheduler import RQScheduler
+        Same arguments, so the copy counts no attempt; ``False`` when this copy was already scheduled.
+        """
+        try:
+            Queue(queue, connection=self._connection).enqueue_in(
+                schedule_delay(delay_seconds, self._clock()),
+                JOB_FUNC,
+                delivery_id,
+                channel,
+                payload.get("recipient", ""),
+                payload.get("subject", ""),
+                payload.get("body", ""),
+                attempt=attempt,
+                **self._options(delivery_id, job_id_for(delivery_id, suffix), meta),
+            )
+        except DuplicateJobError:
+            return False
+        return True
 
-    pipe = connection.pipeline(transaction=False)
-    for queue in queues:
-        pipe.exists(RQScheduler.get_locking_key(queue))
-    return {queue: bool(held) for queue, held in zip(queues, pipe.execute(), strict=True)}
+    def enqueue_recovered(self, row: RecoveredDelivery, *, kind: str) -> bool:
+        """Enqueue a row the sweep or a replay moved, under an id stamped with the move: once per move."""
+        return self.enqueue_now(
+            queue=row.queue,
+            delivery_id=row.id,
+            channel=row.channel,
+            payload=job_payload(row.payload),
+            attempt=row.attempts,
+            suffix=f"{kind}-{int(row.stamp.timestamp() * 1000)}",
+        )
+
+
+def job_payload(payload: Mapping[str, Any] | None) -> dict[str, str]:
+    """The job arguments for a stored payload. A row whose arguments could not be stored is enqueued
+    empty; its job poisons it."""
+    if not payload:
+        return {"recipient": "", "subject": "", "body": ""}
+    return {k: str(payload.get(k) or "") for k in ("recipient", "subject", "body")}

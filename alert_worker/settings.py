@@ -10,10 +10,11 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from urllib.parse import urlsplit
 
+from alert_worker.channel_settings import SlackSettings, SmtpSettings, TwilioSettings, is_bare_address
 from alert_worker.errors import ConfigurationError
 from alert_worker.models import ChannelType
+from alert_worker.redaction import redact_url
 from alert_worker.validation import is_e164
 
 
@@ -103,64 +104,6 @@ class RateLimits:
         )
 
 
-@dataclass(frozen=True)
-class SmtpSettings:
-    host: str
-    port: int
-    user: str
-    password: str = field(repr=False)
-    from_address: str
-    security: str  # starttls | ssl | none
-
-    @property
-    def missing(self) -> tuple[str, ...]:
-        gaps = []
-        if not self.host:
-            gaps.append("SMTP_HOST")
-        if not self.from_address:
-            gaps.append("ALERTS_FROM_EMAIL")
-        return tuple(gaps)
-
-    @property
-    def login(self) -> bool:
-        return bool(self.user and self.password)
-
-
-@dataclass(frozen=True)
-class SlackSettings:
-    default_webhook_url: str = field(repr=False)
-    allowed_hosts: tuple[str, ...]
-
-    @property
-    def missing(self) -> tuple[str, ...]:
-        return ()  # a recipient may name its own webhook; only the default needs the variable
-
-
-@dataclass(frozen=True)
-class TwilioSettings:
-    account_sid: str
-    auth_token: str = field(repr=False)
-    from_number: str
-
-    @property
-    def missing(self) -> tuple[str, ...]:
-        names = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER")
-        values = (self.account_sid, self.auth_token, self.from_number)
-        return tuple(n for n, v in zip(names, values, strict=False) if not v)
-
-
-def _redact_url(url: str) -> str:
-    """Keep scheme, host, port and path of a DSN; drop the password."""
-    if not url:
-        return ""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
-
-
 def is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
@@ -208,7 +151,7 @@ class Settings:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("database_url", "redis_url"):
-                value = _redact_url(value)
+                value = redact_url(value)
             elif not f.repr:
                 value = "***" if value else ""
             shown.append(f"{f.name}={value!r}")
@@ -245,7 +188,7 @@ class Settings:
             max_defer_seconds=_float(env, "ALERT_MAX_DEFER_SECONDS", 3600.0, minimum=0.0),
             cooldown_seconds=_float(env, "ALERT_COOLDOWN_SECONDS", 30.0, minimum=1.0),
             send_timeout_seconds=_float(env, "ALERT_SEND_TIMEOUT_SECONDS", 10.0, minimum=0.1),
-            sweep_grace_seconds=_int(env, "ALERT_SWEEP_GRACE_SECONDS", 60, minimum=0),
+            sweep_grace_seconds=_sweep_grace(env),
             sweep_interval_seconds=_float(env, "ALERT_SWEEP_INTERVAL_SECONDS", 30.0, minimum=0.1),
             auto_migrate=_flag(env, "ALERT_AUTO_MIGRATE", True),
             recipient_hash_secret=_text(env, "ALERT_RECIPIENT_HASH_SECRET"),
@@ -285,6 +228,16 @@ class Settings:
         return {channel: names for channel, names in gaps.items() if names}
 
 
+def _sweep_grace(env: Mapping[str, str]) -> int:
+    grace = _int(env, "ALERT_SWEEP_GRACE_SECONDS", 60, minimum=-(2**63))
+    if grace < 1:
+        raise ConfigurationError(
+            f"ALERT_SWEEP_GRACE_SECONDS must be >= 1, got {grace}: with no grace a swept row is due again at "
+            "once and one sweep pass would re-enqueue it forever"
+        )
+    return grace
+
+
 def _smtp_from_env(env: Mapping[str, str]) -> SmtpSettings:
     port = _int(env, "SMTP_PORT", 587, minimum=1)
     if port > 65535:
@@ -319,3 +272,17 @@ def _twilio_from(env: Mapping[str, str]) -> str:
     if number and not is_e164(number) and not number.startswith("MG"):
         raise ConfigurationError("TWILIO_FROM_NUMBER must be an E.164 number (+ and 8-15 digits)")
     return number
+
+
+__all__ = [
+    "RateLimit",
+    "RateLimits",
+    "Settings",
+    "SlackSettings",
+    "SmtpSettings",
+    "TwilioSettings",
+    "is_bare_address",
+    "is_loopback_host",
+    "parse_delays",
+    "parse_queues",
+]

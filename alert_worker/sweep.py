@@ -5,10 +5,17 @@ enqueueing its job). The sweep stamps candidate rows in one statement (so each i
 grace period, even with two sweepers at once) and enqueues a job for each from its payload; the claim
 makes any duplicate job harmless. A pending row whose queue still holds older jobs is left alone: its
 job is waiting in the backlog, not lost. It also resets the queue-depth and poison gauges from Postgres.
+
+Each pass is bounded: it stops at the first row it has already enqueued in this pass (a grace period
+too short to space re-enqueues) and after ``max_batches`` batches. ``sweep_pass`` runs one pass under
+the cluster-wide lock (``SweepLock``) on its own connections; ``SweeperThread`` calls it periodically
+inside ``alert-worker run``.
 """
 
 from __future__ import annotations
 
+import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,7 +24,13 @@ from typing import Any, Protocol
 import structlog
 
 from alert_worker.counters import Gauge
+from alert_worker.keys import RedisKeys
+from alert_worker.liveness import Liveness
+from alert_worker.redaction import safe_error
+from alert_worker.resources import short_lived
+from alert_worker.settings import Settings
 from alert_worker.store import DeliveryStore, RecoveredDelivery
+from alert_worker.wiring import collaborators
 
 log = structlog.get_logger("alert_worker.sweep")
 
@@ -27,11 +40,9 @@ QUEUE_CLOCK_MARGIN_SECONDS = 5.0
 
 
 class Enqueuer(Protocol):
-    def enqueue_now(
-        self, *, queue: str, delivery_id: str, channel: str, payload: dict[str, str], attempt: int, suffix: str
-    ) -> bool: ...
-
     def oldest_queued_at(self, queue: str) -> datetime | None: ...
+
+    def enqueue_recovered(self, row: RecoveredDelivery, *, kind: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,7 @@ def sweep_once(
     poison_gauge: Gauge,
     grace_seconds: int,
     batch_size: int = 500,
+    max_batches: int = 20,
     oldest_pending_epoch: Callable[[], int] | None = None,
     oldest_pending_gauge: Gauge | None = None,
     claimant_alive: Callable[[str], bool] | None = None,
@@ -59,9 +71,9 @@ def sweep_once(
     ``oldest_pending_epoch`` (a query) and ``oldest_pending_gauge`` feed the metrics' oldest-pending age.
     ``claimant_alive`` (``liveness.Liveness.is_alive``) turns on the dead-worker reclaim (CONTRACT §6.1).
     """
-    requeued = 0
+    seen: set[str] = set()
     due_before = _still_queued_cutoffs(store, enqueuer)
-    while True:
+    for _ in range(max_batches):
         batch = store.take_overdue(
             grace_seconds=grace_seconds,
             limit=batch_size,
@@ -69,11 +81,13 @@ def sweep_once(
             claimant_alive=claimant_alive,
             dead_after_seconds=dead_after_seconds,
         )
-        for row in batch:
-            enqueue_recovered(enqueuer, row, kind="sweep")
-            requeued += 1
-        if len(batch) < batch_size:
+        fresh = [row for row in batch if row.id not in seen]
+        for row in fresh:
+            enqueuer.enqueue_recovered(row, kind="sweep")
+            seen.add(row.id)
+        if len(batch) < batch_size or len(fresh) < len(batch):  # done, or taking rows it already took
             break
+    requeued = len(seen)
     counts = reconcile_gauges(
         store=store,
         queue_depth=queue_depth,
@@ -118,26 +132,6 @@ def _still_queued_cutoffs(store: DeliveryStore, enqueuer: Enqueuer) -> dict[str,
     return cutoffs
 
 
-def enqueue_recovered(enqueuer: Enqueuer, row: RecoveredDelivery, *, kind: str) -> bool:
-    """Enqueue a row the sweep or a replay moved, under an id stamped with the move: once per move."""
-    return enqueuer.enqueue_now(
-        queue=row.queue,
-        delivery_id=row.id,
-        channel=row.channel,
-        payload=job_payload(row.payload),
-        attempt=row.attempts,
-        suffix=f"{kind}-{int(row.stamp.timestamp() * 1000)}",
-    )
-
-
-def job_payload(payload: dict[str, Any] | None) -> dict[str, str]:
-    """The job arguments for a stored payload. A row whose arguments could not be stored is enqueued
-    empty; its job poisons it."""
-    if not payload:
-        return {"recipient": "", "subject": "", "body": ""}
-    return {k: str(payload.get(k) or "") for k in ("recipient", "subject", "body")}
-
-
 class SweepLock:
     """One sweeper at a time cluster-wide: a Redis key set with NX and an expiry, released by owner."""
 
@@ -161,3 +155,60 @@ class SweepLock:
         if self._token is not None:
             self._client.eval(self._RELEASE, 1, self._key, self._token)
             self._token = None
+
+
+def sweep_pass(settings: Settings, *, lock_ttl_seconds: float, release_lock: bool) -> SweepReport | None:
+    """One sweep under the cluster-wide lock, on its own connections; ``None`` when another holds it.
+
+    The worker's thread keeps the lock until it expires (one sweep per interval cluster-wide);
+    ``alert-worker sweep`` releases it when done.
+    """
+    with short_lived(settings) as conns:
+        lock = SweepLock(
+            client=conns.redis,
+            key=RedisKeys(settings.redis_key_prefix).sweep_lock,
+            ttl_seconds=lock_ttl_seconds,
+            token_factory=lambda: uuid.uuid4().hex,
+        )
+        if not lock.acquire():
+            return None
+        try:
+            parts = collaborators(settings, pool=conns.database, client=conns.redis)
+            return sweep_once(
+                store=parts.store,
+                enqueuer=parts.enqueuer,
+                grace_seconds=settings.sweep_grace_seconds,
+                queue_depth=parts.queue_depth,
+                poison_gauge=parts.poison_gauge,
+                oldest_pending_epoch=parts.queries.oldest_fresh_pending_epoch,
+                oldest_pending_gauge=parts.oldest_pending_gauge,
+                claimant_alive=Liveness(client=conns.redis, prefix=settings.redis_key_prefix).is_alive,
+                dead_after_seconds=settings.job_timeout_seconds,
+            )
+        finally:
+            if release_lock:
+                lock.release()
+
+
+class SweeperThread(threading.Thread):
+    """Calls ``sweep`` every ``interval_seconds`` until stopped; logs failures, never raises."""
+
+    def __init__(
+        self, *, interval_seconds: float, sweep: Callable[[], object], stopping: threading.Event | None = None
+    ) -> None:
+        super().__init__(name="alert-sweeper", daemon=True)
+        self._interval = interval_seconds
+        self._sweep = sweep
+        self._stopping = stopping or threading.Event()
+
+    def run(self) -> None:
+        while not self._stopping.wait(self._interval):
+            try:
+                self._sweep()
+            except Exception as exc:  # noqa: BLE001 - a failed pass must never take the worker down
+                log.error("sweep_failed", error=safe_error(exc))
+
+    def stop(self, timeout_seconds: float = 15.0) -> None:
+        self._stopping.set()
+        if self.is_alive():
+            self.join(timeout_seconds)

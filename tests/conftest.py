@@ -3,6 +3,9 @@
 Real services are found through ``TEST_DATABASE_URL`` (an admin DSN; default the local ``postgres``
 database) and ``TEST_REDIS_URL``. Every test that touches them gets its own database (cloned from a
 migrated template) and a Redis db number locked for this pytest process and flushed around each test.
+
+Every test is marked by its directory (``unit``, ``integration``, ``e2e``, ``crash``, ``cluster``), so
+``pytest -m unit`` is the fast loop and ``-m "not crash"`` skips the slow suite.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -21,6 +25,19 @@ from tests.support.smtp import SmtpSink, running_smtp_sink
 ADMIN_DSN = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 _DB_LOCK_PREFIX = "alert_worker_test:db-lock:"
+DIRECTORY_MARKERS = ("unit", "integration", "e2e", "crash", "cluster")
+_TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by the directory it lives in: what it needs follows from where it is."""
+    for item in items:
+        try:
+            top = Path(item.path).resolve().relative_to(_TESTS).parts[0]
+        except ValueError:
+            continue
+        if top in DIRECTORY_MARKERS:
+            item.add_marker(getattr(pytest.mark, top))
 
 
 def _with_database(dsn: str, name: str) -> str:

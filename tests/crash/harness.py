@@ -41,8 +41,8 @@ from alert_worker.rq_jobs import FAILURE_TTL_SECONDS, JOB_FUNC, job_id_for
 from alert_worker.settings import Settings
 from alert_worker.store import DeliveryStore, NewDelivery
 from alert_worker.sweep import sweep_once
-from tests.support.fake_providers import ProviderLog, running_smtp, running_webhook, tag
-from tests.support.private_services import PrivatePostgres, PrivateRedis
+from tests.crash.fake_providers import ProviderLog, running_smtp, running_webhook, tag
+from tests.crash.private_services import PrivatePostgres, PrivateRedis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CRASH_FUNC = "tests.crash.jobs.execute_with_crash"

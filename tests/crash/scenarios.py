@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tests.crash.fake_providers import max_window_rate
 from tests.crash.harness import Cluster, Delivery, Event, Outcome, Run, judge, slack_available, timed
 from tests.crash.jobs import BOUNDARIES
-from tests.support.fake_providers import max_window_rate
 
 
 @dataclass(frozen=True)

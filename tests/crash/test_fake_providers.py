@@ -8,7 +8,7 @@ from email.message import EmailMessage
 import pytest
 import requests
 
-from tests.support.fake_providers import ProviderLog, max_window_rate, running_smtp, running_webhook, tag
+from tests.crash.fake_providers import ProviderLog, max_window_rate, running_smtp, running_webhook, tag
 
 
 def _mail(delivery_id: str, attempt: int) -> EmailMessage:

@@ -316,7 +316,8 @@ def test_sweep_by_hand_reports_what_it_did(cli: InProcessCli, database_url: str,
     """One pass: the lost job is re-enqueued and the gauges are reset from Postgres."""
     assert cli("send", "--channel", "email", "--to", "ops@example.com", "--body", "b", "--id", "sw-1").code == 0
     redis_client.flushdb()
-    result = cli("sweep", "--json", ALERT_SWEEP_GRACE_SECONDS="0")
+    _sql(database_url, "UPDATE alert_deliveries SET updated_at = now() - interval '1 hour' WHERE id = 'sw-1'")
+    result = cli("sweep", "--json")
     assert result.code == 0
     assert json.loads(result.out) == {"swept": True, "requeued": 1, "queue_depth": 1, "poison": 0}
     assert len(_queued(redis_client)) == 1

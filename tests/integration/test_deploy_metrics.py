@@ -14,8 +14,8 @@ import pytest
 import redis
 
 from alert_worker import execute_delivery_job
+from alert_worker.liveness import scheduler_locks
 from alert_worker.metrics_server import MetricsServer, collector_for
-from alert_worker.rq_jobs import scheduler_locks
 from alert_worker.settings import Settings
 from tests.integration.test_metrics import samples
 from tests.promql import PROMETHEUS_SERIES, alert_exprs, dashboard_exprs, metric_names

@@ -135,7 +135,7 @@ def test_the_scheduler_gauge_says_which_queues_have_a_scheduler(
     """1 for a queue whose RQ scheduler lock is held, 0 for one without."""
     from rq.scheduler import RQScheduler
 
-    from alert_worker.rq_jobs import scheduler_locks
+    from alert_worker.liveness import scheduler_locks
     from alert_worker.settings import Settings
 
     RQScheduler(["alerts"], connection=redis_client).acquire_locks()

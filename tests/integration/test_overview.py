@@ -10,8 +10,8 @@ import redis
 from psycopg_pool import ConnectionPool
 from rq.scheduler import RQScheduler
 
+from alert_worker.liveness import scheduler_locks
 from alert_worker.overview import collect_overview
-from alert_worker.rq_jobs import scheduler_locks
 from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.integration

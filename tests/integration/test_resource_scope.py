@@ -19,7 +19,6 @@ from alert_worker.models import ChannelType
 from alert_worker.resources import (
     JobResources,
     close_process_resources,
-    open_job_pool,
     open_resources_for,
     process_resources,
 )
@@ -220,26 +219,3 @@ def test_the_scope_setting_picks_the_resources(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("ALERT_RESOURCE_SCOPE", "process")
     shared = open_resources_for(Settings.from_env())
     assert not shared.owned and shared.close() == [] and not shared.pool.closed
-
-
-@pytest.mark.integration
-def test_a_job_pool_starts_no_thread_and_replaces_a_broken_connection_on_next_use(database_url: str) -> None:
-    """The per-job pool connects in the job's thread; a terminated connection is replaced, not reused."""
-    threads_before = threading.active_count()
-    pool = open_job_pool(Settings.from_env())
-    try:
-        assert _backends(database_url) == [], "no connection before first use"
-        with pool.connection() as conn:
-            [first] = conn.execute("SELECT pg_backend_pid()").fetchone() or [0]
-        assert threading.active_count() == threads_before
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (first,))
-        with pytest.raises(psycopg.OperationalError), pool.connection() as conn:
-            conn.execute("SELECT 1")
-        with pool.connection() as conn:
-            [second] = conn.execute("SELECT pg_backend_pid()").fetchone() or [0]
-        assert second != first
-    finally:
-        pool.close()
-    assert threading.active_count() == threads_before
-    assert _eventually(lambda: _backends(database_url) == [])

@@ -15,8 +15,7 @@ from alert_worker.producer import send_alert
 from alert_worker.resources import short_lived
 from alert_worker.rq_jobs import RqEnqueuer
 from alert_worker.settings import Settings
-from alert_worker.sweep import SweepReport, sweep_once
-from alert_worker.worker import sweep_pass
+from alert_worker.sweep import SweepReport, sweep_once, sweep_pass
 from tests.support.cli import preserved_logging
 from tests.support.smtp import SmtpSink
 
@@ -25,13 +24,19 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def settings(worker_env: dict[str, str]) -> Settings:
-    return Settings.from_env({**worker_env, "ALERT_SWEEP_GRACE_SECONDS": "0"})
+    return Settings.from_env({**worker_env, "ALERT_SWEEP_GRACE_SECONDS": "1"})
 
 
 def _sql(database_url: str, sql: str, *params: object) -> list[tuple[object, ...]]:
     with psycopg.connect(database_url, autocommit=True) as conn:
         cur = conn.execute(sql, params)  # type: ignore[arg-type]
         return cur.fetchall() if cur.description else []
+
+
+def _lose_jobs(client: redis.Redis, database_url: str) -> None:
+    """Redis forgets every job, and every pending row is an hour old: overdue for any grace."""
+    client.flushdb()
+    _sql(database_url, "UPDATE alert_deliveries SET updated_at = now() - interval '1 hour' WHERE status = 'pending'")
 
 
 def _work(monkeypatch: pytest.MonkeyPatch, worker_env: dict[str, str], client: redis.Redis) -> None:
@@ -51,7 +56,7 @@ def test_a_pending_row_whose_job_redis_lost_is_delivered_after_one_sweep(
 ) -> None:
     """Redis flushed after send: nothing to work until a sweep re-enqueues from Postgres."""
     send_alert("email", "ops@example.com", "s", "b", delivery_id="lost-1", settings=settings)
-    redis_client.flushdb()
+    _lose_jobs(redis_client, database_url)
     _work(monkeypatch, worker_env, redis_client)
     assert smtp_sink.accepted == []
 
@@ -109,11 +114,11 @@ def test_two_sweeps_at_once_without_the_lock_enqueue_a_lost_row_once(
 
 
 def test_two_workers_sweeping_at_once_take_turns_through_the_lock(
-    settings: Settings, redis_client: redis.Redis
+    settings: Settings, redis_client: redis.Redis, database_url: str
 ) -> None:
     """With the cluster-wide lock only one pass runs; the other reports it did nothing."""
     send_alert("email", "ops@example.com", "s", "b", delivery_id="race-2", settings=settings)
-    redis_client.flushdb()
+    _lose_jobs(redis_client, database_url)
     reports = _concurrently(2, lambda: sweep_pass(settings, lock_ttl_seconds=30, release_lock=False))
     assert sorted(r is None for r in reports) == [False, True]
     assert len(Queue("alerts", connection=redis_client).get_job_ids()) == 1
@@ -164,8 +169,9 @@ def test_a_pending_row_whose_job_still_waits_in_a_backlog_is_not_re_enqueued(
 ) -> None:
     """RQ is FIFO: a row that became due after the oldest queued job may have its job behind it."""
     send_alert("email", "ops@example.com", "s", "b", delivery_id="queued-1", settings=settings)
+    _sql(database_url, "UPDATE alert_deliveries SET updated_at = now() - interval '2 seconds' WHERE id = 'queued-1'")
     report = sweep_pass(settings, lock_ttl_seconds=60, release_lock=True)
-    assert report is not None and report.requeued == 0, "grace 0, but the job is still in the queue"
+    assert report is not None and report.requeued == 0, "overdue, but the job is still in the queue"
     assert Queue("alerts", connection=redis_client).count == 1
 
     redis_client.flushdb()  # now the job really is lost

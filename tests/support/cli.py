@@ -17,15 +17,9 @@ from typing import IO, Any
 import pytest
 import structlog
 
-from tests.support.processes import REPO
+from tests.support.processes import REPO, SCRUBBED_PREFIXES, child_env
 
-_SCRUB = ("ALERT_", "SMTP_", "SLACK_", "TWILIO_", "DATABASE_URL", "REDIS_URL", "RQ_")
-
-
-def subprocess_env(env: dict[str, str]) -> dict[str, str]:
-    """Only what the test says plus PATH/HOME: no stray ALERT_* from the developer's shell."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB)}
-    return {**base, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **env}
+subprocess_env = child_env  # only what the test says plus PATH/HOME: no stray ALERT_* from the developer's shell
 
 
 def run_cli(args: list[str], env: dict[str, str], *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -118,7 +112,7 @@ class InProcessCli:
 
         with self._monkeypatch.context() as patch:
             for name in list(os.environ):
-                if name.startswith(_SCRUB):
+                if name.startswith(SCRUBBED_PREFIXES):
                     patch.delenv(name)
             for name, value in {**self.env, **extra_env}.items():
                 patch.setenv(name, value)

@@ -1,8 +1,10 @@
-"""Run real worker processes for end-to-end tests: bounded, with output captured for the failure message."""
+"""Shared test plumbing: a scrubbed child environment, free loopback ports, polling with a deadline, and
+``rq worker`` in burst mode. The one copy of each; crash-only helpers live under ``tests/crash``."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -13,11 +15,25 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+# Variables a developer's shell may hold that would change what a child process does.
+SCRUBBED_PREFIXES = ("ALERT_", "SMTP_", "SLACK_", "TWILIO_", "DATABASE_URL", "REDIS_URL", "RQ_")
+
+
+def scrubbed_environ() -> dict[str, str]:
+    """``os.environ`` without any of our settings: only what a test says reaches the code under test."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES)}
+
+
 def child_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALERT_", "SMTP_", "SLACK_", "TWILIO_"))}
-    env.update(extra)
-    env["PYTHONPATH"] = str(REPO)
-    return env
+    """A subprocess's environment: scrubbed, this worktree on PYTHONPATH, unbuffered, then ``extra``."""
+    return {**scrubbed_environ(), "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **extra}
+
+
+def free_port() -> int:
+    """A free loopback TCP port (``port=0`` does not work for every server we start)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def rq_burst(queues: list[str], env: dict[str, str], *, timeout: float = 120, extra: list[str] | None = None) -> str:
@@ -31,10 +47,22 @@ def rq_burst(queues: list[str], env: dict[str, str], *, timeout: float = 120, ex
     return output
 
 
-def wait_until(condition: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll with a deadline; never sleep and hope."""
+def wait_until(
+    condition: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    ignore: tuple[type[BaseException], ...] = (),
+) -> None:
+    """Poll with a deadline; never sleep and hope. ``ignore``: errors that mean "not yet" (a server starting)."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while True:
+        try:
+            if condition():
+                return
+        except ignore:
+            pass
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+import logging
 import ssl
 import threading
 from collections import deque
@@ -16,12 +16,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-
-def free_port() -> int:
-    """``Controller(port=0)`` does not work: pick a free loopback port first."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.processes import free_port  # Controller(port=0) does not work
 
 
 @dataclass
@@ -93,6 +88,9 @@ def running_smtp_sink(
     implicit_tls_context: ssl.SSLContext | None = None,
     login: tuple[str, str] | None = None,
 ) -> Iterator[SmtpSink]:
+    # aiosmtpd logs every session at INFO from its own thread; in a test of a CLI that logs to stderr, a line
+    # from an earlier test's session could land in this test's captured output. Set per sink: tests reset it.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     sink = SmtpSink(port=free_port())
     kwargs: dict[str, Any] = {}
     if starttls_context is not None:

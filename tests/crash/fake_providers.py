@@ -31,7 +31,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from tests.support.private_services import free_port
+from tests.support.processes import free_port
 
 _TAG = re.compile(r"\[\[did:([A-Za-z0-9_.-]+)\]\]")
 _MESSAGE_ID = re.compile(r"<([A-Za-z0-9_.-]+)\.(\d+)@")

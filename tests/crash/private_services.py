@@ -13,34 +13,14 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 
 import psycopg
 import redis
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(check: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``check`` until it is true; raise ``TimeoutError`` naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except Exception:
-            pass
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what} not reached within {timeout:.0f} s")
-        time.sleep(interval)
+from tests.support.processes import free_port, wait_until
 
 
 class PrivateRedis:
@@ -73,7 +53,7 @@ class PrivateRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(self.ping, timeout=20, what=f"private redis on port {self.port}")
+        wait_until(self.ping, ignore=(Exception,), timeout=20, what=f"private redis on port {self.port}")
 
     def ping(self) -> bool:
         client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
@@ -143,7 +123,7 @@ class PrivatePostgres:
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
         self._run(_pg_bin("pg_ctl"), "-D", self.data, "-l", self.log, "-o", options, "-w", "-t", "60", "start")
-        wait_until(self.ready, timeout=30, what=f"private postgres on port {self.port}")
+        wait_until(self.ready, ignore=(Exception,), timeout=30, what=f"private postgres on port {self.port}")
 
     def ready(self) -> bool:
         with psycopg.connect(self.admin_url, connect_timeout=2) as conn:
