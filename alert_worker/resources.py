@@ -22,10 +22,9 @@ from psycopg import Connection
 from psycopg_pool import ConnectionPool
 from psycopg_pool.pool import AddConnection, MaintenanceTask, ReturnConnection
 
+from alert_worker.connect import postgres_kwargs, redis_client
 from alert_worker.settings import Settings
 from alert_worker.store import DeliveryStore
-
-DB_CONNECT_TIMEOUT_SECONDS = 5
 
 
 @dataclass
@@ -99,7 +98,7 @@ def open_pool(settings: Settings, *, check: bool = False) -> ConnectionPool:
         max_size=1,
         num_workers=1,
         timeout=settings.send_timeout_seconds,
-        kwargs={"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS, "autocommit": True},
+        kwargs=postgres_kwargs(settings),
         check=ConnectionPool.check_connection if check else None,
         open=True,
     )
@@ -112,25 +111,14 @@ def open_job_pool(settings: Settings) -> JobPool:
         min_size=0,
         max_size=1,
         timeout=settings.send_timeout_seconds,
-        kwargs={"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS, "autocommit": True},
+        kwargs=postgres_kwargs(settings),
         open=True,
     )
 
 
 def open_redis(settings: Settings) -> redis.Redis:
-    """RESP2 and no ``CLIENT SETINFO``: one handshake round trip (``SELECT``) instead of five.
-
-    redis-py retries a command once the connection is found broken, reconnecting (its default
-    ``Retry``), so a process-scoped client survives a Redis restart.
-    """
-    timeout = max(settings.send_timeout_seconds, 1.0)
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        protocol=2,
-        driver_info=None,
-    )
+    """The package's Redis client (``connect.redis_client``: URL, TLS or Sentinel)."""
+    return redis_client(settings)
 
 
 def open_job_resources(settings: Settings) -> JobResources:

@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from typing import Any
 from urllib.parse import urlsplit
 
 from alert_worker.errors import ConfigurationError
@@ -193,6 +194,9 @@ class Settings:
     max_queue_depth: int = 10_000
     metrics_port: int = 0
     log_format: str = "json"
+    db_pooler: str = ""
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = ""
     rate_limits: RateLimits = field(
         default_factory=lambda: RateLimits(
             per_channel_minute={ChannelType.EMAIL: 100, ChannelType.SLACK: 50, ChannelType.SMS: 10},
@@ -253,6 +257,7 @@ class Settings:
             max_queue_depth=_int(env, "ALERT_MAX_QUEUE_DEPTH", 10_000, minimum=1),
             metrics_port=_int(env, "ALERT_METRICS_PORT", 0, minimum=0),
             log_format=log_format,
+            **_cluster_from_env(env),
             rate_limits=RateLimits(
                 per_channel_minute={
                     ChannelType.EMAIL: _int(env, "ALERT_RATE_EMAIL_PER_MIN", 100),
@@ -283,6 +288,38 @@ class Settings:
             ChannelType.SMS: self.twilio.missing,
         }
         return {channel: names for channel, names in gaps.items() if names}
+
+
+def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+    """``"10.0.0.1:26379,sentinel-2:26379"`` -> ``(("10.0.0.1", 26379), ("sentinel-2", 26379))``."""
+    found: list[tuple[str, int]] = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigurationError(f"REDIS_SENTINELS must list host:port pairs, got {part!r}")
+        found.append((host.strip("[]"), int(port)))
+    return tuple(found)
+
+
+def _cluster_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """ALERT_DB_POOLER, REDIS_SENTINELS and REDIS_SENTINEL_MASTER, checked together (docs/scaling.md)."""
+    pooler = _text(env, "ALERT_DB_POOLER").lower()
+    pooler = "" if pooler == "none" else pooler
+    if pooler not in ("", "pgbouncer"):
+        raise ConfigurationError(f"ALERT_DB_POOLER must be 'pgbouncer' or 'none', got {pooler!r}")
+    sentinels = parse_sentinels(_text(env, "REDIS_SENTINELS"))
+    master = _text(env, "REDIS_SENTINEL_MASTER")
+    if bool(sentinels) != bool(master):
+        raise ConfigurationError("REDIS_SENTINELS and REDIS_SENTINEL_MASTER must be set together")
+    redis_url = _text(env, "REDIS_URL")
+    scheme = redis_url.split("://", 1)[0].lower() if "://" in redis_url else ""
+    if redis_url and scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError("REDIS_URL must start with redis://, rediss:// or unix://")
+    if sentinels and scheme == "unix":
+        raise ConfigurationError("REDIS_SENTINELS needs a redis:// or rediss:// REDIS_URL, not unix://")
+    return {"db_pooler": pooler, "redis_sentinels": sentinels, "redis_sentinel_master": master}
 
 
 def _smtp_from_env(env: Mapping[str, str]) -> SmtpSettings:

@@ -25,11 +25,12 @@ from rq import Queue
 import alert_worker.channels.email
 import alert_worker.entrypoint  # noqa: F401
 from alert_worker.channels.slack import check_webhook_url
+from alert_worker.connect import postgres_kwargs
 from alert_worker.counters import Gauge, poison_count, queue_depth
 from alert_worker.errors import InvalidInputError
 from alert_worker.logs import configure_logging
 from alert_worker.metrics import MetricKeys
-from alert_worker.resources import DB_CONNECT_TIMEOUT_SECONDS, Connections, open_redis, short_lived
+from alert_worker.resources import Connections, open_redis, short_lived
 
 if TYPE_CHECKING:
     from alert_worker.metrics_server import MetricsServer
@@ -89,7 +90,7 @@ def require_connection_settings(settings: Settings) -> None:
 def check_database(settings: Settings) -> None:
     """``SELECT 1`` on a fresh connection."""
     try:
-        with psycopg.connect(settings.database_url, connect_timeout=DB_CONNECT_TIMEOUT_SECONDS) as conn:
+        with psycopg.connect(settings.database_url, **postgres_kwargs(settings)) as conn:
             conn.execute("SELECT 1")
     except (psycopg.Error, OSError) as exc:
         raise StartupError(
