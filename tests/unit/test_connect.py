@@ -77,7 +77,9 @@ def test_a_plain_url_gives_a_bounded_resp2_client() -> None:
 
 def test_a_rediss_url_gives_a_tls_client_with_its_options() -> None:
     """rediss:// selects TLS and keeps redis-py's URL TLS options (CA file, verification)."""
-    client = redis_client(settings(REDIS_URL="rediss://:pw@127.0.0.1:6380/2?ssl_ca_certs=/ca.pem&ssl_cert_reqs=required"))
+    client = redis_client(
+        settings(REDIS_URL="rediss://:pw@127.0.0.1:6380/2?ssl_ca_certs=/ca.pem&ssl_cert_reqs=required")
+    )
     pool = client.connection_pool
     assert pool.connection_class is SSLConnection
     assert pool.connection_kwargs["ssl_ca_certs"] == "/ca.pem"
