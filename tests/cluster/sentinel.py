@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,7 +26,7 @@ bind {bind}
 dir {dir}
 sentinel monitor {master} {primary_host} {primary_port} 2
 sentinel down-after-milliseconds {master} 1000
-sentinel failover-timeout {master} 4000
+sentinel failover-timeout {master} 20000
 sentinel parallel-syncs {master} 1
 """
 
@@ -39,6 +40,7 @@ class SentinelSet:
         self.data_ports = [free_port(), free_port()]
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.split_brain_seconds = 0.0
 
     @property
     def sentinels(self) -> str:
@@ -96,7 +98,7 @@ class SentinelSet:
         return True
 
     def primary_port(self) -> int:
-        host, port = self.client(self.sentinel_ports[0]).sentinel_get_master_addr_by_name(MASTER)
+        _host, port = self.client(self.sentinel_ports[0]).sentinel_get_master_addr_by_name(MASTER)
         return int(port)
 
     def replica_port(self) -> int:
@@ -110,7 +112,24 @@ class SentinelSet:
         wait_until(lambda: self.primary_port() != old, timeout=timeout, what="sentinel failover")
         new = self.primary_port()
         wait_until(lambda: self.client(new).info("replication")["role"] == "master", timeout=timeout, what="promotion")
+        # Until Sentinel demotes the old primary (it waits ~8 s after seeing it still claim the role), a
+        # client still connected to it writes there, and those writes are lost at the demotion. The
+        # failover is complete only once the old primary is a replica: that window is measured here.
+        promoted = time.monotonic()
+        wait_until(lambda: self.client(old).info("replication")["role"] == "slave", timeout=60, what="demotion")
+        self.split_brain_seconds = time.monotonic() - promoted
         return new
+
+    def wait_in_sync(self, *, timeout: float = 30) -> None:
+        """Wait until the replica's link to the current primary is up (after a failover it resyncs)."""
+        replica = self.client(self.replica_port())
+        wait_until(
+            lambda: replica.info("replication")["master_link_status"] == "up", timeout=timeout, what="replica link up"
+        )
+
+    def restart_as_replica(self, port: int) -> None:
+        """Bring a killed data node back empty, as a replica of the current primary."""
+        self._start_data(port, self.primary_port())
 
     def close(self) -> None:
         for process in self.processes.values():
