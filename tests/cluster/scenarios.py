@@ -1,0 +1,311 @@
+"""The cluster suite's scenarios: three worker hosts (network namespaces), one fault each, one judge.
+
+Services listen on the bridge address only (netns.SERVICE_ADDRESS): a private Redis, a PgBouncer in
+transaction mode in front of the test Postgres, and an SMTP sink that records which host sent what and
+when. Each scenario makes its own database and flushes Redis. The judge is the crash suite's: nothing
+lost, and a duplicate only for a delivery the provider accepted from the faulted host before the fault
+while its row was not yet written (``forced``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import redis
+from aiosmtpd.controller import Controller
+
+from alert_worker.producer import send_alert
+from alert_worker.resources import open_pool
+from alert_worker.settings import Settings
+from alert_worker.store import DeliveryStore
+from tests.cluster import netns
+from tests.cluster.fleet import SupervisedWorker
+from tests.cluster.pgbouncer import PgBouncer
+from tests.cluster.relay import DelayRelay
+from tests.support.private_services import free_port, wait_until
+
+ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass
+class Send:
+    delivery_id: str
+    host: str
+    at: float
+
+
+@dataclass
+class RecordingSink:
+    """Accepts every message after ``data_delay`` seconds; records sender address and time."""
+
+    data_delay: float = 0.02
+    sends: list[Send] = field(default_factory=list)
+    on_send: Callable[[Send], None] | None = None
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(self.data_delay)
+        content = envelope.original_content or b""
+        delivery_id = ""
+        for line in content.split(b"\r\n"):
+            if line.lower().startswith(b"x-alert-delivery-id:") or line.lower().startswith(b"message-id:"):
+                delivery_id = line.split(b":", 1)[1].strip().decode()
+                break
+        send = Send(delivery_id=delivery_id, host=str(session.peer[0]), at=time.monotonic())
+        self.sends.append(send)
+        if self.on_send is not None:
+            self.on_send(send)  # e.g. cut the sender's link now: accepted here, the reply never arrives
+        return "250 2.0.0 OK queued"
+
+
+@dataclass
+class Outcome:
+    fault: str
+    deliveries: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    forced: int = 0
+    restarts: int = 0
+    seconds: float = 0.0
+    fault_seconds: float = 0.0
+    per_host: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.duplicates <= self.forced and not self.notes
+
+    def line(self) -> str:
+        hosts = " ".join(f"{h}={n}" for h, n in sorted(self.per_host.items()))
+        return (
+            f"cluster-scenario {self.fault}: deliveries={self.deliveries} lost={self.lost} "
+            f"duplicates={self.duplicates} forced={self.forced} restarts={self.restarts} "
+            f"seconds={self.seconds:.1f} rate={self.deliveries / max(self.seconds, 1e-9):.1f}/s "
+            f"fault_seconds={self.fault_seconds:.1f} {hosts} {' '.join(self.notes)}".rstrip()
+        )
+
+
+class Services:
+    """Redis, PgBouncer and the SMTP sink on the bridge address; relays for a slow host when needed."""
+
+    def __init__(self) -> None:
+        address = netns.SERVICE_ADDRESS
+        self.redis_port = free_port()
+        self.redis_dir = tempfile.mkdtemp(prefix="cluster-redis-")
+        self.redis = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--bind",
+                address,
+                "--port",
+                str(self.redis_port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.redis_dir,
+                "--protected-mode",  # clients come from the namespaces' addresses, not loopback
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.redis_url = f"redis://{address}:{self.redis_port}/0"
+        self.bouncer = PgBouncer(upstream=ADMIN_DSN, listen=address, pool_size=20)
+        self.sink = RecordingSink()
+        self.smtp_port = free_port()
+        self.controller = Controller(self.sink, hostname=address, port=self.smtp_port)
+        self.relays: list[DelayRelay] = []
+
+    def start(self) -> None:
+        wait_until(lambda: bool(redis.Redis.from_url(self.redis_url).ping()), timeout=20, what="fleet redis")
+        self.bouncer.start()
+        self.controller.start()
+
+    def slow_ports(self, delay_seconds: float) -> dict[str, int]:
+        """Relays that delay what a host sends to Redis, PgBouncer and SMTP (netem's stand-in)."""
+        ports = {}
+        for name, port in (("redis", self.redis_port), ("postgres", self.bouncer.port), ("smtp", self.smtp_port)):
+            relay = DelayRelay(
+                listen=netns.SERVICE_ADDRESS,
+                port=free_port(),
+                target=(netns.SERVICE_ADDRESS, port),
+                delay_seconds=delay_seconds,
+            )
+            relay.start()
+            self.relays.append(relay)
+            ports[name] = relay.port
+        return ports
+
+    def close(self) -> None:
+        for relay in self.relays:
+            relay.close()
+        self.controller.stop()
+        self.bouncer.close()
+        self.redis.kill()
+        self.redis.wait(timeout=10)
+        shutil.rmtree(self.redis_dir, ignore_errors=True)
+
+
+def worker_env(services: Services, database: str, ports: dict[str, int] | None = None) -> dict[str, str]:
+    ports = ports or {"redis": services.redis_port, "postgres": services.bouncer.port, "smtp": services.smtp_port}
+    address = netns.SERVICE_ADDRESS
+    return {
+        "DATABASE_URL": f"postgresql://postgres@{address}:{ports['postgres']}/{database}",
+        "ALERT_DB_POOLER": "pgbouncer",
+        "REDIS_URL": f"redis://{address}:{ports['redis']}/0",
+        "SMTP_HOST": address,
+        "SMTP_PORT": str(ports["smtp"]),
+        "SMTP_SECURITY": "none",
+        "ALERTS_FROM_EMAIL": "alerts@example.org",
+        "ALERT_RECIPIENT_HASH_SECRET": "cluster-secret",
+        "ALERT_SEND_TIMEOUT_SECONDS": "3",
+        "ALERT_JOB_TIMEOUT_SECONDS": "5",
+        "ALERT_STUCK_AFTER_SECONDS": "8",  # until dead-worker reclaim (CONTRACT 6.1) lands
+        "ALERT_SWEEP_INTERVAL_SECONDS": "1",
+        "ALERT_SWEEP_GRACE_SECONDS": "3",
+        "ALERT_RATE_EMAIL_PER_MIN": "0",
+        "ALERT_RATE_EMAIL_PER_RECIPIENT_HOUR": "0",
+        "ALERT_RATE_GLOBAL_PER_MIN": "0",
+        "ALERT_AUTO_MIGRATE": "0",
+    }
+
+
+@contextmanager
+def scenario_database() -> Iterator[str]:
+    name = f"alert_cluster_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        pool = open_pool(Settings(database_url=ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}", redis_url=""))
+        try:
+            DeliveryStore(pool=pool).migrate()
+        finally:
+            pool.close()
+        yield name
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _rows(database: str) -> dict[str, str]:
+    with psycopg.connect(ADMIN_DSN.rsplit("/", 1)[0] + f"/{database}") as conn:
+        return {str(i): str(s) for i, s in conn.execute("SELECT id, status FROM alert_deliveries").fetchall()}
+
+
+def run_scenario(fault: str, *, deliveries: int, services: Services, timeout: float = 120) -> Outcome:
+    """``partition``: host 1 loses its link mid-burst, healed after the others recovered its claims.
+    ``slow``: host 2's traffic is delayed 50 ms (netem, or the relay where the kernel lacks netem)."""
+    outcome = Outcome(fault=fault, deliveries=deliveries)
+    services.sink.sends.clear()
+    redis.Redis.from_url(services.redis_url).flushdb()
+    with scenario_database() as database:
+        base = worker_env(services, database)
+        envs = {i: base for i in range(1, netns.HOSTS + 1)}
+        if fault == "slow" and not _netem_delay(2, 50):
+            envs[2] = worker_env(services, database, services.slow_ports(0.05))
+        workers = {i: SupervisedWorker(["run"], envs[i], netns=netns.host_name(i), name=f"h{i}") for i in envs}
+        try:
+            for worker in workers.values():
+                worker.start()
+            settings = Settings.from_env(base)
+            ids = [f"{fault}-{n}" for n in range(deliveries)]
+            started = time.monotonic()
+            for delivery_id in ids:
+                send_alert(
+                    "email",
+                    f"ops+{delivery_id}@example.com",
+                    "Disk full",
+                    "b",
+                    delivery_id=delivery_id,
+                    settings=settings,
+                )
+            fault_at = _inject(fault, outcome, services, database, deliveries, workers)
+            done: Callable[[], bool] = lambda: (  # noqa: E731
+                not any(w.poll() for w in workers.values())
+                and list(_rows(database).values()).count("delivered") == deliveries
+            )
+            wait_until(done, timeout=timeout, what=f"{fault}: every delivery delivered")
+            outcome.seconds = time.monotonic() - started
+            if fault == "partition":
+                outcome.fault_seconds = time.monotonic() - fault_at
+                netns.heal(1)
+                _after_heal(workers[1], database, outcome)
+        finally:
+            if fault == "partition":
+                netns.heal(1)
+            netns.undelay(2)
+            for worker in workers.values():
+                outcome.restarts += worker.restarts
+                worker.close()
+        _judge(outcome, services.sink.sends, _rows(database))
+    return outcome
+
+
+def _netem_delay(index: int, milliseconds: int) -> bool:
+    try:
+        netns.delay(index, milliseconds)
+        return True
+    except subprocess.CalledProcessError:
+        return False
+
+
+def _inject(
+    fault: str, outcome: Outcome, services: Services, database: str, total: int, workers: dict[int, SupervisedWorker]
+) -> float:
+    if fault != "partition":
+        return time.monotonic()
+    host = netns.host_address(1)
+    cut = threading.Event()
+
+    def cut_after_third(send: Send) -> None:
+        if send.host == host and not cut.is_set() and sum(s.host == host for s in services.sink.sends) >= 3:
+            netns.partition(1)  # mid-DATA: the provider accepted this one, host 1 never hears so
+            cut.set()
+
+    services.sink.on_send = cut_after_third
+    try:
+        wait_until(cut.is_set, timeout=60, what="host 1 delivering its third alert")
+    finally:
+        services.sink.on_send = None
+    fault_at = time.monotonic()
+    in_flight = {i for i, s in _rows(database).items() if s == "in_progress"}
+    accepted_from_host = {_delivery_of(s.delivery_id) for s in services.sink.sends if s.host == host}
+    outcome.forced = len(in_flight & accepted_from_host)
+    return fault_at
+
+
+def _after_heal(worker: SupervisedWorker, database: str, outcome: Outcome) -> None:
+    """After the heal the partitioned worker finishes or fails its held jobs: no row may leave 'delivered'."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        worker.poll()
+        rows = _rows(database)
+        if any(status != "delivered" for status in rows.values()):
+            outcome.notes.append("a healed worker overwrote newer state")
+            return
+        time.sleep(0.25)  # observing a quiet period after the heal is the point
+
+
+def _judge(outcome: Outcome, sends: list[Send], rows: dict[str, str]) -> None:
+    per_id = collections.Counter(_delivery_of(s.delivery_id) for s in sends)
+    outcome.lost = sum(1 for i in rows if per_id.get(i, 0) == 0 or rows[i] != "delivered")
+    outcome.duplicates = sum(n - 1 for n in per_id.values() if n > 1)
+    outcome.per_host = dict(collections.Counter(f"host{s.host.rsplit('.', 1)[1][-1]}" for s in sends))
+
+
+def _delivery_of(message_id: str) -> str:
+    """``<partition-3.0@example.org>`` -> ``partition-3`` (Message-ID is ``<id>.<n>@domain``)."""
+    return message_id.strip("<>").split("@", 1)[0].rsplit(".", 1)[0]
