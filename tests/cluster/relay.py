@@ -40,6 +40,8 @@ class DelayRelay:
             self._tasks.add(task)
         try:
             await asyncio.gather(self._pipe(reader, up_writer, self.delay), self._pipe(up_reader, writer, 0.0))
+        except asyncio.CancelledError:
+            pass
         finally:
             if task is not None:
                 self._tasks.discard(task)
@@ -78,8 +80,10 @@ class DelayRelay:
         async def stop() -> None:
             if self._server is not None:
                 self._server.close()
-            for task in list(self._tasks):
+            tasks = list(self._tasks)
+            for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=10)

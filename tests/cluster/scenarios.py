@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import shutil
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -80,6 +82,7 @@ class Outcome:
     seconds: float = 0.0
     fault_seconds: float = 0.0
     per_host: dict[str, int] = field(default_factory=dict)
+    p50_latency: dict[str, float | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -88,6 +91,7 @@ class Outcome:
 
     def line(self) -> str:
         hosts = " ".join(f"{h}={n}" for h, n in sorted(self.per_host.items()))
+        hosts += " " + " ".join(f"{h}_p50_s={v:.2f}" for h, v in sorted(self.p50_latency.items()) if v is not None)
         return (
             f"cluster-scenario {self.fault}: deliveries={self.deliveries} lost={self.lost} "
             f"duplicates={self.duplicates} forced={self.forced} restarts={self.restarts} "
@@ -205,7 +209,9 @@ def _rows(database: str) -> dict[str, str]:
         return {str(i): str(s) for i, s in conn.execute("SELECT id, status FROM alert_deliveries").fetchall()}
 
 
-def run_scenario(fault: str, *, deliveries: int, services: Services, timeout: float = 120) -> Outcome:
+def run_scenario(
+    fault: str, *, deliveries: int, services: Services, timeout: float = 120, keep_logs: str = ""
+) -> Outcome:
     """``partition``: host 1 loses its link mid-burst, healed after the others recovered its claims.
     ``slow``: host 2's traffic is delayed 50 ms (netem, or the relay where the kernel lacks netem)."""
     outcome = Outcome(fault=fault, deliveries=deliveries)
@@ -221,6 +227,8 @@ def run_scenario(fault: str, *, deliveries: int, services: Services, timeout: fl
             for worker in workers.values():
                 worker.start()
             settings = Settings.from_env(base)
+            control = redis.Redis.from_url(services.redis_url)
+            wait_until(lambda: control.scard("rq:workers") >= netns.HOSTS, timeout=60, what="three workers up")
             ids = [f"{fault}-{n}" for n in range(deliveries)]
             started = time.monotonic()
             for delivery_id in ids:
@@ -247,11 +255,26 @@ def run_scenario(fault: str, *, deliveries: int, services: Services, timeout: fl
             if fault == "partition":
                 netns.heal(1)
             netns.undelay(2)
-            for worker in workers.values():
+            for index, worker in workers.items():
                 outcome.restarts += worker.restarts
+                outcome.p50_latency[f"host{index}"] = _median_latency(worker)
+                if keep_logs:
+                    shutil.copy(worker.log, f"{keep_logs}-{fault}-h{index}.log")
                 worker.close()
         _judge(outcome, services.sink.sends, _rows(database))
     return outcome
+
+
+def _median_latency(worker: SupervisedWorker) -> float | None:
+    """Median ``latency_seconds`` of the host's ``delivery_delivered`` events (enqueue to accepted)."""
+    values = []
+    for line in worker.tail(10_000_000).splitlines():
+        if '"delivery_delivered"' in line:
+            try:
+                values.append(float(json.loads(line)["latency_seconds"]))
+            except (ValueError, KeyError):
+                continue
+    return statistics.median(values) if values else None
 
 
 def _netem_delay(index: int, milliseconds: int) -> bool:
@@ -303,7 +326,14 @@ def _judge(outcome: Outcome, sends: list[Send], rows: dict[str, str]) -> None:
     per_id = collections.Counter(_delivery_of(s.delivery_id) for s in sends)
     outcome.lost = sum(1 for i in rows if per_id.get(i, 0) == 0 or rows[i] != "delivered")
     outcome.duplicates = sum(n - 1 for n in per_id.values() if n > 1)
-    outcome.per_host = dict(collections.Counter(f"host{s.host.rsplit('.', 1)[1][-1]}" for s in sends))
+    outcome.per_host = dict(collections.Counter(_host_of(s.host) for s in sends))
+
+
+def _host_of(address: str) -> str:
+    """The sending host: its own address, or the bridge address when it came through a delay relay."""
+    if address == netns.SERVICE_ADDRESS:
+        return "host2"  # only the slow host goes through relays
+    return f"host{address.rsplit('.', 1)[1][-1]}"
 
 
 def _delivery_of(message_id: str) -> str:
