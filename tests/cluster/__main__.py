@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         services = Services()
         try:
             services.start()
-            for fault in ("partition", "slow"):
+            for fault in ("none", "partition", "slow"):
                 outcome = run_scenario(fault, deliveries=args.deliveries, services=services)
                 print(outcome.line(), flush=True)
                 outcomes.append(outcome)
