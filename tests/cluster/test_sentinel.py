@@ -9,6 +9,7 @@ the last sync gone, while Sentinel still promotes that replica.
 from __future__ import annotations
 
 import collections
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -24,6 +25,7 @@ from alert_worker.rate_limit import RateLimiter
 from alert_worker.settings import RateLimit, Settings
 from tests.cluster.fleet import SupervisedWorker
 from tests.cluster.sentinel import MASTER, SentinelSet
+from tests.support.cli import run_cli
 from tests.support.processes import wait_until
 from tests.support.smtp import SmtpSink
 
@@ -176,3 +178,22 @@ def test_a_lossy_failover_mid_burst_loses_no_delivery(
     sent = collections.Counter(message.message["Message-ID"] for message in smtp_sink.accepted)
     assert len(sent) == len(ids) + 1  # and scheduled-0
     assert max(sent.values()) == 1, "no delivery was sent twice"
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"REDIS_SENTINELS": "127.0.0.1:26379"}, "REDIS_SENTINEL_MASTER"),
+        ({"ALERT_DB_POOLER": "odyssey"}, "ALERT_DB_POOLER"),
+    ],
+    ids=["sentinels-without-master", "unknown-pooler"],
+)
+def test_the_worker_refuses_a_bad_cluster_setting_at_start_up(
+    worker_env: dict[str, str], override: dict[str, str], named: str
+) -> None:
+    """``alert-worker run`` exits 1 with one configuration_invalid line naming the variable."""
+    done = run_cli(["run"], {**worker_env, **override}, timeout=60)
+    assert done.returncode == 1
+    events = [json.loads(line) for line in done.stdout.splitlines() + done.stderr.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in events] == ["configuration_invalid"]
+    assert named in json.dumps(events[0])
