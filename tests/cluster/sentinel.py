@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import redis
 
@@ -92,14 +93,14 @@ class SentinelSet:
 
     def _sentinels_agree(self) -> bool:
         for port in self.sentinel_ports:
-            state = self.client(port).sentinel_master(MASTER)
+            state: Any = self.client(port).sentinel_master(MASTER)
             if state["num-other-sentinels"] < 2 or state["num-slaves"] < 1:
                 return False
         return True
 
     def primary_port(self) -> int:
-        _host, port = self.client(self.sentinel_ports[0]).sentinel_get_master_addr_by_name(MASTER)
-        return int(port)
+        address: Any = self.client(self.sentinel_ports[0]).sentinel_get_master_addr_by_name(MASTER)
+        return int(address[1])
 
     def replica_port(self) -> int:
         primary = self.primary_port()
@@ -108,7 +109,7 @@ class SentinelSet:
     def failover(self, *, timeout: float = 30) -> int:
         """``SENTINEL FAILOVER``: the replica is promoted; returns the new primary's port."""
         old = self.primary_port()
-        self.client(self.sentinel_ports[0]).execute_command("SENTINEL", "FAILOVER", MASTER)
+        self.client(self.sentinel_ports[0]).execute_command("SENTINEL", "FAILOVER", MASTER)  # type: ignore[no-untyped-call]
         wait_until(lambda: self.primary_port() != old, timeout=timeout, what="sentinel failover")
         new = self.primary_port()
         wait_until(lambda: self.client(new).info("replication")["role"] == "master", timeout=timeout, what="promotion")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,9 +18,9 @@ from tests.support.smtp import SmtpSink
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 
-def _repeat_on_three_connections(url: str, **kwargs: object) -> None:
+def _repeat_on_three_connections(url: str, **kwargs: Any) -> None:
     """Run one statement 20 times on each of three client connections, interleaved."""
-    connections = [psycopg.connect(url, **kwargs) for _ in range(3)]  # type: ignore[call-overload]
+    connections = [psycopg.connect(url, **kwargs) for _ in range(3)]
     try:
         for i in range(20):
             for conn in connections:

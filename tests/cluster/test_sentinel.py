@@ -103,7 +103,8 @@ def test_a_rate_limit_holds_across_a_failover_with_the_replica_in_sync(
     client = redis_client(Settings.from_env(sentinel_env))
     limiter = RateLimiter(client=client)
     assert _allowed(limiter, 8) == LIMIT.limit
-    assert client.execute_command("WAIT", 1, 2000) == 1, "the replica acknowledged the window's sends"
+    acknowledged = client.execute_command("WAIT", 1, 2000)  # type: ignore[no-untyped-call]
+    assert acknowledged == 1, "the replica acknowledged the window's sends"
     sentinel_set.failover()
     wait_until(lambda: _ping(limiter), timeout=20, what="limiter on the new primary")
     assert _allowed(limiter, 3) == 0
@@ -132,7 +133,7 @@ def test_a_failover_that_loses_writes_allows_at_most_one_more_limit_in_the_windo
 
 def _statuses(database_url: str) -> dict[str, str]:
     with psycopg.connect(database_url, prepare_threshold=None) as conn:
-        return dict(conn.execute("SELECT id, status FROM alert_deliveries").fetchall())  # type: ignore[arg-type]
+        return {str(i): str(s) for i, s in conn.execute("SELECT id, status FROM alert_deliveries").fetchall()}
 
 
 def test_a_lossy_failover_mid_burst_loses_no_delivery(

@@ -117,7 +117,9 @@ def test_sentinel_with_rediss_uses_tls_to_the_primary_and_to_the_sentinels() -> 
             REDIS_SENTINEL_MASTER="alerts",
         )
     )
-    assert client.connection_pool.connection_class is SentinelManagedSSLConnection
-    sentinel = client.connection_pool.sentinel_manager.sentinels[0]
+    pool = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool)
+    assert pool.connection_class is SentinelManagedSSLConnection
+    sentinel = pool.sentinel_manager.sentinels[0]
     assert sentinel.connection_pool.connection_class is SSLConnection
     assert sentinel.connection_pool.connection_kwargs["ssl_ca_certs"] == "/ca.pem"
