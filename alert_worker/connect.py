@@ -27,7 +27,6 @@ from alert_worker.errors import ConfigurationError
 from alert_worker.settings import Settings
 
 DB_CONNECT_TIMEOUT_SECONDS = 5
-POOLERS = ("", "pgbouncer")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 # What a URL may set that a Sentinel-managed connection must not take from it: the primary's address
 # comes from Sentinel, and its connection class is chosen by ``ssl``.

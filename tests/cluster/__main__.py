@@ -13,7 +13,8 @@ import subprocess
 import sys
 
 from tests.cluster import netns
-from tests.cluster.scenarios import Outcome, Services, run_scenario
+from tests.cluster.scenarios import Outcome, run_scenario
+from tests.cluster.services import Services
 from tests.support.processes import REPO
 
 

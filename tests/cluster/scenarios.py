@@ -9,24 +9,20 @@ while its row was not yet written (``forced``).
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import shutil
 import statistics
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import psycopg
 import redis
-from aiosmtpd.controller import Controller
 
 from alert_worker.producer import send_alert
 from alert_worker.resources import open_pool
@@ -34,41 +30,8 @@ from alert_worker.settings import Settings
 from alert_worker.store import DeliveryStore
 from tests.cluster import netns
 from tests.cluster.fleet import SupervisedWorker
-from tests.cluster.pgbouncer import PgBouncer
-from tests.cluster.relay import DelayRelay
-from tests.support.private_services import free_port, wait_until
-
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-@dataclass
-class Send:
-    delivery_id: str
-    host: str
-    at: float
-
-
-@dataclass
-class RecordingSink:
-    """Accepts every message after ``data_delay`` seconds; records sender address and time."""
-
-    data_delay: float = 0.02
-    sends: list[Send] = field(default_factory=list)
-    on_send: Callable[[Send], None] | None = None
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        await asyncio.sleep(self.data_delay)
-        content = envelope.original_content or b""
-        delivery_id = ""
-        for line in content.split(b"\r\n"):
-            if line.lower().startswith(b"x-alert-delivery-id:") or line.lower().startswith(b"message-id:"):
-                delivery_id = line.split(b":", 1)[1].strip().decode()
-                break
-        send = Send(delivery_id=delivery_id, host=str(session.peer[0]), at=time.monotonic())
-        self.sends.append(send)
-        if self.on_send is not None:
-            self.on_send(send)  # e.g. cut the sender's link now: accepted here, the reply never arrives
-        return "250 2.0.0 OK queued"
+from tests.cluster.services import ADMIN_DSN, Send, Services, worker_env
+from tests.support.private_services import wait_until
 
 
 @dataclass
@@ -98,93 +61,6 @@ class Outcome:
             f"seconds={self.seconds:.1f} rate={self.deliveries / max(self.seconds, 1e-9):.1f}/s "
             f"fault_seconds={self.fault_seconds:.1f} {hosts} {' '.join(self.notes)}".rstrip()
         )
-
-
-class Services:
-    """Redis, PgBouncer and the SMTP sink on the bridge address; relays for a slow host when needed."""
-
-    def __init__(self) -> None:
-        address = netns.SERVICE_ADDRESS
-        self.redis_port = free_port()
-        self.redis_dir = tempfile.mkdtemp(prefix="cluster-redis-")
-        self.redis = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--bind",
-                address,
-                "--port",
-                str(self.redis_port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.redis_dir,
-                "--protected-mode",  # clients come from the namespaces' addresses, not loopback
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.redis_url = f"redis://{address}:{self.redis_port}/0"
-        self.bouncer = PgBouncer(upstream=ADMIN_DSN, listen=address, pool_size=20)
-        self.sink = RecordingSink()
-        self.smtp_port = free_port()
-        self.controller = Controller(self.sink, hostname=address, port=self.smtp_port)
-        self.relays: list[DelayRelay] = []
-
-    def start(self) -> None:
-        wait_until(lambda: bool(redis.Redis.from_url(self.redis_url).ping()), timeout=20, what="fleet redis")
-        self.bouncer.start()
-        self.controller.start()
-
-    def slow_ports(self, delay_seconds: float) -> dict[str, int]:
-        """Relays that delay what a host sends to Redis, PgBouncer and SMTP (netem's stand-in)."""
-        ports = {}
-        for name, port in (("redis", self.redis_port), ("postgres", self.bouncer.port), ("smtp", self.smtp_port)):
-            relay = DelayRelay(
-                listen=netns.SERVICE_ADDRESS,
-                port=free_port(),
-                target=(netns.SERVICE_ADDRESS, port),
-                delay_seconds=delay_seconds,
-            )
-            relay.start()
-            self.relays.append(relay)
-            ports[name] = relay.port
-        return ports
-
-    def close(self) -> None:
-        for relay in self.relays:
-            relay.close()
-        self.controller.stop()
-        self.bouncer.close()
-        self.redis.kill()
-        self.redis.wait(timeout=10)
-        shutil.rmtree(self.redis_dir, ignore_errors=True)
-
-
-def worker_env(services: Services, database: str, ports: dict[str, int] | None = None) -> dict[str, str]:
-    ports = ports or {"redis": services.redis_port, "postgres": services.bouncer.port, "smtp": services.smtp_port}
-    address = netns.SERVICE_ADDRESS
-    return {
-        "DATABASE_URL": f"postgresql://postgres@{address}:{ports['postgres']}/{database}",
-        "ALERT_DB_POOLER": "pgbouncer",
-        "REDIS_URL": f"redis://{address}:{ports['redis']}/0",
-        "SMTP_HOST": address,
-        "SMTP_PORT": str(ports["smtp"]),
-        "SMTP_SECURITY": "none",
-        "ALERTS_FROM_EMAIL": "alerts@example.org",
-        "ALERT_RECIPIENT_HASH_SECRET": "cluster-secret",
-        "ALERT_SEND_TIMEOUT_SECONDS": "3",
-        "ALERT_JOB_TIMEOUT_SECONDS": "5",
-        "ALERT_STUCK_AFTER_SECONDS": "8",  # until dead-worker reclaim (CONTRACT 6.1) lands
-        "ALERT_SWEEP_INTERVAL_SECONDS": "1",
-        "ALERT_SWEEP_GRACE_SECONDS": "3",
-        "ALERT_RATE_EMAIL_PER_MIN": "0",
-        "ALERT_RATE_EMAIL_PER_RECIPIENT_HOUR": "0",
-        "ALERT_RATE_GLOBAL_PER_MIN": "0",
-        "ALERT_AUTO_MIGRATE": "0",
-    }
 
 
 @contextmanager
@@ -240,7 +116,7 @@ def run_scenario(
                     delivery_id=delivery_id,
                     settings=settings,
                 )
-            fault_at = _inject(fault, outcome, services, database, deliveries, workers)
+            fault_at = _inject(fault, outcome, services, database)
             done: Callable[[], bool] = lambda: (  # noqa: E731
                 not any(w.poll() for w in workers.values())
                 and list(_rows(database).values()).count("delivered") == deliveries
@@ -285,9 +161,7 @@ def _netem_delay(index: int, milliseconds: int) -> bool:
         return False
 
 
-def _inject(
-    fault: str, outcome: Outcome, services: Services, database: str, total: int, workers: dict[int, SupervisedWorker]
-) -> float:
+def _inject(fault: str, outcome: Outcome, services: Services, database: str) -> float:
     if fault != "partition":
         return time.monotonic()
     host = netns.host_address(1)

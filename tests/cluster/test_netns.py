@@ -13,7 +13,8 @@ import pytest
 
 from tests.cluster import netns
 from tests.cluster.pgbouncer import available
-from tests.cluster.scenarios import Services, run_scenario
+from tests.cluster.scenarios import run_scenario
+from tests.cluster.services import Services
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
