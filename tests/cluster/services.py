@@ -8,6 +8,7 @@ and when, and, for a slow host on a kernel without netem, delay relays in front 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import tempfile
@@ -64,11 +65,20 @@ class Services:
         address = netns.SERVICE_ADDRESS
         self.redis_port = free_port()
         self.redis_dir = tempfile.mkdtemp(prefix="cluster-redis-")
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.redis_url = f"redis://{address}:{self.redis_port}/0"
+        self.bouncer = PgBouncer(upstream=ADMIN_DSN, listen=address, pool_size=20)
+        self.sink = RecordingSink()
+        self.smtp_port = free_port()
+        self.controller = Controller(self.sink, hostname=address, port=self.smtp_port)
+        self.relays: list[DelayRelay] = []
+
+    def start(self) -> None:
         self.redis = subprocess.Popen(
             [
                 shutil.which("redis-server") or "redis-server",
                 "--bind",
-                address,
+                netns.SERVICE_ADDRESS,
                 "--port",
                 str(self.redis_port),
                 "--save",
@@ -83,14 +93,6 @@ class Services:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self.redis_url = f"redis://{address}:{self.redis_port}/0"
-        self.bouncer = PgBouncer(upstream=ADMIN_DSN, listen=address, pool_size=20)
-        self.sink = RecordingSink()
-        self.smtp_port = free_port()
-        self.controller = Controller(self.sink, hostname=address, port=self.smtp_port)
-        self.relays: list[DelayRelay] = []
-
-    def start(self) -> None:
         wait_until(lambda: bool(redis.Redis.from_url(self.redis_url).ping()), timeout=20, what="fleet redis")
         self.bouncer.start()
         self.controller.start()
@@ -113,10 +115,12 @@ class Services:
     def close(self) -> None:
         for relay in self.relays:
             relay.close()
-        self.controller.stop()
+        with contextlib.suppress(AssertionError, RuntimeError):  # never started: nothing to stop
+            self.controller.stop()
         self.bouncer.close()
-        self.redis.kill()
-        self.redis.wait(timeout=10)
+        if self.redis is not None:
+            self.redis.kill()
+            self.redis.wait(timeout=10)
         shutil.rmtree(self.redis_dir, ignore_errors=True)
 
 
