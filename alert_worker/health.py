@@ -13,10 +13,11 @@ import psycopg
 import redis
 import structlog
 
+from alert_worker.connect import postgres_kwargs
 from alert_worker.errors import InvalidInputError
 from alert_worker.models import ChannelType
 from alert_worker.redaction import safe_error, url_password, url_target
-from alert_worker.resources import DB_CONNECT_TIMEOUT_SECONDS, open_redis
+from alert_worker.resources import open_redis
 from alert_worker.settings import Settings
 
 log = structlog.get_logger("alert_worker.health")
@@ -55,7 +56,7 @@ def require_connection_settings(settings: Settings) -> None:
 def check_database(settings: Settings) -> None:
     """``SELECT 1`` on a fresh connection."""
     try:
-        with psycopg.connect(settings.database_url, connect_timeout=DB_CONNECT_TIMEOUT_SECONDS) as conn:
+        with psycopg.connect(settings.database_url, **postgres_kwargs(settings)) as conn:
             conn.execute("SELECT 1")
     except (psycopg.Error, OSError) as exc:
         raise StartupError(
@@ -158,7 +159,7 @@ def _probe(probe: Any, settings: Settings, url: str, variable: str) -> str:
 
 
 def _database_details(settings: Settings, warnings: list[str]) -> None:
-    with psycopg.connect(settings.database_url, connect_timeout=DB_CONNECT_TIMEOUT_SECONDS) as conn:
+    with psycopg.connect(settings.database_url, **postgres_kwargs(settings)) as conn:
         present = conn.execute("SELECT to_regclass('alert_deliveries') IS NOT NULL").fetchone()
     if not (present and present[0]):
         warnings.append("schema missing: run `alert-worker migrate` (the worker migrates at start-up)")

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import redis
 from psycopg_pool import ConnectionPool
 
+from alert_worker.connect import postgres_kwargs, redis_client
 from alert_worker.settings import Settings
 from alert_worker.store import DeliveryStore
-
-DB_CONNECT_TIMEOUT_SECONDS = 5
 
 
 @dataclass
@@ -66,7 +65,7 @@ def open_pool(settings: Settings, *, check: bool = False) -> ConnectionPool:
         max_size=1,
         num_workers=1,
         timeout=settings.send_timeout_seconds,
-        kwargs={"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS, "autocommit": True},
+        kwargs=postgres_kwargs(settings),
         check=ConnectionPool.check_connection if check else None,
         open=True,
     )
@@ -86,25 +85,14 @@ def open_job_pool(settings: Settings) -> ConnectionPool:
         max_size=1,
         num_workers=1,
         timeout=settings.send_timeout_seconds,
-        kwargs={"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS, "autocommit": True},
+        kwargs=postgres_kwargs(settings),
         open=True,
     )
 
 
 def open_redis(settings: Settings) -> redis.Redis:
-    """RESP2 and no ``CLIENT SETINFO``: one handshake round trip (``SELECT``) instead of five.
-
-    redis-py retries a command once the connection is found broken, reconnecting (its default
-    ``Retry``), so a process-scoped client survives a Redis restart.
-    """
-    timeout = max(settings.send_timeout_seconds, 1.0)
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        protocol=2,
-        driver_info=None,
-    )
+    """The package's Redis client (``connect.redis_client``: URL, TLS or Sentinel)."""
+    return redis_client(settings)
 
 
 # (pid, url) -> the client this process enqueues with. RQ 3.0 keeps its Lua scripts per client object

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 from alert_worker.channel_settings import SlackSettings, SmtpSettings, TwilioSettings, is_bare_address
+from alert_worker.cluster_settings import cluster_from_env
 from alert_worker.errors import ConfigurationError
 from alert_worker.models import ChannelType
 from alert_worker.redaction import redact_url
@@ -135,6 +136,9 @@ class Settings:
     max_queue_depth: int = 10_000
     metrics_port: int = 0
     log_format: str = "json"
+    db_pooler: str = ""
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = ""
     rate_limits: RateLimits = field(
         default_factory=lambda: RateLimits(
             per_channel_minute={ChannelType.EMAIL: 100, ChannelType.SLACK: 50, ChannelType.SMS: 10},
@@ -196,6 +200,7 @@ class Settings:
             max_queue_depth=_int(env, "ALERT_MAX_QUEUE_DEPTH", 10_000, minimum=1),
             metrics_port=_int(env, "ALERT_METRICS_PORT", 0, minimum=0),
             log_format=log_format,
+            **cluster_from_env(env),
             rate_limits=RateLimits(
                 per_channel_minute={
                     ChannelType.EMAIL: _int(env, "ALERT_RATE_EMAIL_PER_MIN", 100),

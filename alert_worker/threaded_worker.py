@@ -33,8 +33,9 @@ from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import BaseWorker
 
+from alert_worker.connect import postgres_kwargs
 from alert_worker.liveness import Registration, alive_ttl_for
-from alert_worker.resources import DB_CONNECT_TIMEOUT_SECONDS, JobResources, open_redis, shared_job_resources
+from alert_worker.resources import JobResources, open_redis, shared_job_resources
 from alert_worker.settings import Settings
 
 log = structlog.get_logger("alert_worker.threaded_worker")
@@ -74,6 +75,18 @@ class DaemonTimerDeathPenalty(TimerDeathPenalty):
         return timer
 
 
+def _bounded_postgres_kwargs(settings: Settings, bound_ms: int) -> dict[str, Any]:
+    """Connection kwargs with statement and lock timeouts, so no query blocks a thread forever.
+
+    PgBouncer 1.18 refuses start-up ``options``: behind it the timeouts are set on the database role
+    instead (``ALTER ROLE … SET statement_timeout``, docs/scaling.md).
+    """
+    kwargs = postgres_kwargs(settings)
+    if settings.db_pooler != "pgbouncer":
+        kwargs["options"] = f"-c statement_timeout={bound_ms} -c lock_timeout={bound_ms}"
+    return kwargs
+
+
 def open_shared_resources(settings: Settings, *, threads: int) -> JobResources:
     """One stock pool for all threads: each blocking step bounded (connect, statement, lock, pool wait)."""
     bound_ms = int(max(settings.send_timeout_seconds, 1.0) * 1000)
@@ -82,11 +95,7 @@ def open_shared_resources(settings: Settings, *, threads: int) -> JobResources:
         min_size=1,
         max_size=threads,
         timeout=settings.send_timeout_seconds,
-        kwargs={
-            "connect_timeout": DB_CONNECT_TIMEOUT_SECONDS,
-            "autocommit": True,
-            "options": f"-c statement_timeout={bound_ms} -c lock_timeout={bound_ms}",
-        },
+        kwargs=_bounded_postgres_kwargs(settings, bound_ms),
         check=ConnectionPool.check_connection,
         name="alert-worker-threads",
         open=True,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,6 +20,7 @@ import psycopg
 import pytest
 import redis
 
+from tests.cluster.pgbouncer import running_pgbouncer, via_pgbouncer
 from tests.support.smtp import SmtpSink, running_smtp_sink
 
 ADMIN_DSN = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -38,6 +39,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         if top in DIRECTORY_MARKERS:
             item.add_marker(getattr(pytest.mark, top))
+# TEST_DATABASE_VIA=pgbouncer: every test database is reached through a private PgBouncer in transaction
+# mode (tests/cluster/pgbouncer.py) and workers get ALERT_DB_POOLER=pgbouncer.
+POOLER_ENV = {"ALERT_DB_POOLER": "pgbouncer"} if via_pgbouncer() else {}
 
 
 def _with_database(dsn: str, name: str) -> str:
@@ -70,13 +74,23 @@ def template_database() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def database_front() -> Iterator[Callable[[str], str]]:
+    """How tests reach their database: directly, or through PgBouncer (TEST_DATABASE_VIA=pgbouncer)."""
+    if not via_pgbouncer():
+        yield lambda url: url
+        return
+    with running_pgbouncer(upstream=ADMIN_DSN) as bouncer:
+        yield bouncer.route
+
+
 @pytest.fixture
-def database_url(template_database: str) -> Iterator[str]:
+def database_url(template_database: str, database_front: Callable[[str], str]) -> Iterator[str]:
     """A fresh, migrated database for one test, dropped afterwards."""
     name = f"alert_test_{uuid.uuid4().hex[:12]}"
     with _admin() as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    yield _with_database(ADMIN_DSN, name)
+    yield database_front(_with_database(ADMIN_DSN, name))
     with _admin() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -136,4 +150,5 @@ def worker_env(database_url: str, redis_url: str, smtp_sink: SmtpSink) -> dict[s
         "ALERTS_FROM_EMAIL": "alerts@example.org",
         "ALERT_RECIPIENT_HASH_SECRET": "test-secret",
         "ALERT_SEND_TIMEOUT_SECONDS": "5",
+        **POOLER_ENV,
     }

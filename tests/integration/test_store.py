@@ -13,13 +13,14 @@ from psycopg_pool import ConnectionPool
 from alert_worker.errors import ClaimLostError
 from alert_worker.models import DeliveryStatus
 from alert_worker.store import DeliveryStore, NewDelivery
+from tests.cluster.pgbouncer import pool_kwargs
 
 PAYLOAD = {"recipient": "ops@example.com", "subject": "Disk full", "body": "db-1 at 99%"}
 
 
 @pytest.fixture
 def pool(database_url: str) -> Iterator[ConnectionPool]:
-    with ConnectionPool(database_url, min_size=1, max_size=25, open=True, kwargs={"autocommit": True}) as p:
+    with ConnectionPool(database_url, min_size=1, max_size=25, open=True, kwargs=pool_kwargs()) as p:
         yield p
 
 

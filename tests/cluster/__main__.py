@@ -1,0 +1,69 @@
+"""``python -m tests.cluster [--deliveries N]``: the cluster suite (root; network namespaces).
+
+Runs the PgBouncer and Sentinel tests (pytest, tests/cluster/test_pgbouncer.py and test_sentinel.py),
+then the namespace scenarios (partition, slow link) with three worker hosts. The last line is
+``cluster-suite: hosts=3 deliveries=N lost=L duplicates=D forced=F pgbouncer=ok|fail sentinel=ok|fail``.
+Exit 0 when every part passed, 1 when one failed, 77 (skipped) without root or ``ip netns``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+from tests.cluster import netns
+from tests.cluster.scenarios import Outcome, run_scenario
+from tests.cluster.services import Services
+from tests.support.processes import REPO
+
+
+def _pytest(path: str) -> bool:
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", path], cwd=REPO, check=False)
+    return done.returncode == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.cluster")
+    parser.add_argument("--deliveries", type=int, default=120, help="deliveries per scenario")
+    args = parser.parse_args(argv)
+    reason = netns.unavailable_reason()
+    if reason is not None:
+        print(f"cluster-suite: skipped: {reason}")
+        return 77
+    pgbouncer_ok = _pytest("tests/cluster/test_pgbouncer.py")
+    sentinel_ok = _pytest("tests/cluster/test_sentinel.py")
+    outcomes: list[Outcome] = []
+    netns.create()
+    try:
+        services = Services()
+        try:
+            services.start()
+            for fault in ("none", "partition", "slow"):
+                outcome = run_scenario(fault, deliveries=args.deliveries, services=services)
+                print(outcome.line(), flush=True)
+                outcomes.append(outcome)
+        finally:
+            services.close()
+    finally:
+        netns.cleanup()
+    left = netns.leftovers()
+    if left:
+        print(f"cluster-suite: left behind: {left}")
+    total = Outcome(fault="all")
+    for o in outcomes:
+        total.deliveries += o.deliveries
+        total.lost += o.lost
+        total.duplicates += o.duplicates
+        total.forced += o.forced
+    ok = pgbouncer_ok and sentinel_ok and not left and all(o.ok for o in outcomes)
+    print(
+        f"cluster-suite: hosts={netns.HOSTS} deliveries={total.deliveries} lost={total.lost} "
+        f"duplicates={total.duplicates} forced={total.forced} pgbouncer={'ok' if pgbouncer_ok else 'fail'} "
+        f"sentinel={'ok' if sentinel_ok else 'fail'}"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
