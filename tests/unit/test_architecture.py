@@ -18,8 +18,6 @@ ROOT = PACKAGE.parent
 RQ_EDGES = {"alert_worker.rq_jobs", "alert_worker.worker", "alert_worker.threaded_worker"}
 PROVIDER_LIBRARIES = {"smtplib", "requests", "twilio"}
 MAX_LINES = 300
-# Over the limit today, owned by other work streams (issue 10): remove each entry when it is split.
-LONG_FOR_NOW = {"alert_worker.executor": "core", "alert_worker.store": "thread"}
 
 
 def _module_name(path: Path) -> str:
@@ -140,9 +138,7 @@ def test_nothing_imports_a_private_name_of_another_library() -> None:
 
 @pytest.mark.parametrize("module", sorted(SOURCES), ids=sorted(SOURCES))
 def test_every_module_is_at_most_300_lines(module: str) -> None:
-    """A module you can read in one sitting (STYLE.md); LONG_FOR_NOW names the two left to split."""
-    if module in LONG_FOR_NOW:
-        pytest.skip(f"{module} is {LONG_FOR_NOW[module]}'s to split")
+    """A module you can read in one sitting (STYLE.md); no exceptions."""
     path = SOURCES[module][0]
     assert len(path.read_text().splitlines()) <= MAX_LINES
 
