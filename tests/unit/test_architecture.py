@@ -168,3 +168,19 @@ def test_alert_worker_status_loads_neither_rq_nor_a_provider_library_nor_the_exe
 def test_tests_are_marked_by_their_directory(request: pytest.FixtureRequest) -> None:
     """conftest adds ``unit`` here, so ``pytest -m unit`` runs this file without any pytestmark line."""
     assert request.node.get_closest_marker("unit") is not None
+
+
+SHARED_TEST_HELPERS = ("WorkerProcess", "wait_until", "free_port", "scrubbed_environ", "child_env")
+
+
+def test_shared_test_helpers_are_defined_once_in_tests_support() -> None:
+    """One copy of each helper (issue 10); a crash-only ``WorkerProcess`` must subclass the shared one."""
+    defined: dict[str, list[str]] = {name: [] for name in SHARED_TEST_HELPERS}
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name in defined:
+                bases = [ast.unparse(b) for b in node.bases] if isinstance(node, ast.ClassDef) else []
+                if any(base.endswith("WorkerProcess") for base in bases):
+                    continue  # reuses the shared class
+                defined[node.name].append(str(path.relative_to(ROOT)))
+    assert defined == {name: ["tests/support/processes.py"] for name in SHARED_TEST_HELPERS}
