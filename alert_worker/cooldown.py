@@ -14,6 +14,7 @@ import math
 import redis
 import structlog
 
+from alert_worker.keys import DEFAULT_PREFIX, RedisKeys
 from alert_worker.redaction import recipient_hash
 
 log = structlog.get_logger("alert_worker.cooldown")
@@ -42,22 +43,22 @@ class Cooldowns:
         self,
         *,
         client: redis.Redis,
-        key_prefix: str = "alert:",
+        key_prefix: str = DEFAULT_PREFIX,
         default_seconds: float = 30.0,
         max_seconds: float = 3600.0,
     ) -> None:
         self._client = client
-        self._prefix = key_prefix
+        self._keys = RedisKeys(key_prefix)
         self._default = default_seconds
         self._max = max(max_seconds, default_seconds)
         self._start = client.register_script(_START)
 
     def key(self, channel: str, dest_hash: str) -> str:
-        return f"{self._prefix}cooldown:{channel}:{dest_hash}"
+        return self._keys.cooldown(channel, dest_hash)
 
     def pattern(self) -> str:
         """For operators counting active cooldowns (``SCAN MATCH``)."""
-        return f"{self._prefix}cooldown:*"
+        return self._keys.cooldowns_pattern
 
     def start(self, channel: str, dest_hash: str, retry_after: float | None) -> float:
         """Cool the destination for ``retry_after`` (else the default) seconds, capped; returns the TTL set."""

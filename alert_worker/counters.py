@@ -41,11 +41,6 @@ class Gauge:
         return int(raw) if raw is not None else 0
 
 
-# Suffixes after the prefix, kept for metrics.py until it reads RedisKeys (alert:poison:count, CONTRACT §3).
-POISON_COUNT_KEY = RedisKeys("").poison_count
-QUEUE_DEPTH_KEY = RedisKeys("").queue_depth
-
-
 def poison_count(client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> Gauge:
     return Gauge(client=client, key=RedisKeys(prefix).poison_count)
 

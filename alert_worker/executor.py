@@ -7,7 +7,8 @@ claimed before anything is sent, the outcome is written before a follow-up job i
 left ``in_progress`` or ``pending`` with no job is found again by the sweep. A job that finds its row
 pending but not yet due schedules a wake-up for the due time instead of leaving it to the sweep.
 
-The recipient's identity (hash, mask, rate-limit bucket) is its normalized form (CONTRACT §6.2).
+The recipient's identity (hash, mask, rate-limit bucket) is its normalized form (CONTRACT §6.2). The
+not-delivered endings (retry, deferral, poison) and their follow-up jobs are in ``alert_worker.setbacks``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from alert_worker.errors import (
     TransientDeliveryError,
 )
 from alert_worker.feedback import Feedback, Hold, NoFeedback
-from alert_worker.models import ChannelType, DeliveryResult, DeliveryRow, DeliveryStatus, Message, Outcome, make_result
+from alert_worker.models import ChannelType, DeliveryResult, DeliveryStatus, Message, Outcome, make_result
 from alert_worker.ports import (
     DeliveryMetrics,
     DeliveryStorePort,
@@ -44,6 +45,7 @@ from alert_worker.ports import (
     PoisonQueuePort,
 )
 from alert_worker.retry import DeferralPolicy, RetryPolicy
+from alert_worker.setbacks import Setbacks
 from alert_worker.settings import RateLimits
 from alert_worker.store import Claim, NewDelivery
 from alert_worker.validation import storable_payload
@@ -73,6 +75,18 @@ class DeliveryExecutor:
     def deferral_policy(self) -> DeferralPolicy:
         """Built from the current fields, so a changed budget takes effect (it is a few attributes)."""
         return DeferralPolicy(max_defer_seconds=self.max_defer_seconds, rand=self.rand)
+
+    @property
+    def setbacks(self) -> Setbacks:
+        """Retry, deferral and poison writes (``alert_worker.setbacks``), over the current collaborators."""
+        return Setbacks(
+            store=self.store,
+            poison_queue=self.poison_queue,
+            scheduler=self.scheduler,
+            retry_policy=self.retry_policy,
+            deferral_policy=self.deferral_policy,
+            metrics=self.metrics,
+        )
 
     def identity(self, channel: ChannelType, recipient: Any) -> tuple[str, str]:
         """(recipient_hash, masked recipient) of the normalized recipient: one bucket per real recipient."""
@@ -146,7 +160,7 @@ class DeliveryExecutor:
         log.error("delivery_crashed", error=type(exc).__name__, attempts=attempts)
         failure = TransientDeliveryError(f"worker_error: {type(exc).__name__}")
         try:
-            self._failed(claim, log, attempts, failure, request.queue)
+            self.setbacks.failed(claim, log, attempts, failure, request.queue)
         except Exception as second:  # noqa: BLE001 - the original error is the one to raise
             log.error("delivery_crash_not_recorded", error=type(second).__name__)
 
@@ -155,22 +169,22 @@ class DeliveryExecutor:
         row = claim.row
         attempts = max(request.attempt, row.attempts)
         if row.payload is None:
-            return self._poison(claim, log, attempts, delivery.why_unstorable(request))
+            return self.setbacks.poison(claim, log, attempts, delivery.why_unstorable(request))
         if attempts >= self.retry_policy.max_attempts:
-            return self._poison(claim, log, attempts, "attempts_exhausted")
+            return self.setbacks.poison(claim, log, attempts, "attempts_exhausted")
         channel_type = ChannelType(row.channel)
         try:
             channel = self.channel_factory(channel_type)
         except PermanentDeliveryError as exc:
-            return self._poison(claim, log, attempts, exc.reason)
+            return self.setbacks.poison(claim, log, attempts, exc.reason)
         except ConfigurationError as exc:  # a channel whose settings cannot work, found per delivery
             log.error("channel_misconfigured", error=str(exc))
-            return self._poison(claim, log, attempts, f"channel_not_configured: {row.channel}")
+            return self.setbacks.poison(claim, log, attempts, f"channel_not_configured: {row.channel}")
         try:
             try:
                 message = channel.prepare(delivery.message_from_row(row, attempts))
             except PermanentDeliveryError as exc:
-                return self._poison(claim, log, attempts, exc.reason)
+                return self.setbacks.poison(claim, log, attempts, exc.reason)
             held = self._held(claim, log, attempts, channel, message, request.queue)
             if held is not None:
                 return held
@@ -183,7 +197,7 @@ class DeliveryExecutor:
                 return delivery.waiting_result(row, "rate_limiter_unavailable")
             if not decision.allowed:
                 self.metrics.throttled(row.channel, decision.limit_name or "unknown")
-                return self._defer(
+                return self.setbacks.defer(
                     claim, log, attempts, decision.wait_seconds, decision.limit_name or "unknown", request.queue
                 )
             log.info("delivery_attempt")
@@ -191,7 +205,7 @@ class DeliveryExecutor:
                 receipt = channel.send(message)
             except DeliveryError as exc:
                 self.feedback.after_failure(row, channel, message, exc, log=log)
-                return self._failed(claim, log, attempts + 1, exc, request.queue)
+                return self.setbacks.failed(claim, log, attempts + 1, exc, request.queue)
         finally:
             channel.close()
         latency = self.store.mark_delivered(row.id, claim.token, attempts=attempts + 1, message_id=receipt.message_id)
@@ -216,14 +230,14 @@ class DeliveryExecutor:
         try:
             hold: Hold | None = self.feedback.hold(row, channel, message)
         except DeliveryError as exc:  # the unknown-outcome look-up could not ask the provider
-            return self._failed(claim, log, attempts + 1, exc, queue)
+            return self.setbacks.failed(claim, log, attempts + 1, exc, queue)
         if hold is None:
             return None
         if hold.kind == "suppressed":
-            return self._poison(claim, log, attempts, hold.error or "suppressed")
+            return self.setbacks.poison(claim, log, attempts, hold.error or "suppressed")
         if hold.kind == "cooldown":
             self.metrics.throttled(row.channel, "cooldown")
-            return self._defer(claim, log, attempts, hold.wait_seconds, "cooldown", queue, error=hold.error)
+            return self.setbacks.defer(claim, log, attempts, hold.wait_seconds, "cooldown", queue, error=hold.error)
         self.store.mark_delivered(row.id, claim.token, attempts=attempts, message_id=hold.message_id)
         self.feedback.after_delivered(row)
         self.metrics.attempt(row.channel, Outcome.DELIVERED.value)
@@ -235,92 +249,6 @@ class DeliveryExecutor:
             status=DeliveryStatus.DELIVERED,
             success=True,
             message_id=hold.message_id,
-        )
-
-    def _failed(self, claim: Claim, log: Any, attempts: int, exc: DeliveryError, queue: str) -> DeliveryResult:
-        row = claim.row
-        if isinstance(exc, TransientDeliveryError):
-            decision = self.retry_policy.after_transient_failure(attempts, exc.retry_after)
-            if not decision.retry:
-                return self._poison(claim, log, attempts, f"{decision.reason}: {exc.reason}", retryable=True)
-            self.metrics.attempt(row.channel, "transient_failure")
-            self.metrics.retried(row.channel, exc.reason)
-            next_at, _ = self.store.schedule_retry(
-                row.id, claim.token, attempts=attempts, delay_seconds=decision.delay_seconds, error=exc.reason
-            )
-            self._schedule(row, log, attempts, decision.delay_seconds, "retry", queue, token=claim.token)
-            log.warning(
-                "delivery_retry_scheduled",
-                error=exc.reason,
-                delay_seconds=round(decision.delay_seconds, 3),
-                next_attempt_at=next_at.isoformat(),
-            )
-            return delivery.waiting_result(row, exc.reason, next_at)
-        return self._poison(claim, log, attempts, exc.reason)
-
-    def _defer(
-        self,
-        claim: Claim,
-        log: Any,
-        attempts: int,
-        wait_seconds: float,
-        limit_name: str,
-        queue: str,
-        *,
-        error: str | None = None,
-    ) -> DeliveryResult:
-        row = claim.row
-        since, now = row.deferred_since, row.db_now
-        deferred_for = (now - since).total_seconds() if since is not None and now is not None else 0.0
-        decision = self.deferral_policy.after_denial(wait_seconds, deferred_for)
-        if not decision.defer:
-            return self._poison(claim, log, attempts, f"rate_limited_too_long: {limit_name} limit")
-        delay = decision.delay_seconds
-        error = error or f"rate_limited: {limit_name} limit"
-        next_at, _ = self.store.defer(row.id, claim.token, delay_seconds=delay, error=error)
-        self._schedule(row, log, attempts, delay, "defer", queue, token=claim.token)
-        self.metrics.deferred(row.channel, limit_name)
-        log.info(
-            "delivery_deferred", limit=limit_name, delay_seconds=round(delay, 3), next_attempt_at=next_at.isoformat()
-        )
-        return delivery.waiting_result(row, error, next_at)
-
-    def _schedule(
-        self, row: DeliveryRow, log: Any, attempts: int, delay: float, kind: str, queue: str, *, token: str
-    ) -> None:
-        """Hand the follow-up to RQ on the job's origin queue.
-
-        If that fails the row is still pending with ``next_attempt_at`` set, and the sweep recovers it.
-        """
-        assert row.payload is not None
-        try:
-            self.scheduler.schedule(
-                FollowUp(
-                    delivery_id=row.id,
-                    channel=row.channel,
-                    payload=dict(row.payload),
-                    queue=queue,
-                    attempt=attempts,
-                    delay_seconds=delay,
-                    kind=kind,
-                    token=token,
-                )
-            )
-        except Exception as exc:  # noqa: BLE001 - the row is safe in Postgres; the sweep re-enqueues it
-            log.error("follow_up_enqueue_failed", kind=kind, error=type(exc).__name__)
-
-    def _poison(self, claim: Claim, log: Any, attempts: int, reason: str, *, retryable: bool = False) -> DeliveryResult:
-        row = claim.row
-        self.poison_queue.park(row.id, claim.token, attempts=attempts, error=reason)
-        self.metrics.attempt(row.channel, Outcome.POISONED.value)
-        log.error("delivery_poisoned", error=reason, attempts=attempts)
-        return make_result(
-            delivery_id=row.id,
-            channel=row.channel,
-            outcome=Outcome.POISONED,
-            status=DeliveryStatus.POISON,
-            error=reason,
-            retryable=retryable,
         )
 
     def _skipped(self, request: DeliveryRequest, rhash: str) -> DeliveryResult:
@@ -340,7 +268,7 @@ class DeliveryExecutor:
         )
         next_at: datetime | None = row.next_attempt_at if row and status is DeliveryStatus.PENDING else None
         if row is not None and next_at is not None:
-            self._wake_when_due(request, row, next_at)
+            self.setbacks.wake_when_due(request, row, next_at, self.logger)
         return make_result(
             delivery_id=request.delivery_id,
             channel=row.channel if row else request.channel.value,
@@ -349,21 +277,6 @@ class DeliveryExecutor:
             success=status is DeliveryStatus.DELIVERED,
             next_attempt_at=next_at,
         )
-
-    def _wake_when_due(self, request: DeliveryRequest, row: DeliveryRow, next_at: datetime) -> None:
-        """A pending row that is not yet due (clock skew, an early scheduler): schedule a job for its due
-        time rather than leave it to the sweep. The id is keyed by the due time and the running job, so it
-        is stable for this job and never this job's own id (a wake-up that itself runs early makes another).
-        """
-        if row.payload is None or row.db_now is None:
-            return
-        delay = max(0.0, (next_at - row.db_now).total_seconds())
-        log = self.logger.bind(
-            delivery_id=row.id, channel=row.channel, attempt=row.attempts, recipient_hash=row.recipient_hash
-        )
-        token = delivery.wake_up_token(next_at, request.job_id)
-        self._schedule(row, log, row.attempts, delay, "due", request.queue, token=token)
-        log.info("delivery_wake_up_scheduled", delay_seconds=round(delay, 3), next_attempt_at=next_at.isoformat())
 
 
 __all__ = ["DeliveryExecutor", "DeliveryMetrics", "DeliveryRequest", "FollowUp", "FollowUpScheduler", "NullMetrics"]

@@ -1,8 +1,9 @@
 """Every Redis key this package writes or reads, under one prefix (``ALERT_REDIS_KEY_PREFIX``).
 
 One schema so two modules never spell a key differently; ``RedisKeys("alert:")`` gives the names
-CONTRACT §3 and §6 fix. RQ's own keys (queues, registries, the scheduler lock) are RQ's and live in
-``rq_jobs``.
+CONTRACT §3 and §6 fix. RQ's own keys (queues, registries) are RQ's and live in ``rq_jobs``; the two an
+operator command reads without importing rq are written out below and pinned by tests to RQ's values.
+A unit test fails if another package module spells a key itself.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "alert:"
+
+RQ_WORKER_KEY_PREFIX = "rq:worker:"  # rq.worker.BaseWorker.redis_worker_namespace_prefix (pinned by a test)
+RQ_SCHEDULER_LOCK_KEY = "rq:scheduler-lock:{queue}"  # rq.scheduler.RQScheduler.get_locking_key (pinned)
 
 
 @dataclass(frozen=True)
@@ -46,9 +50,26 @@ class RedisKeys:
     def worker_alive(self, name: str) -> str:
         return f"{self.prefix}worker:{name}:alive"
 
+    @property
+    def workers_pattern(self) -> str:
+        """``SCAN MATCH`` for every worker key (registrations and alive keys)."""
+        return f"{self.prefix}worker:*"
+
+    def worker_name(self, key: str) -> str | None:
+        """The worker a registration key names; ``None`` for an alive key or any other key."""
+        base = f"{self.prefix}worker:"
+        if not key.startswith(base) or key.endswith(":alive"):
+            return None
+        return key[len(base) :]
+
     def cooldown(self, channel: str, destination_hash: str) -> str:
         """A destination that asked us to slow down, §6.2."""
         return f"{self.prefix}cooldown:{channel}:{destination_hash}"
+
+    @property
+    def cooldowns_pattern(self) -> str:
+        """``SCAN MATCH`` for active cooldowns (they expire by TTL, so every key found is active)."""
+        return f"{self.prefix}cooldown:*"
 
     # -- rate limits ---------------------------------------------------------------------------------
     def rate_limit_channel(self, channel: str) -> str:
@@ -69,6 +90,22 @@ class RedisKeys:
     @property
     def metrics_throttled(self) -> str:
         return f"{self.prefix}metrics:throttled"
+
+    @property
+    def metrics_deferrals(self) -> str:
+        return f"{self.prefix}metrics:deferrals"
+
+    @property
+    def metrics_retries(self) -> str:
+        return f"{self.prefix}metrics:retries"
+
+    @property
+    def metrics_suppressed(self) -> str:
+        return f"{self.prefix}metrics:suppressed"
+
+    @property
+    def metrics_unknown_outcomes(self) -> str:
+        return f"{self.prefix}metrics:unknown_outcomes"
 
     @property
     def metrics_latency_buckets(self) -> str:

@@ -7,7 +7,8 @@ third of it. A ``kill -9`` stops the refreshes: the alive key expires and the sw
 the worker had claimed (CONTRACT §6.1). A claimant that never registered (plain ``rq worker``) is alive
 while RQ's own worker key exists.
 
-Imports no rq: RQ's worker-key prefix is written here and pinned by a test against rq's own constant.
+Imports no rq: RQ's worker-key prefix is written out in ``keys`` and pinned by a test against rq's own
+constant. Every key comes from ``keys.RedisKeys``.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from typing import Any
 import redis
 import structlog
 
+from alert_worker.keys import RQ_SCHEDULER_LOCK_KEY, RQ_WORKER_KEY_PREFIX, RedisKeys
+
 log = structlog.get_logger("alert_worker.liveness")
 
-RQ_WORKER_KEY_PREFIX = "rq:worker:"  # rq.worker.BaseWorker.redis_worker_namespace_prefix (pinned by a test)
 REGISTRATION_TTL_SECONDS = 2 * 24 * 3600  # at least 24 h, refreshed with every alive beat
 MAX_ALIVE_TTL_SECONDS = 30
 MIN_ALIVE_TTL_SECONDS = 3
@@ -41,8 +43,9 @@ class WorkerKeys:
     """The Redis keys of one worker name under the package prefix (``alert:`` by default)."""
 
     def __init__(self, *, prefix: str, name: str) -> None:
-        self.registration = f"{prefix}worker:{name}"
-        self.alive = f"{prefix}worker:{name}:alive"
+        keys = RedisKeys(prefix)
+        self.registration = keys.worker(name)
+        self.alive = keys.worker_alive(name)
         self.rq_worker = f"{RQ_WORKER_KEY_PREFIX}{name}"
 
 
@@ -132,11 +135,6 @@ class Registration:
             self._client.delete(self.keys.alive, self.keys.registration)
         except (redis.RedisError, OSError) as exc:
             log.warning("liveness_unregister_failed", error=type(exc).__name__, clean=clean)
-
-
-# RQ's scheduler lock key (``rq.scheduler.RQScheduler.get_locking_key``), written out so an operator
-# command need not import rq; tests/unit/test_keys.py pins it to RQ's own value.
-RQ_SCHEDULER_LOCK_KEY = "rq:scheduler-lock:{queue}"
 
 
 def scheduler_locks(client: redis.Redis, queues: Sequence[str]) -> dict[str, bool]:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 import structlog
 
-from alert_worker.counters import POISON_COUNT_KEY, QUEUE_DEPTH_KEY
+from alert_worker.keys import DEFAULT_PREFIX, RedisKeys
 
 log = structlog.get_logger("alert_worker.metrics")
 
@@ -53,56 +52,6 @@ def retry_reason(error: str) -> str:
     return "other"
 
 
-@dataclass(frozen=True)
-class MetricKeys:
-    prefix: str = "alert:"
-
-    @property
-    def attempts(self) -> str:
-        return f"{self.prefix}metrics:attempts"
-
-    @property
-    def throttled(self) -> str:
-        return f"{self.prefix}metrics:throttled"
-
-    @property
-    def deferrals(self) -> str:
-        return f"{self.prefix}metrics:deferrals"
-
-    @property
-    def retries(self) -> str:
-        return f"{self.prefix}metrics:retries"
-
-    @property
-    def suppressed(self) -> str:
-        return f"{self.prefix}metrics:suppressed"
-
-    @property
-    def unknown_outcomes(self) -> str:
-        return f"{self.prefix}metrics:unknown_outcomes"
-
-    @property
-    def latency_buckets(self) -> str:
-        return f"{self.prefix}metrics:latency:buckets"
-
-    @property
-    def latency_sum(self) -> str:
-        return f"{self.prefix}metrics:latency:sum"
-
-    @property
-    def poison(self) -> str:
-        return f"{self.prefix}{POISON_COUNT_KEY}"
-
-    @property
-    def queue_depth(self) -> str:
-        return f"{self.prefix}{QUEUE_DEPTH_KEY}"
-
-    @property
-    def oldest_pending_since(self) -> str:
-        """Written by the sweep (never-attempted pending rows); no longer exported, see ops notes."""
-        return f"{self.prefix}pending:oldest_since"
-
-
 def bucket_for(seconds: float) -> str:
     """The smallest bucket bound holding ``seconds`` (``+Inf`` beyond the last); stored non-cumulative."""
     for bound in LATENCY_BUCKETS:
@@ -118,37 +67,37 @@ def le_label(bound: float) -> str:
 class RedisMetrics:
     """``executor.DeliveryMetrics`` written to Redis hashes; never raises into a delivery."""
 
-    def __init__(self, *, client: redis.Redis, prefix: str = "alert:") -> None:
+    def __init__(self, *, client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
         self._client = client
-        self._keys = MetricKeys(prefix)
+        self._keys = RedisKeys(prefix)
 
     def attempt(self, channel: str, outcome: str) -> None:
-        self._incr(self._keys.attempts, channel, outcome)
+        self._incr(self._keys.metrics_attempts, channel, outcome)
 
     def throttled(self, channel: str, limit: str) -> None:
         """A rate-limit denial (``limit``: channel, recipient, global)."""
-        self._incr(self._keys.throttled, channel, limit)
+        self._incr(self._keys.metrics_throttled, channel, limit)
 
     def deferred(self, channel: str, reason: str) -> None:
         """A delivery put off without using an attempt (``reason``: a limit name or ``cooldown``)."""
-        self._incr(self._keys.deferrals, channel, reason)
+        self._incr(self._keys.metrics_deferrals, channel, reason)
 
     def retried(self, channel: str, error: str) -> None:
         """A retry scheduled after a transient failure; ``error`` is folded by ``retry_reason``."""
-        self._incr(self._keys.retries, channel, retry_reason(error))
+        self._incr(self._keys.metrics_retries, channel, retry_reason(error))
 
     def suppressed(self, channel: str) -> None:
         """A delivery poisoned because its recipient is on the suppression list."""
-        self._write(lambda p: p.hincrby(self._keys.suppressed, channel, 1))
+        self._write(lambda p: p.hincrby(self._keys.metrics_suppressed, channel, 1))
 
     def unknown_outcome(self, channel: str) -> None:
         """An attempt that may have reached the provider with no answer (``outcome_unknown:``)."""
-        self._write(lambda p: p.hincrby(self._keys.unknown_outcomes, channel, 1))
+        self._write(lambda p: p.hincrby(self._keys.metrics_unknown_outcomes, channel, 1))
 
     def latency(self, channel: str, seconds: float) -> None:
         def write(p: Any) -> None:
-            p.hincrby(self._keys.latency_buckets, f"{channel}{SEP}{bucket_for(seconds)}", 1)
-            p.hincrbyfloat(self._keys.latency_sum, channel, max(0.0, seconds))
+            p.hincrby(self._keys.metrics_latency_buckets, f"{channel}{SEP}{bucket_for(seconds)}", 1)
+            p.hincrbyfloat(self._keys.metrics_latency_sum, channel, max(0.0, seconds))
 
         self._write(write)
 

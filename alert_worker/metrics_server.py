@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from alert_worker.metrics import CHANNELS, LATENCY_BUCKETS, MetricKeys, le_label, split_field
+from alert_worker.keys import RedisKeys
+from alert_worker.metrics import CHANNELS, LATENCY_BUCKETS, le_label, split_field
 from alert_worker.overview import live_workers, oldest_due_pending_seconds
 from alert_worker.settings import Settings
 
@@ -49,7 +50,7 @@ class AlertCollector(Collector):
     ) -> None:
         self._client_factory = client_factory
         self._prefix = prefix
-        self._keys = MetricKeys(prefix)
+        self._keys = RedisKeys(prefix)
         self._oldest_due_pending = oldest_due_pending
         self._scheduler_probe = scheduler_probe
 
@@ -92,12 +93,12 @@ class AlertCollector(Collector):
             keys = self._keys
             pipe = client.pipeline(transaction=False)
             for attr, *_ in _LABELLED_COUNTERS:
-                pipe.hgetall(getattr(keys, attr))
+                pipe.hgetall(getattr(keys, f"metrics_{attr}"))  # RedisKeys.metrics_attempts, ...
             for attr, *_ in _CHANNEL_COUNTERS:
-                pipe.hgetall(getattr(keys, attr))
-            pipe.hgetall(keys.latency_buckets)
-            pipe.hgetall(keys.latency_sum)
-            pipe.mget([keys.poison, keys.queue_depth])
+                pipe.hgetall(getattr(keys, f"metrics_{attr}"))
+            pipe.hgetall(keys.metrics_latency_buckets)
+            pipe.hgetall(keys.metrics_latency_sum)
+            pipe.mget([keys.poison_count, keys.queue_depth])
             replies = pipe.execute()
             workers = live_workers(client, self._prefix)
             schedulers = self._scheduler_probe(client) if self._scheduler_probe else None

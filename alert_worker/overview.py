@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import redis
 
+from alert_worker.keys import RedisKeys
+
 STATUSES: tuple[str, ...] = ("pending", "in_progress", "delivered", "failed", "poison")
 ESTIMATED_STATUSES: tuple[str, ...] = ("delivered",)
 CHANNELS: tuple[str, ...] = ("email", "slack", "sms")
@@ -122,7 +124,7 @@ def suppression_count(conn: Any) -> int:
 # -- Redis ------------------------------------------------------------------------------------------
 def cooldown_count(client: redis.Redis, prefix: str) -> int:
     """Active cooldowns: keys ``<prefix>cooldown:*`` (they expire by TTL, so every key is active)."""
-    return sum(1 for _ in client.scan_iter(match=f"{prefix}cooldown:*", count=1000))
+    return sum(1 for _ in client.scan_iter(match=RedisKeys(prefix).cooldowns_pattern, count=1000))
 
 
 def _text(value: Any) -> str:
@@ -138,20 +140,15 @@ def _int(raw: Any) -> int:
 
 def live_workers(client: redis.Redis, prefix: str) -> list[WorkerInfo]:
     """Registrations ``<prefix>worker:<name>`` whose ``<prefix>worker:<name>:alive`` key exists (§6.1)."""
-    base = f"{prefix}worker:"
-    names = sorted(
-        {
-            key[len(base) :]
-            for key in (_text(k) for k in client.scan_iter(match=f"{base}*", count=1000))
-            if not key.endswith(":alive")
-        }
-    )
+    keys = RedisKeys(prefix)
+    found = (keys.worker_name(_text(k)) for k in client.scan_iter(match=keys.workers_pattern, count=1000))
+    names = sorted({name for name in found if name is not None})
     if not names:
         return []
     pipe = client.pipeline(transaction=False)
     for name in names:
-        pipe.exists(f"{base}{name}:alive")
-        pipe.hgetall(f"{base}{name}")
+        pipe.exists(keys.worker_alive(name))
+        pipe.hgetall(keys.worker(name))
     replies = pipe.execute(raise_on_error=False)
     workers = []
     for i, name in enumerate(names):

@@ -21,9 +21,9 @@ import redis
 import structlog
 
 from alert_worker.counters import Gauge
+from alert_worker.delivery import recipient_identity
 from alert_worker.errors import AlertWorkerError
 from alert_worker.keys import RedisKeys
-from alert_worker.redaction import mask_recipient, recipient_hash
 from alert_worker.settings import Settings
 from alert_worker.store import NewDelivery
 from alert_worker.validation import storable_payload, validate_job_arguments
@@ -127,12 +127,24 @@ class QueueAdmission:
 
 
 class Producer:
-    """Records a delivery, then enqueues its job once; the row always comes first."""
+    """Records a delivery, then enqueues its job once; the row always comes first.
+
+    The row's ``recipient_hash`` and mask are those of the normalized recipient (CONTRACT §6.2), exactly
+    as a job creating its own row computes them, so suppression and rate limits see one recipient.
+    """
 
     def __init__(
-        self, *, store: ProducerStore, enqueuer: JobEnqueuer, queue_depth: Gauge, hash_secret: str, default_queue: str
+        self,
+        *,
+        store: ProducerStore,
+        enqueuer: JobEnqueuer,
+        queue_depth: Gauge,
+        hash_secret: str,
+        default_queue: str,
+        default_webhook_url: str = "",
     ) -> None:
         self._store = store
+        self._default_webhook_url = default_webhook_url  # SLACK_WEBHOOK_URL: what "" and "default" stand for
         self._enqueuer = enqueuer
         self._queue_depth = queue_depth
         self._hash_secret = hash_secret
@@ -152,11 +164,14 @@ class Producer:
             raise ValueError("recipient, subject and body must be text without NUL or lone surrogates, body <= 1 MB")
         secret = self._store.recipient_hash_secret(self._hash_secret)
         queue = request.queue or self._default_queue
+        rhash, masked = recipient_identity(
+            secret, channel_type, request.recipient, default_webhook_url=self._default_webhook_url
+        )
         new = NewDelivery(
             id=delivery_id,
             channel=channel_type.value,
-            recipient_masked=mask_recipient(channel_type, request.recipient),
-            recipient_hash=recipient_hash(secret, channel_type.value, request.recipient),
+            recipient_masked=masked,
+            recipient_hash=rhash,
             payload=payload,
             queue=queue,
             alert_id=request.alert_id,
@@ -208,6 +223,7 @@ def send_alert(
             queue_depth=parts.queue_depth,
             hash_secret=settings.recipient_hash_secret,
             default_queue=settings.queues[0],
+            default_webhook_url=settings.slack.default_webhook_url,
         )
         admission = QueueAdmission(
             client=conns.redis, prefix=settings.redis_key_prefix, max_depth=settings.max_queue_depth

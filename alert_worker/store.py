@@ -6,17 +6,17 @@ Writes made on behalf of a job are fenced by the row's ``claim_token``: a job wh
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
 from typing import Any
 
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from alert_worker.errors import ClaimLostError
+from alert_worker.intake import IntakeStatements
+from alert_worker.intake import NewDelivery as NewDelivery  # re-exported: callers import it from here
 from alert_worker.models import DeliveryRow, DeliveryStatus
 from alert_worker.recovery import RecoveredDelivery as RecoveredDelivery  # re-exported: callers import it from here
 from alert_worker.recovery import RecoveryStatements
@@ -25,8 +25,6 @@ _ROW_COLUMNS = (
     "id, channel, status, attempts, deferrals, recipient_hash, payload, queue, deferred_since, "
     "next_attempt_at, claim_token"
 )
-_SECRET_KEY = "recipient_hash_secret"  # noqa: S105 - a key name, not a secret
-_secret_cache: dict[str, str] = {}  # conninfo -> secret; plain data, shared by jobs of one process
 
 
 def _row(values: tuple[Any, ...], db_now: datetime | None = None) -> DeliveryRow:
@@ -48,20 +46,6 @@ def _row(values: tuple[Any, ...], db_now: datetime | None = None) -> DeliveryRow
 
 
 @dataclass(frozen=True)
-class NewDelivery:
-    """What a producer or a job knows about a delivery before its row exists."""
-
-    id: str
-    channel: str
-    recipient_masked: str
-    recipient_hash: str
-    payload: dict[str, str] | None
-    queue: str = "alerts"
-    alert_id: str | None = None
-    dedup_key: str | None = None
-
-
-@dataclass(frozen=True)
 class Claim:
     """A won claim: the row as it is now, and whether this job created it."""
 
@@ -70,80 +54,18 @@ class Claim:
     created: bool
 
 
-class DeliveryStore(RecoveryStatements):
+class DeliveryStore(IntakeStatements, RecoveryStatements):
     """Postgres access for ``alert_deliveries``. Owns no connection: the pool is passed in.
 
-    The sweep's and the operators' statements live in ``alert_worker.recovery`` (``RecoveryStatements``).
+    The schema, the hash secret and the producer's insert live in ``alert_worker.intake``; the sweep's and
+    the operators' statements in ``alert_worker.recovery``. This module keeps the job's claim and its fenced
+    writes.
     """
 
     def __init__(self, *, pool: ConnectionPool, stuck_after_seconds: int = 900, claimed_by: str | None = None) -> None:
         self._pool = pool
         self._stuck_after_seconds = stuck_after_seconds
         self._claimed_by = claimed_by  # the RQ worker's name, written by every claim (dead-worker reclaim)
-
-    # -- schema ----------------------------------------------------------------------------------
-    def migrate(self) -> None:
-        """Create or update the schema; safe to run from many workers at once."""
-        sql = resources.files("alert_worker").joinpath("schema.sql").read_text()
-        with self._pool.connection() as conn, conn.transaction():
-            conn.execute(sql)  # trusted file shipped with the package
-            conn.execute(
-                "INSERT INTO alert_worker_meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
-                (_SECRET_KEY, secrets.token_hex(32)),
-            )
-
-    def recipient_hash_secret(self, configured: str = "") -> str:
-        """The configured secret, else the one ``migrate`` generated and keeps in Postgres."""
-        if configured:
-            return configured
-        key = str(self._pool.conninfo)
-        if key not in _secret_cache:
-            with self._pool.connection() as conn:
-                found = conn.execute("SELECT value FROM alert_worker_meta WHERE key = %s", (_SECRET_KEY,)).fetchone()
-            if found is None:
-                raise RuntimeError("no recipient hash secret: run `alert-worker migrate` first")
-            _secret_cache[key] = found[0]
-        return _secret_cache[key]
-
-    # -- producer side -----------------------------------------------------------------------------
-    def create(self, new: NewDelivery) -> tuple[str, bool]:
-        """Insert a pending row; an existing id or dedup key creates nothing and returns that row's id."""
-        with self._pool.connection() as conn:
-            created = conn.execute(
-                """
-                INSERT INTO alert_deliveries
-                    (id, alert_id, channel, recipient, recipient_hash, dedup_key, payload, queue)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-                ON CONFLICT DO NOTHING
-                RETURNING id
-                """,
-                (
-                    new.id,
-                    new.alert_id,
-                    new.channel,
-                    new.recipient_masked,
-                    new.recipient_hash,
-                    new.dedup_key,
-                    Jsonb(new.payload),
-                    new.queue,
-                ),
-            ).fetchone()
-        if created is not None:
-            return created[0], True
-        # lost a race with a delete when nothing is found; treat as created by someone else
-        return self.existing_id(new.id, new.dedup_key) or new.id, False
-
-    def existing_id(self, delivery_id: str | None, dedup_key: str | None) -> str | None:
-        """The delivery a producer's id or dedup key already names (the id wins), if any."""
-        if delivery_id is None and dedup_key is None:
-            return None
-        with self._pool.connection() as conn:
-            found = conn.execute(
-                "SELECT id FROM alert_deliveries WHERE id = %s OR (dedup_key IS NOT NULL AND dedup_key = %s) "
-                "ORDER BY (id = %s) DESC LIMIT 1",
-                (delivery_id, dedup_key, delivery_id),
-            ).fetchone()
-        return None if found is None else str(found[0])
 
     # -- the job's claim ---------------------------------------------------------------------------
     def claim(self, new: NewDelivery) -> Claim | None:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,6 +41,7 @@ from alert_worker.store import DeliveryStore, NewDelivery
 from alert_worker.sweep import sweep_once
 from tests.crash.fake_providers import ProviderLog, running_smtp, running_webhook, tag
 from tests.crash.private_services import PrivatePostgres, PrivateRedis
+from tests.support.processes import WorkerProcess as SupportWorkerProcess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CRASH_FUNC = "tests.crash.jobs.execute_with_crash"
@@ -110,17 +109,20 @@ class Cluster:
         return self.redis.restarts + self.postgres.restarts
 
 
-class WorkerProcess:
-    """One worker in its own process group: ``python -m alert_worker run`` or ``rq worker alerts -s``."""
+class WorkerProcess(SupportWorkerProcess):
+    """One worker in its own process group: ``python -m alert_worker run`` or ``rq worker alerts -s``.
+
+    Crash-only on top of the shared one (``tests.support.processes``): a worker kind, and restarts under a
+    new name each time (the supervisor's), all appending to one log file.
+    """
 
     def __init__(self, index: int, env: dict[str, str], log_dir: str, mode: str) -> None:
+        super().__init__(log_path=os.path.join(log_dir, f"worker-{index}.log"), env=env, cwd=ROOT)
         self.index = index
         self.mode = mode
         self.started_at = 0.0
-        self.env = env
         self.log_dir = log_dir
         self.generation = 0
-        self.process: subprocess.Popen[bytes] | None = None
         self.name = ""
 
     def start(self) -> None:
@@ -145,34 +147,7 @@ class WorkerProcess:
                 self.name,
                 "--disable-job-desc-logging",
             ]
-        log = open(os.path.join(self.log_dir, f"worker-{self.index}.log"), "ab")  # noqa: SIM115 - child owns it
-        try:
-            self.process = subprocess.Popen(
-                command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        finally:
-            log.close()
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def signal_group(self, sig: int) -> None:
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, sig)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Warm shutdown, then SIGKILL for whatever is left in the group."""
-        if self.process is None:
-            return
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=timeout)
-        self.signal_group(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
+        self.launch(command)
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -12,12 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 import structlog
 
-from tests.support.processes import REPO, SCRUBBED_PREFIXES, child_env
+from tests.support.processes import REPO, SCRUBBED_PREFIXES, WorkerProcess, child_env
 
 subprocess_env = child_env  # only what the test says plus PATH/HOME: no stray ALERT_* from the developer's shell
 
@@ -35,38 +34,16 @@ def run_cli(args: list[str], env: dict[str, str], *, timeout: float = 60) -> sub
     )
 
 
-@dataclass
-class WorkerProcess:
-    """A worker subprocess whose output goes to a file (a full pipe would block it)."""
-
-    process: subprocess.Popen[bytes]
-    output: IO[bytes]
-
-    def lines(self) -> list[str]:
-        return Path(self.output.name).read_text().splitlines()
-
-    def text(self) -> str:
-        return Path(self.output.name).read_text()
-
-
 @contextmanager
 def worker_process(args: list[str], env: dict[str, str]) -> Iterator[WorkerProcess]:
-    """Start ``python -m alert_worker ARGS``; on the way out, kill its whole process group if still alive."""
-    with tempfile.NamedTemporaryFile(prefix="alert-worker-", suffix=".log") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "alert_worker", *args],
-            env=subprocess_env(env),
-            cwd=REPO,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    """Start ``python -m alert_worker ARGS``; on the way out, kill its whole process group."""
+    with tempfile.TemporaryDirectory(prefix="alert-worker-") as tmp:
+        worker = WorkerProcess(log_path=Path(tmp) / "worker.log", env=subprocess_env(env))
+        worker.launch([sys.executable, "-m", "alert_worker", *args])
         try:
-            yield WorkerProcess(process=process, output=output)
+            yield worker
         finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+            worker.kill()
 
 
 @contextmanager

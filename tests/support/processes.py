@@ -1,9 +1,12 @@
-"""Shared test plumbing: a scrubbed child environment, free loopback ports, polling with a deadline, and
-``rq worker`` in burst mode. The one copy of each; crash-only helpers live under ``tests/crash``."""
+"""Shared test plumbing: a scrubbed child environment, free loopback ports, polling with a deadline, a
+worker process in its own process group, and ``rq worker`` in burst mode. The one copy of each; crash-only
+helpers live under ``tests/crash``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -66,3 +69,59 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+class WorkerProcess:
+    """A worker command in its own process group, its output appended to a file (a full pipe would block it).
+
+    ``stop`` is a warm shutdown (SIGTERM to the worker, wait) and then SIGKILL to whatever is left of the
+    group, so work-horses and scheduler children never outlive a test. The crash suite's restartable
+    worker (``tests/crash/harness.py``) subclasses this one.
+    """
+
+    def __init__(self, *, log_path: str | Path, env: dict[str, str], cwd: str | Path = REPO) -> None:
+        self.log_path = Path(log_path)
+        self.env = env
+        self.cwd = cwd
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def launch(self, command: list[str]) -> subprocess.Popen[bytes]:
+        """Start ``command`` (the environment is used as given: build it with ``child_env``)."""
+        with open(self.log_path, "ab") as log:  # the child holds its own descriptor
+            self.process = subprocess.Popen(
+                command, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self.process
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Warm shutdown, then SIGKILL for whatever is left in the group."""
+        if self.process is None:
+            return
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout)
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the whole group (a no-op for a group already gone) and reap the worker."""
+        if self.process is None:
+            return
+        self.signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=30)
+
+    def text(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def lines(self) -> list[str]:
+        return self.text().splitlines()

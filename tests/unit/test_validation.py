@@ -102,12 +102,18 @@ def test_bad_content_is_invalid_input(subject: Any, body: Any, reason: str) -> N
 
 
 @pytest.mark.parametrize(
-    ("subject", "body"), [("", "body only"), ("Subject only", ""), (None, "body"), ("s", None)],
+    ("subject", "body", "cleaned"),
+    [
+        ("", "body only", ("", "body only")),
+        ("Subject only", "", ("Subject only", "")),
+        (None, "body", ("", "body")),
+        ("s", None, ("s", "")),
+    ],
     ids=["empty-subject", "empty-body", "none-subject", "none-body"],
 )
-def test_an_empty_subject_or_an_empty_body_alone_is_valid(subject: Any, body: Any) -> None:
-    """One of the two is enough to be an alert."""
-    clean_content(subject, body)
+def test_an_empty_subject_or_an_empty_body_alone_is_valid(subject: Any, body: Any, cleaned: tuple[str, str]) -> None:
+    """One of the two is enough to be an alert; the missing one comes back as empty text."""
+    assert clean_content(subject, body) == cleaned
 
 
 def test_body_keeps_tabs_and_newlines() -> None:
