@@ -94,6 +94,7 @@ def transient_failures(cluster: Cluster, scale: Scale, seed: int = 1) -> Outcome
     """N deliveries over 3 workers, 20 % of send attempts fail transiently; a few fail for good."""
     rng = random.Random(seed)
     deliveries = []
+    script: tuple[str, ...]
     for i in range(scale.transient_n):
         if i % 25 == 7:  # permanent refusal: poisoned at once
             script, expect = ("permanent",), "poison"
