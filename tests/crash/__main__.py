@@ -17,7 +17,7 @@ import sys
 import structlog
 
 from tests.crash.harness import Cluster, Outcome
-from tests.crash.scenarios import FULL, SCENARIOS, SMALL
+from tests.crash.scenarios import FULL, SCENARIOS, SMALL, THREADED_ONLY
 
 
 def summary(outcomes: list[Outcome]) -> tuple[str, list[str]]:
@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="the full sizes (about 5-10 minutes)")
     parser.add_argument("--only", action="append", choices=sorted(SCENARIOS), help="run just these scenarios")
     parser.add_argument(
-        "--worker", choices=["threaded", "forking", "rq"], help="the worker kind (default CRASH_WORKER or threaded)"
+        "--worker",
+        choices=["threaded", "forking", "rq"],
+        help="the worker kind every scenario runs (default CRASH_WORKER, else threaded); the same judge for all",
     )
     args = parser.parse_args(argv)
     if args.worker:
@@ -63,9 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     scale = FULL if args.full else SMALL
     outcomes: list[Outcome] = []
+    kind = os.environ.get("CRASH_WORKER", "threaded")
+    print(f"crash-suite: worker={kind} scale={'full' if args.full else 'small'}", flush=True)
     with Cluster() as cluster:
         for name, scenario in SCENARIOS.items():
             if args.only and name not in args.only:
+                continue
+            if name in THREADED_ONLY and kind != "threaded" and not args.only:
+                print(f"{name}: skipped (kills a threaded worker; this run's worker is {kind})", flush=True)
                 continue
             outcome = scenario(cluster, scale)
             outcomes.append(outcome)

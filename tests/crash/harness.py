@@ -335,6 +335,34 @@ class Run:
                     job_timeout=self.settings.job_timeout_seconds,
                 )
 
+    def enqueue_without_row(self, deliveries: list[Delivery]) -> list[str]:
+        """A producer that skips ``send``: ``Queue.enqueue(execute_delivery_job, ...)`` with no row, RQ's own
+        job id and timeout. Enqueued at the front so each one runs at once (while the fault lasts). Returns
+        the job ids."""
+        from alert_worker.entrypoint import execute_delivery_job
+
+        provider = self.cluster.provider
+        for d in deliveries:
+            provider.scripts[d.id] = list(d.script)
+        self.deliveries.extend(deliveries)
+        conn = redis.Redis.from_url(self.cluster.redis.url, socket_timeout=5)
+        try:
+            queue = Queue("alerts", connection=conn)
+            return [
+                queue.enqueue(
+                    execute_delivery_job,
+                    d.id,
+                    d.channel,
+                    self.recipient(d),
+                    f"crash suite {tag(d.id)}",
+                    f"delivery {d.id}",
+                    at_front=True,
+                ).id
+                for d in deliveries
+            ]
+        finally:
+            conn.close()
+
     def recipient(self, d: Delivery) -> str:
         if d.channel == "slack":
             return ""  # the default webhook (SLACK_WEBHOOK_URL): our fake server
@@ -395,6 +423,13 @@ class Run:
             return [str(job.args[0]) for job in jobs if job is not None and job.args]
         except Exception:
             return []
+        finally:
+            conn.close()
+
+    def failed_job_ids(self) -> set[str]:
+        conn = redis.Redis.from_url(self.cluster.redis.url, socket_timeout=5)
+        try:
+            return set(FailedJobRegistry(queue=Queue("alerts", connection=conn)).get_job_ids())
         finally:
             conn.close()
 

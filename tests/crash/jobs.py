@@ -93,7 +93,7 @@ def crashing_executor(boundary: str) -> Any:
         factory = executor.channel_factory
         return dataclasses.replace(
             executor,
-            store=CrashingStore(executor.store, boundary),  # type: ignore[arg-type]
+            store=CrashingStore(executor.store, boundary),
             channel_factory=lambda channel: CrashingChannel(factory(channel), boundary),  # type: ignore[arg-type,return-value]
             scheduler=CrashingScheduler(executor.scheduler, boundary),
         )

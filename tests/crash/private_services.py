@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 
 import psycopg
 import redis
@@ -140,6 +141,16 @@ class PrivatePostgres:
             time.sleep(down_seconds)  # the outage itself is the point: it lasts this long
         self.start()
         self.restarts += 1
+
+    @contextlib.contextmanager
+    def down(self, *, mode: str = "fast") -> Iterator[None]:
+        """Stopped for the ``with`` block, started again on the way out (counted as a restart)."""
+        self.stop(mode)
+        try:
+            yield
+        finally:
+            self.start()
+            self.restarts += 1
 
     def create_database(self, name: str) -> str:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from rq.cli import main
+from rq.cli.cli import main
 
 import alert_worker.entrypoint  # noqa: F401 - preload before rq forks work-horses
 import tests.crash.jobs  # noqa: F401

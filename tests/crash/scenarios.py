@@ -31,6 +31,7 @@ class Scale:
     redis_n: int
     postgres_n: int
     postgres_down_seconds: float
+    orphan_n: int  # producer-enqueued jobs with no row, enqueued while Postgres is down
     hang_n: int
     rate_limit: int
     rate_burst: int
@@ -47,6 +48,7 @@ SMALL = Scale(
     redis_n=30,
     postgres_n=30,
     postgres_down_seconds=4,
+    orphan_n=8,
     hang_n=6,
     rate_limit=5,
     rate_burst=8,
@@ -62,6 +64,7 @@ FULL = Scale(
     redis_n=300,
     postgres_n=300,
     postgres_down_seconds=10,
+    orphan_n=60,
     hang_n=40,
     rate_limit=20,
     rate_burst=35,
@@ -91,6 +94,7 @@ def transient_failures(cluster: Cluster, scale: Scale, seed: int = 1) -> Outcome
     """N deliveries over 3 workers, 20 % of send attempts fail transiently; a few fail for good."""
     rng = random.Random(seed)
     deliveries = []
+    script: tuple[str, ...]
     for i in range(scale.transient_n):
         if i % 25 == 7:  # permanent refusal: poisoned at once
             script, expect = ("permanent",), "poison"
@@ -201,13 +205,25 @@ _DB_ERRORS = ("OperationalError", "PoolTimeout", "psycopg")
 
 
 def postgres_outage(cluster: Cluster, scale: Scale) -> Outcome:
-    """PostgreSQL stopped for a while mid-burst, then started again."""
+    """PostgreSQL stopped for a while mid-burst, then started again.
+
+    While it is down, a producer that skips ``send`` enqueues ``orphan_n`` jobs with no row
+    (``Queue.enqueue(execute_delivery_job, ...)``). The outage lasts until each of them has run and failed
+    (at least ``postgres_down_seconds``): the sweep cannot see them, so only the job's own copy (CONTRACT
+    §6.3) can deliver them once Postgres is back.
+    """
     deliveries = [Delivery(f"p5-{i:05d}", _channel(i), ("slow:0.1",)) for i in range(scale.postgres_n)]
+    orphans = [Delivery(f"p5-norow-{i:05d}", _channel(i)) for i in range(scale.orphan_n)]
     outcome = Outcome("postgres_outage")
     with timed(outcome), Run(cluster, "s5", grace_seconds=scale.grace_seconds) as run:
         run.produce(deliveries)
         before = _wait_for_progress(run, 0.2)
-        cluster.postgres.restart(scale.postgres_down_seconds)
+        with cluster.postgres.down():
+            down_at = time.monotonic()
+            orphan_jobs = set(run.enqueue_without_row(orphans))
+            failed_while_down = _wait_for_failed(run, orphan_jobs, timeout=max(30.0, scale.postgres_down_seconds))
+            time.sleep(max(0.0, scale.postgres_down_seconds - (time.monotonic() - down_at)))  # the outage itself
+        outcome.notes["outage_seconds"] = round(time.monotonic() - down_at, 1)
         outcome.notes["terminal_before_outage"] = before
         finished = run.wait_until_terminal(scale.deadline)
         failed = run.failed_jobs()
@@ -218,12 +234,30 @@ def postgres_outage(cluster: Cluster, scale: Scale) -> Outcome:
         outcome.restarts += 1
         outcome.notes["failed_jobs_db_error"] = len(db_failures)
         outcome.notes["failed_after_send"] = len(events)
+        outcome.notes["no_row_jobs"] = len(orphans)
+        outcome.notes["no_row_failed_while_down"] = len(failed_while_down)
         if before < len(deliveries) and not db_failures:
             outcome.failures.append("the outage hit the burst, yet no job failed loudly with a database error")
+        if len(failed_while_down) < len(orphans):
+            outcome.failures.append(
+                f"only {len(failed_while_down)} of {len(orphans)} jobs without a row ran while Postgres was down"
+            )
         unexplained = [exc.strip().splitlines()[-1] for _, exc in failed if not any(e in exc for e in _DB_ERRORS)]
         if unexplained:
             outcome.notes["other_failed_jobs"] = unexplained[:5]
     return outcome
+
+
+def _wait_for_failed(run: Run, job_ids: set[str], *, timeout: float) -> set[str]:
+    """The subset of ``job_ids`` RQ recorded as failed, once all are or at the deadline."""
+    deadline = time.monotonic() + timeout
+    found: set[str] = set()
+    while time.monotonic() < deadline:
+        found = job_ids & run.failed_job_ids()
+        if found == job_ids:
+            break
+        time.sleep(0.2)
+    return found
 
 
 # -- 6 ---------------------------------------------------------------------------------------------------
@@ -317,6 +351,10 @@ def _wait_for_sends(cluster: Cluster, deliveries: list[Delivery], *, timeout: fl
 # A restarted worker needs its start-up checks and first dequeue before it can deliver what was reclaimed.
 _RESTART_ALLOWANCE_SECONDS = 2.0
 
+
+# Scenarios about one worker kind: they run that kind whatever CRASH_WORKER says, so a run for another
+# kind skips them (its figures are that kind's alone).
+THREADED_ONLY = frozenset({"threaded_kill_in_flight"})
 
 SCENARIOS: dict[str, Callable[[Cluster, Scale], Outcome]] = {
     "transient_20pct": transient_failures,

@@ -65,12 +65,17 @@ def test_redis_restarted_empty_mid_burst_is_recovered_from_postgres(cluster: Clu
     assert outcome.notes["terminal_before_restart"] < SMALL.redis_n
 
 
-def test_a_postgres_outage_fails_jobs_loudly_and_loses_nothing(cluster: Cluster) -> None:
-    """Jobs that cannot record fail in RQ; rows stay recoverable; duplicates only from sends whose write failed."""
+@pytest.mark.parametrize("worker", ["threaded", "forking", "rq"], ids=["threaded", "forking", "plain-rq-worker"])
+def test_a_postgres_outage_fails_jobs_loudly_and_loses_nothing_not_even_jobs_without_a_row(
+    cluster: Cluster, worker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs fail loudly in RQ; rows and row-less producer jobs are all delivered once Postgres is back."""
+    monkeypatch.setenv("CRASH_WORKER", worker)
     outcome = postgres_outage(cluster, SMALL)
     assert outcome.failures == []
     assert outcome.lost == 0
     assert outcome.notes["failed_jobs_db_error"] > 0
+    assert outcome.notes["no_row_jobs"] == outcome.notes["no_row_failed_while_down"] == SMALL.orphan_n
     assert outcome.duplicates <= outcome.notes["failed_after_send"]
 
 
