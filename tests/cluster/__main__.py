@@ -25,7 +25,7 @@ def _pytest(path: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster")
-    parser.add_argument("--deliveries", type=int, default=120, help="deliveries per scenario")
+    parser.add_argument("--deliveries", type=int, default=300, help="deliveries per scenario")
     args = parser.parse_args(argv)
     reason = netns.unavailable_reason()
     if reason is not None:

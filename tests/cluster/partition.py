@@ -57,17 +57,16 @@ def _text(value: bytes | str) -> str:
 
 
 class Cutter:
-    """Armed before the burst is enqueued: cuts host 1's link inside the sink's DATA handler of its third message.
+    """Armed before the hosts start: cuts host 1's link inside the sink's DATA handler of its third message.
 
     That message (and any other of host 1's whose DATA had fully arrived) was accepted by the provider;
-    host 1 never hears so.
+    host 1 never hears so. Host 1's RQ worker names are read after the cut (its registration outlives it).
     """
 
     def __init__(self, services: Services, control: redis.Redis) -> None:
         self._services = services
         self._control = control
         self._host = netns.host_address(HOST)
-        self.workers = host_workers(control, HOST)
         self._cut = threading.Event()
         services.sink.on_send = self._on_send
 
@@ -88,16 +87,17 @@ class Cutter:
         finally:
             self._services.sink.on_send = None
         at = time.monotonic()
+        workers = host_workers(self._control, HOST)
         with psycopg.connect(dsn(database), autocommit=True) as conn:
             db_at = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
-            result = Cut(at=at, db_at=db_at, workers=self.workers)
+            result = Cut(at=at, db_at=db_at, workers=workers)
 
             def lapsed() -> bool:
-                result.held |= _held(conn, self.workers)
-                return not any(self._control.exists(f"alert:worker:{name}:alive") for name in self.workers)
+                result.held |= _held(conn, workers)
+                return not any(self._control.exists(f"alert:worker:{name}:alive") for name in workers)
 
             wait_until(lapsed, timeout=45, what="host 1's alive keys lapsing", interval=0.1)
-            result.held |= _held(conn, self.workers)
+            result.held |= _held(conn, workers)
         result.alive_lapse_seconds = time.monotonic() - at
         return result
 

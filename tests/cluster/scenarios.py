@@ -11,7 +11,7 @@ was not yet written (``forced``). The partition's own checks live in ``partition
 from __future__ import annotations
 
 import collections
-import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 import redis
+from rq.suspension import resume, suspend
 
 from alert_worker.producer import send_alert
 from alert_worker.resources import open_pool
@@ -52,7 +53,7 @@ class Outcome:
     alive_lapse_seconds: float = 0.0  # partition: cut -> the cut host's alive keys gone
     recovery_seconds: float = 0.0  # partition: cut -> its last held row delivered elsewhere
     per_host: dict[str, int] = field(default_factory=dict)
-    p50_latency: dict[str, float | None] = field(default_factory=dict)
+    p50_job: dict[str, float | None] = field(default_factory=dict)  # median RQ job duration per host
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -61,7 +62,7 @@ class Outcome:
 
     def line(self) -> str:
         hosts = " ".join(f"{h}={n}" for h, n in sorted(self.per_host.items()))
-        hosts += " " + " ".join(f"{h}_p50_s={v:.2f}" for h, v in sorted(self.p50_latency.items()) if v is not None)
+        hosts += " " + " ".join(f"{h}_job_p50_s={v:.3f}" for h, v in sorted(self.p50_job.items()) if v is not None)
         if self.fault == "partition":
             hosts += (
                 f" held={self.held} reclaimed={self.reclaimed} alive_lapse_s={self.alive_lapse_seconds:.1f}"
@@ -100,8 +101,11 @@ def _rows(database: str) -> dict[str, str]:
 def run_scenario(
     fault: str, *, deliveries: int, services: Services, timeout: float = 120, keep_logs: str = ""
 ) -> Outcome:
-    """``partition``: host 1 loses its link mid-burst, healed after the others recovered its claims.
-    ``slow``: host 2's traffic is delayed 50 ms (netem, or the relay where the kernel lacks netem)."""
+    """Enqueue a backlog of ``deliveries`` while the hosts are suspended, release them at once, inject ``fault``.
+
+    ``partition``: host 1 loses its link mid-burst, healed after the others recovered its claims.
+    ``slow``: host 2's traffic is delayed 50 ms (netem, or the relay where the kernel lacks netem).
+    """
     outcome = Outcome(fault=fault, deliveries=deliveries)
     services.sink.sends.clear()
     redis.Redis.from_url(services.redis_url).flushdb()
@@ -111,21 +115,12 @@ def run_scenario(
         if fault == "slow" and not _netem_delay(2, 50):
             envs[2] = worker_env(services, database, services.slow_ports(0.05), threads=THREADS)
         workers = {i: SupervisedWorker(["run"], envs[i], netns=netns.host_name(i), name=f"h{i}") for i in envs}
+        settings = Settings.from_env(base)
+        control = redis.Redis.from_url(services.redis_url)
+        cutter = partition.Cutter(services, control) if fault == "partition" else None
         try:
-            for worker in workers.values():
-                worker.start()
-            settings = Settings.from_env(base)
-            control = redis.Redis.from_url(services.redis_url)
-            wait_until(
-                lambda: control.scard("rq:workers") >= netns.HOSTS,
-                ignore=(Exception,),
-                timeout=60,
-                what="three workers up",
-            )
-            cutter = partition.Cutter(services, control) if fault == "partition" else None
-            ids = [f"{fault}-{n}" for n in range(deliveries)]
-            started = time.monotonic()
-            for delivery_id in ids:
+            suspend(control)  # `rq suspend`: the hosts start, register and wait; the backlog is all there
+            for delivery_id in (f"{fault}-{n}" for n in range(deliveries)):
                 send_alert(
                     "email",
                     f"ops+{delivery_id}@example.com",
@@ -134,13 +129,21 @@ def run_scenario(
                     delivery_id=delivery_id,
                     settings=settings,
                 )
+            for worker in workers.values():
+                worker.start()
+            wait_until(
+                lambda: control.scard("rq:workers") >= netns.HOSTS,
+                ignore=(Exception,),
+                timeout=60,
+                what="three workers up",
+            )
+            resume(control)  # every host polls this once a second: they start draining within a second
             cut = cutter.wait(database) if cutter is not None else None
             done: Callable[[], bool] = lambda: (  # noqa: E731
                 not any(w.poll() for w in workers.values())
                 and list(_rows(database).values()).count("delivered") == deliveries
             )
             wait_until(done, ignore=(Exception,), timeout=timeout, what=f"{fault}: every delivery delivered")
-            outcome.seconds = time.monotonic() - started
             if cut is not None:
                 outcome.fault_seconds = time.monotonic() - cut.at
                 cut.healed_at = time.monotonic()
@@ -154,7 +157,7 @@ def run_scenario(
             netns.undelay(2)
             for index, worker in workers.items():
                 outcome.restarts += worker.restarts
-                outcome.p50_latency[f"host{index}"] = _median_latency(worker)
+                outcome.p50_job[f"host{index}"] = _median_job_seconds(worker)
                 if keep_logs:
                     shutil.copy(worker.log, f"{keep_logs}-{fault}-h{index}.log")
                 worker.close()
@@ -162,15 +165,12 @@ def run_scenario(
     return outcome
 
 
-def _median_latency(worker: SupervisedWorker) -> float | None:
-    """Median ``latency_seconds`` of the host's ``delivery_delivered`` events (enqueue to accepted)."""
-    values = []
-    for line in worker.tail(10_000_000).splitlines():
-        if '"delivery_delivered"' in line:
-            try:
-                values.append(float(json.loads(line)["latency_seconds"]))
-            except (ValueError, KeyError):
-                continue
+_JOB_DONE = re.compile(r"Successfully completed job \S+ in (\d+):(\d+):([\d.]+)s")
+
+
+def _median_job_seconds(worker: SupervisedWorker) -> float | None:
+    """Median duration of the host's RQ jobs (dequeue to finished), from RQ's own log line."""
+    values = [int(h) * 3600 + int(m) * 60 + float(sec) for h, m, sec in _JOB_DONE.findall(worker.tail(10_000_000))]
     return statistics.median(values) if values else None
 
 
@@ -200,6 +200,8 @@ def _judge(outcome: Outcome, sends: list[Send], rows: dict[str, str]) -> None:
     if unforced:
         outcome.notes.append(f"duplicates the provider had not accepted before the fault: {unforced}")
     outcome.per_host = dict(collections.Counter(_host_of(s.host) for s in sends))
+    if sends:  # the fleet's drain: first to last acceptance at the provider
+        outcome.seconds = max(s.at for s in sends) - min(s.at for s in sends)
 
 
 def _host_of(address: str) -> str:

@@ -1,8 +1,8 @@
 """Three worker hosts in network namespaces: a partition and a slow link, judged like the crash suite.
 
-Pytest-sized (40 deliveries per fault); ``python -m tests.cluster`` runs the full suite. Needs root
-and ``ip netns``: skipped with the reason elsewhere. Namespaces, veths, qdiscs and worker processes are
-removed in ``finally`` and any stale ones at start.
+Pytest-sized (40 deliveries for the partition, 100 for the slow link); ``python -m tests.cluster`` runs
+the full suite. Needs root and ``ip netns``: skipped with the reason elsewhere. Namespaces, veths, qdiscs
+and worker processes are removed in ``finally`` and any stale ones at start.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def test_a_slow_host_still_delivers_and_the_fleet_loses_nothing(
     services: Services, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Host 2 with 50 ms added to everything it sends: its deliveries complete, none lost or doubled."""
-    outcome = run_scenario("slow", deliveries=60, services=services)
+    outcome = run_scenario("slow", deliveries=100, services=services)
     with capsys.disabled():
         print("\n" + outcome.line())  # the fleet's throughput (rate=) with one slow host
     assert outcome.lost == 0 and outcome.duplicates == 0, outcome.line()
