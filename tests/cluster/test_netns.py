@@ -1,8 +1,8 @@
 """Three worker hosts in network namespaces: a partition and a slow link, judged like the crash suite.
 
-Pytest-sized (40 deliveries for the partition, 100 for the slow link); ``python -m tests.cluster`` runs
-the full suite. Needs root and ``ip netns``: skipped with the reason elsewhere. Namespaces, veths, qdiscs
-and worker processes are removed in ``finally`` and any stale ones at start.
+Pytest-sized (100 deliveries per fault, enough that host 1 joins the burst before the others drain it);
+``python -m tests.cluster`` runs the full suite. Needs root and ``ip netns``: skipped with the reason
+elsewhere. Namespaces, veths, qdiscs and worker processes are removed in ``finally``, stale ones at start.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def test_a_partitioned_hosts_claims_come_back_through_the_dead_worker_reclaim(
     the test; nothing is lost, the only duplicates are what the provider accepted before the cut, and after
     the heal host 1 overwrites nothing.
     """
-    outcome = run_scenario("partition", deliveries=40, services=services)
+    outcome = run_scenario("partition", deliveries=100, services=services)
     with capsys.disabled():
         print("\n" + outcome.line())
     assert outcome.lost == 0, outcome.line()
