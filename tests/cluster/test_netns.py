@@ -7,6 +7,7 @@ elsewhere. Namespaces, veths, qdiscs and worker processes are removed in ``final
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -21,23 +22,36 @@ pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 @pytest.fixture(scope="module")
 def services() -> Iterator[Services]:
-    """The namespaces and the services on the bridge address, for this module only."""
+    """The namespaces and the services on the bridge address, for this module only (one run per machine)."""
     reason = netns.unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
     if not available():
         pytest.skip("pgbouncer is not installed (apt-get install -y pgbouncer)")
-    try:
-        netns.create()
-        found = Services()
+    with contextlib.ExitStack() as stack:
         try:
-            found.start()
-            yield found
+            stack.enter_context(netns.exclusive())
+        except netns.Busy as exc:
+            pytest.skip(str(exc))
+        try:
+            netns.create()
+            found = Services()
+            try:
+                found.start()
+                yield found
+            finally:
+                found.close()
         finally:
-            found.close()
-    finally:
-        netns.cleanup()
-    assert netns.leftovers() == []
+            netns.cleanup()
+        assert netns.leftovers() == []
+
+
+def test_a_second_cluster_run_waits_for_the_one_holding_the_namespaces() -> None:
+    """The names and subnet are machine-wide: while one run holds the lock, another gets ``Busy``, not the hosts."""
+    with netns.exclusive(timeout=5), pytest.raises(netns.Busy), netns.exclusive(timeout=0.2):
+        pass  # never reached: the lock is held above
+    with netns.exclusive(timeout=5):
+        pass  # released on exit: the next run gets it
 
 
 def test_a_partitioned_hosts_claims_come_back_through_the_dead_worker_reclaim(
