@@ -17,8 +17,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.providers import Answers, running_slow_smtp, running_slow_webhook
 from bench.run import Bench
-from bench.services import ADMIN_DSN, locked_redis_db, running_sink, throwaway_database
+from bench.services import ADMIN_DSN, locked_redis_db, throwaway_database
 from tests.cluster.pgbouncer import running_pgbouncer
 
 CASE = "b-fork"
@@ -28,8 +29,8 @@ CASE = "b-fork"
 class PooledBench(Bench):
     """The same bench, with workers told that a transaction pooler is in front."""
 
-    def env(self, case: str) -> dict[str, str]:
-        return {**super().env(case), "ALERT_DB_POOLER": "pgbouncer"}
+    def env(self, case: str, queue: str) -> dict[str, str]:
+        return {**super().env(case, queue), "ALERT_DB_POOLER": "pgbouncer"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,21 +42,24 @@ def main(argv: list[str] | None = None) -> int:
     with (
         throwaway_database() as database_url,
         locked_redis_db() as redis_url,
-        running_sink() as sink,
+        running_slow_smtp(0) as smtp,
+        running_slow_webhook(0) as hook,
         running_pgbouncer(upstream=ADMIN_DSN) as bouncer,
         tempfile.TemporaryDirectory(prefix="bench-pgbouncer-") as scratch,
     ):
+        providers: dict[int, Answers] = {0: smtp}
+        hooks, path = {0: hook}, Path(scratch)
         benches = {
-            "direct": Bench(database_url=database_url, redis_url=redis_url, sink=sink, scratch=Path(scratch)),
+            "direct": Bench(database_url=database_url, redis_url=redis_url, smtp=providers, hooks=hooks, scratch=path),
             "pgbouncer": PooledBench(
-                database_url=bouncer.route(database_url), redis_url=redis_url, sink=sink, scratch=Path(scratch)
+                database_url=bouncer.route(database_url), redis_url=redis_url, smtp=providers, hooks=hooks, scratch=path
             ),
         }
         for round_number in range(args.rounds):
             for name, bench in benches.items():
-                jps, _, missing = bench.throughput_run(CASE, args.jobs, f"{name}{round_number}")
-                if missing:
-                    raise RuntimeError(f"{name}: {missing} of {args.jobs} jobs did not finish")
+                jps, _, failed = bench.throughput_run(CASE, args.jobs, f"{name}{round_number}")
+                if failed:
+                    raise RuntimeError(f"{name}: {failed} of {args.jobs} jobs failed")
                 rates[name].append(jps)
                 print(f"round {round_number} {name}: {jps:.1f} jobs/s", flush=True)
     direct, pooled = statistics.median(rates["direct"]), statistics.median(rates["pgbouncer"])

@@ -8,22 +8,57 @@ Layout (one private /24 used only here, ``10.213.47.0/24``):
 Faults: ``partition(i)`` takes the bridge side of host i's link down, ``heal(i)`` brings it back;
 ``delay(i, ms)`` adds a ``tc netem`` qdisc on the host's ``eth0``. ``cleanup()`` removes every
 namespace, veth and the bridge whose name starts with ``awc-`` (stale ones from a crashed run too);
-removing a namespace removes its qdiscs, and its processes are killed first.
+removing a namespace removes its qdiscs, and its processes are killed first. These names and the subnet
+are machine-wide, so ``exclusive()`` lets one cluster run at a time hold them: a second run waits
+instead of its ``cleanup()`` killing the first one's hosts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.support.processes import wait_until
 
 PREFIX = "awc-"
 BRIDGE = "awc-br0"
 SUBNET = "10.213.47"
 SERVICE_ADDRESS = f"{SUBNET}.1"
 HOSTS = 3
+LOCK_PATH = Path(tempfile.gettempdir()) / "awc-cluster.lock"
+
+
+class Busy(Exception):
+    """Another cluster run held the namespaces for longer than we would wait."""
+
+
+@contextlib.contextmanager
+def exclusive(timeout: float = 600) -> Iterator[None]:
+    """Hold the machine-wide cluster lock (``flock``) while the body runs; ``Busy`` after ``timeout``."""
+    with open(LOCK_PATH, "a+") as handle:
+
+        def taken() -> bool:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+        try:
+            wait_until(taken, timeout=timeout, what="the cluster lock", interval=0.5)
+        except AssertionError:
+            raise Busy(f"another cluster run has held {LOCK_PATH} for over {timeout:.0f} s") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def host_name(index: int) -> str:

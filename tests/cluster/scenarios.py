@@ -2,19 +2,19 @@
 
 Services listen on the bridge address only (netns.SERVICE_ADDRESS): a private Redis, a PgBouncer in
 transaction mode in front of the test Postgres, and an SMTP sink that records which host sent what and
-when. Each scenario makes its own database and flushes Redis. The judge is the crash suite's: nothing
-lost, and a duplicate only for a delivery the provider accepted from the faulted host before the fault
-while its row was not yet written (``forced``).
+when. Each scenario makes its own database and flushes Redis. The hosts run the default thread-pooled
+worker (``alert-worker run``, ``THREADS`` threads each). The judge is the crash suite's: nothing lost, and
+a duplicate only for a delivery the provider accepted from the faulted host before the fault while its row
+was not yet written (``forced``). The partition's own checks live in ``partition.py``.
 """
 
 from __future__ import annotations
 
 import collections
-import json
+import re
 import shutil
 import statistics
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,15 +23,18 @@ from dataclasses import dataclass, field
 
 import psycopg
 import redis
+from rq.suspension import resume, suspend
 
 from alert_worker.producer import send_alert
 from alert_worker.resources import open_pool
 from alert_worker.settings import Settings
 from alert_worker.store import DeliveryStore
-from tests.cluster import netns
+from tests.cluster import netns, partition
 from tests.cluster.fleet import SupervisedWorker
 from tests.cluster.services import ADMIN_DSN, Send, Services, worker_env
 from tests.support.processes import wait_until
+
+THREADS = 4  # deliveries in flight per host: a few, as a small host runs them
 
 
 @dataclass
@@ -41,11 +44,16 @@ class Outcome:
     lost: int = 0
     duplicates: int = 0
     forced: int = 0
+    forced_ids: set[str] = field(default_factory=set)
     restarts: int = 0
     seconds: float = 0.0
     fault_seconds: float = 0.0
+    held: int = 0  # partition: rows the cut host had claimed
+    reclaimed: int = 0  # of those, delivered by another host with the lost attempt counted
+    alive_lapse_seconds: float = 0.0  # partition: cut -> the cut host's alive keys gone
+    recovery_seconds: float = 0.0  # partition: cut -> its last held row delivered elsewhere
     per_host: dict[str, int] = field(default_factory=dict)
-    p50_latency: dict[str, float | None] = field(default_factory=dict)
+    p50_job: dict[str, float | None] = field(default_factory=dict)  # median RQ job duration per host
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -54,7 +62,12 @@ class Outcome:
 
     def line(self) -> str:
         hosts = " ".join(f"{h}={n}" for h, n in sorted(self.per_host.items()))
-        hosts += " " + " ".join(f"{h}_p50_s={v:.2f}" for h, v in sorted(self.p50_latency.items()) if v is not None)
+        hosts += " " + " ".join(f"{h}_job_p50_s={v:.3f}" for h, v in sorted(self.p50_job.items()) if v is not None)
+        if self.fault == "partition":
+            hosts += (
+                f" held={self.held} reclaimed={self.reclaimed} alive_lapse_s={self.alive_lapse_seconds:.1f}"
+                f" recovery_s={self.recovery_seconds:.1f}"
+            )
         return (
             f"cluster-scenario {self.fault}: deliveries={self.deliveries} lost={self.lost} "
             f"duplicates={self.duplicates} forced={self.forced} restarts={self.restarts} "
@@ -88,31 +101,26 @@ def _rows(database: str) -> dict[str, str]:
 def run_scenario(
     fault: str, *, deliveries: int, services: Services, timeout: float = 120, keep_logs: str = ""
 ) -> Outcome:
-    """``partition``: host 1 loses its link mid-burst, healed after the others recovered its claims.
-    ``slow``: host 2's traffic is delayed 50 ms (netem, or the relay where the kernel lacks netem)."""
+    """Enqueue a backlog of ``deliveries`` while the hosts are suspended, release them at once, inject ``fault``.
+
+    ``partition``: host 1 loses its link mid-burst, healed after the others recovered its claims.
+    ``slow``: host 2's traffic is delayed 50 ms (netem, or the relay where the kernel lacks netem).
+    """
     outcome = Outcome(fault=fault, deliveries=deliveries)
     services.sink.sends.clear()
     redis.Redis.from_url(services.redis_url).flushdb()
     with scenario_database() as database:
-        base = worker_env(services, database)
+        base = worker_env(services, database, threads=THREADS)
         envs = {i: base for i in range(1, netns.HOSTS + 1)}
         if fault == "slow" and not _netem_delay(2, 50):
-            envs[2] = worker_env(services, database, services.slow_ports(0.05))
+            envs[2] = worker_env(services, database, services.slow_ports(0.05), threads=THREADS)
         workers = {i: SupervisedWorker(["run"], envs[i], netns=netns.host_name(i), name=f"h{i}") for i in envs}
+        settings = Settings.from_env(base)
+        control = redis.Redis.from_url(services.redis_url)
+        cutter = partition.Cutter(services, control) if fault == "partition" else None
         try:
-            for worker in workers.values():
-                worker.start()
-            settings = Settings.from_env(base)
-            control = redis.Redis.from_url(services.redis_url)
-            wait_until(
-                lambda: control.scard("rq:workers") >= netns.HOSTS,
-                ignore=(Exception,),
-                timeout=60,
-                what="three workers up",
-            )
-            ids = [f"{fault}-{n}" for n in range(deliveries)]
-            started = time.monotonic()
-            for delivery_id in ids:
+            suspend(control)  # `rq suspend`: the hosts start, register and wait; the backlog is all there
+            for delivery_id in (f"{fault}-{n}" for n in range(deliveries)):
                 send_alert(
                     "email",
                     f"ops+{delivery_id}@example.com",
@@ -121,24 +129,35 @@ def run_scenario(
                     delivery_id=delivery_id,
                     settings=settings,
                 )
-            fault_at = _inject(fault, outcome, services, database)
+            for worker in workers.values():
+                worker.start()
+            wait_until(
+                lambda: control.scard("rq:workers") >= netns.HOSTS,
+                ignore=(Exception,),
+                timeout=60,
+                what="three workers up",
+            )
+            resume(control)  # every host polls this once a second: they start draining within a second
+            cut = cutter.wait(database) if cutter is not None else None
             done: Callable[[], bool] = lambda: (  # noqa: E731
                 not any(w.poll() for w in workers.values())
                 and list(_rows(database).values()).count("delivered") == deliveries
             )
             wait_until(done, ignore=(Exception,), timeout=timeout, what=f"{fault}: every delivery delivered")
-            outcome.seconds = time.monotonic() - started
-            if fault == "partition":
-                outcome.fault_seconds = time.monotonic() - fault_at
-                netns.heal(1)
-                _after_heal(workers[1], database, outcome)
+            if cut is not None:
+                outcome.fault_seconds = time.monotonic() - cut.at
+                cut.healed_at = time.monotonic()
+                overwritten = partition.after_heal(workers[partition.HOST], control, database)
+                outcome.notes += [overwritten] if overwritten else []
+                _judge_partition(outcome, cut, services.sink.sends, database)
         finally:
+            services.sink.on_send = None
             if fault == "partition":
-                netns.heal(1)
+                netns.heal(partition.HOST)
             netns.undelay(2)
             for index, worker in workers.items():
                 outcome.restarts += worker.restarts
-                outcome.p50_latency[f"host{index}"] = _median_latency(worker)
+                outcome.p50_job[f"host{index}"] = _median_job_seconds(worker)
                 if keep_logs:
                     shutil.copy(worker.log, f"{keep_logs}-{fault}-h{index}.log")
                 worker.close()
@@ -146,15 +165,12 @@ def run_scenario(
     return outcome
 
 
-def _median_latency(worker: SupervisedWorker) -> float | None:
-    """Median ``latency_seconds`` of the host's ``delivery_delivered`` events (enqueue to accepted)."""
-    values = []
-    for line in worker.tail(10_000_000).splitlines():
-        if '"delivery_delivered"' in line:
-            try:
-                values.append(float(json.loads(line)["latency_seconds"]))
-            except (ValueError, KeyError):
-                continue
+_JOB_DONE = re.compile(r"Successfully completed job \S+ in (\d+):(\d+):([\d.]+)s")
+
+
+def _median_job_seconds(worker: SupervisedWorker) -> float | None:
+    """Median duration of the host's RQ jobs (dequeue to finished), from RQ's own log line."""
+    values = [int(h) * 3600 + int(m) * 60 + float(sec) for h, m, sec in _JOB_DONE.findall(worker.tail(10_000_000))]
     return statistics.median(values) if values else None
 
 
@@ -166,46 +182,26 @@ def _netem_delay(index: int, milliseconds: int) -> bool:
         return False
 
 
-def _inject(fault: str, outcome: Outcome, services: Services, database: str) -> float:
-    if fault != "partition":
-        return time.monotonic()
-    host = netns.host_address(1)
-    cut = threading.Event()
-
-    def cut_after_third(send: Send) -> None:
-        if send.host == host and not cut.is_set() and sum(s.host == host for s in services.sink.sends) >= 3:
-            netns.partition(1)  # mid-DATA: the provider accepted this one, host 1 never hears so
-            cut.set()
-
-    services.sink.on_send = cut_after_third
-    try:
-        wait_until(cut.is_set, ignore=(Exception,), timeout=60, what="host 1 delivering its third alert")
-    finally:
-        services.sink.on_send = None
-    fault_at = time.monotonic()
-    in_flight = {i for i, s in _rows(database).items() if s == "in_progress"}
-    accepted_from_host = {_delivery_of(s.delivery_id) for s in services.sink.sends if s.host == host}
-    outcome.forced = len(in_flight & accepted_from_host)
-    return fault_at
-
-
-def _after_heal(worker: SupervisedWorker, database: str, outcome: Outcome) -> None:
-    """After the heal the partitioned worker finishes or fails its held jobs: no row may leave 'delivered'."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        worker.poll()
-        rows = _rows(database)
-        if any(status != "delivered" for status in rows.values()):
-            outcome.notes.append("a healed worker overwrote newer state")
-            return
-        time.sleep(0.25)  # observing a quiet period after the heal is the point
+def _judge_partition(outcome: Outcome, cut: partition.Cut, sends: list[Send], database: str) -> None:
+    reclaim = partition.judge_reclaim(cut, sends, database)
+    outcome.held, outcome.reclaimed = len(cut.held), reclaim.reclaimed
+    outcome.alive_lapse_seconds, outcome.recovery_seconds = cut.alive_lapse_seconds, reclaim.recovery_seconds
+    outcome.forced_ids = reclaim.forced
+    outcome.forced = len(reclaim.forced)
+    if reclaim.reclaimed < len(cut.held):
+        outcome.notes.append(f"only {reclaim.reclaimed} of {len(cut.held)} held claims reclaimed by another host")
 
 
 def _judge(outcome: Outcome, sends: list[Send], rows: dict[str, str]) -> None:
     per_id = collections.Counter(_delivery_of(s.delivery_id) for s in sends)
     outcome.lost = sum(1 for i in rows if per_id.get(i, 0) == 0 or rows[i] != "delivered")
     outcome.duplicates = sum(n - 1 for n in per_id.values() if n > 1)
+    unforced = sorted(i for i, n in per_id.items() if n > 1 and i not in outcome.forced_ids)
+    if unforced:
+        outcome.notes.append(f"duplicates the provider had not accepted before the fault: {unforced}")
     outcome.per_host = dict(collections.Counter(_host_of(s.host) for s in sends))
+    if sends:  # the fleet's drain: first to last acceptance at the provider
+        outcome.seconds = max(s.at for s in sends) - min(s.at for s in sends)
 
 
 def _host_of(address: str) -> str:
@@ -215,6 +211,4 @@ def _host_of(address: str) -> str:
     return f"host{address.rsplit('.', 1)[1][-1]}"
 
 
-def _delivery_of(message_id: str) -> str:
-    """``<partition-3.0@example.org>`` -> ``partition-3`` (Message-ID is ``<id>.<n>@domain``)."""
-    return message_id.strip("<>").split("@", 1)[0].rsplit(".", 1)[0]
+_delivery_of = partition.delivery_of

@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -138,14 +139,28 @@ class SentinelSet:
         return new
 
     def wait_in_sync(self, *, timeout: float = 30) -> None:
-        """Wait until the replica's link to the current primary is up (after a failover it resyncs)."""
-        replica = self.client(self.replica_port())
-        wait_until(
-            lambda: replica.info("replication")["master_link_status"] == "up",
-            ignore=(Exception,),
-            timeout=timeout,
-            what="replica link up",
-        )
+        """Wait until the replica's link to the current primary is up (after a failover it resyncs).
+
+        A replica left following a node that is no longer the primary (a lossy test's re-attach racing
+        Sentinel's own reconfiguration) is pointed at the current one; a timeout shows its state and log.
+        """
+        primary, port = self.primary_port(), self.replica_port()
+        replica = self.client(port)
+
+        def linked() -> bool:
+            state: Any = replica.info("replication")
+            if state.get("master_link_status") == "up" and int(state.get("master_port", 0)) == primary:
+                return True
+            if state.get("role") != "slave" or int(state.get("master_port", 0)) != primary:
+                replica.replicaof(self.bind, primary)
+            return False
+
+        try:
+            wait_until(linked, ignore=(Exception,), timeout=timeout, what="replica link up")
+        except AssertionError as exc:
+            log = Path(self.dir) / f"{port}.log"
+            tail = log.read_text()[-1500:] if log.exists() else ""
+            raise AssertionError(f"{exc}; primary {primary}, replica {port}: {tail}") from None
 
     def restart_as_replica(self, port: int) -> None:
         """Bring a killed data node back empty, as a replica of the current primary."""

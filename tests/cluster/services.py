@@ -26,6 +26,8 @@ from tests.cluster.relay import DelayRelay
 from tests.support.processes import free_port, wait_until
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+JOB_TIMEOUT_SECONDS = 5  # also the alive key's TTL (liveness.alive_ttl_for keeps it within 3..30 s)
+STUCK_AFTER_SECONDS = 900  # the default: a stuck reclaim cannot explain a recovery within the test
 
 
 @dataclass
@@ -39,7 +41,7 @@ class Send:
 class RecordingSink:
     """Accepts every message after ``data_delay`` seconds; records sender address and time."""
 
-    data_delay: float = 0.02
+    data_delay: float = 0.1  # a provider answering in 100 ms, as in the bench's @100 cases
     sends: list[Send] = field(default_factory=list)
     on_send: Callable[[Send], None] | None = None
 
@@ -129,7 +131,11 @@ class Services:
         shutil.rmtree(self.redis_dir, ignore_errors=True)
 
 
-def worker_env(services: Services, database: str, ports: dict[str, int] | None = None) -> dict[str, str]:
+def worker_env(
+    services: Services, database: str, ports: dict[str, int] | None = None, *, threads: int = 4
+) -> dict[str, str]:
+    """A host's settings: the default threaded worker, a 5 s job timeout (so a 5 s alive TTL) and the
+    production stuck timeout, so only the dead-worker reclaim can recover a cut host's claims quickly."""
     ports = ports or {"redis": services.redis_port, "postgres": services.bouncer.port, "smtp": services.smtp_port}
     address = netns.SERVICE_ADDRESS
     return {
@@ -142,8 +148,9 @@ def worker_env(services: Services, database: str, ports: dict[str, int] | None =
         "ALERTS_FROM_EMAIL": "alerts@example.org",
         "ALERT_RECIPIENT_HASH_SECRET": "cluster-secret",
         "ALERT_SEND_TIMEOUT_SECONDS": "3",
-        "ALERT_JOB_TIMEOUT_SECONDS": "5",
-        "ALERT_STUCK_AFTER_SECONDS": "8",  # until dead-worker reclaim (CONTRACT 6.1) lands
+        "ALERT_WORKER_THREADS": str(threads),
+        "ALERT_JOB_TIMEOUT_SECONDS": str(JOB_TIMEOUT_SECONDS),
+        "ALERT_STUCK_AFTER_SECONDS": str(STUCK_AFTER_SECONDS),
         "ALERT_SWEEP_INTERVAL_SECONDS": "1",
         "ALERT_SWEEP_GRACE_SECONDS": "3",
         "ALERT_RATE_EMAIL_PER_MIN": "0",
