@@ -25,6 +25,7 @@ from alert_worker.models import DeliveryRow, Message
 from alert_worker.outcomes import UnknownOutcomes
 from alert_worker.redaction import mask_recipient
 from alert_worker.settings import Settings
+from alert_worker.side_effects import SIDE_EFFECT_ERRORS
 from alert_worker.suppression import ConnectionSource, SuppressionStore
 
 
@@ -146,14 +147,14 @@ class ProviderFeedback:
                 self._outcomes.record(row.id, row.channel, row.db_now)
                 self._metrics.unknown_outcome(row.channel)
                 log.warning("delivery_outcome_unknown", error=exc.reason)
-        except Exception as second:  # noqa: BLE001 - feedback is a side effect; the failure is recorded anyway
+        except SIDE_EFFECT_ERRORS as second:  # feedback is a side effect; the failure is recorded anyway
             log.error("provider_feedback_not_recorded", error=type(second).__name__)
 
     def after_delivered(self, row: DeliveryRow) -> None:
         if row.channel == "sms":
             try:
                 self._outcomes.clear(row.id)
-            except Exception as exc:  # noqa: BLE001 - a leftover row only costs one look-up on a replay
+            except SIDE_EFFECT_ERRORS as exc:  # a leftover row only costs one look-up on a replay
                 self._log.warning("unknown_outcome_not_cleared", error=type(exc).__name__)
 
 

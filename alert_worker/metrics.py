@@ -22,6 +22,7 @@ import redis
 import structlog
 
 from alert_worker.keys import DEFAULT_PREFIX, RedisKeys
+from alert_worker.side_effects import SIDE_EFFECT_ERRORS
 
 log = structlog.get_logger("alert_worker.metrics")
 
@@ -109,7 +110,7 @@ class RedisMetrics:
             pipe = self._client.pipeline(transaction=False)
             commands(pipe)
             pipe.execute()
-        except Exception as exc:  # noqa: BLE001 - a metric must never fail a delivery
+        except SIDE_EFFECT_ERRORS as exc:  # a metric must never fail a delivery (a job timeout still does)
             log.warning("metrics_write_failed", error=type(exc).__name__)
 
 

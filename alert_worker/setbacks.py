@@ -19,6 +19,7 @@ from alert_worker.errors import DeliveryError, TransientDeliveryError
 from alert_worker.models import DeliveryResult, DeliveryRow, DeliveryStatus, Outcome, make_result
 from alert_worker.ports import DeliveryMetrics, DeliveryStorePort, FollowUp, FollowUpScheduler, PoisonQueuePort
 from alert_worker.retry import DeferralPolicy, RetryPolicy
+from alert_worker.side_effects import SIDE_EFFECT_ERRORS
 from alert_worker.store import Claim
 
 
@@ -119,7 +120,7 @@ class Setbacks:
                     token=token,
                 )
             )
-        except Exception as exc:  # noqa: BLE001 - the row is safe in Postgres; the sweep re-enqueues it
+        except SIDE_EFFECT_ERRORS as exc:  # the row is safe in Postgres; the sweep re-enqueues it
             log.error("follow_up_enqueue_failed", kind=kind, error=type(exc).__name__)
 
     def wake_when_due(self, request: DeliveryRequest, row: DeliveryRow, next_at: datetime, logger: Any) -> None:
