@@ -12,6 +12,8 @@ pool wait, Redis socket timeouts); the timer is the backstop for Python-level st
 
 The threads share one ``psycopg_pool.ConnectionPool`` (one connection per thread at most) and one Redis
 client, handed to ``run_delivery_job`` as ``JobResources(owned=False)`` through ``shared_job_resources``.
+Each thread keeps one object per channel (``channels.kept``: its HTTP sessions, Twilio client and SMTP
+connection), closed when the thread ends or the worker stops.
 SIGTERM: no new job, the ones in flight finish, exit 0. A second SIGTERM, or a SIGINT: exit at once.
 """
 
@@ -33,6 +35,8 @@ from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import BaseWorker
 
+from alert_worker.channels import build_channel
+from alert_worker.channels.kept import ThreadChannels, kept_channels
 from alert_worker.liveness import Registration, alive_ttl_for
 from alert_worker.resources import DB_CONNECT_TIMEOUT_SECONDS, JobResources, open_redis, shared_job_resources
 from alert_worker.settings import Settings
@@ -120,6 +124,7 @@ class ThreadPoolWorker(BaseWorker):
         self._stopping = threading.Event()
         self._cold = False
         self._resources: JobResources | None = None
+        self.channels = ThreadChannels(build=lambda channel: build_channel(channel, settings, kept=True))
         self._registration: Registration | None = None
         self._pool_threads: list[threading.Thread] = []
         self._last_beat = -_HEARTBEAT_EVERY_SECONDS
@@ -158,6 +163,8 @@ class ThreadPoolWorker(BaseWorker):
                 self._tasks.put(None)
             for thread in self._pool_threads:
                 thread.join(timeout=5)
+        for exc in self.channels.close_all() if not self._cold else []:
+            log.warning("channel_close_failed", error=type(exc).__name__)
         if self._resources is not None:
             for exc in self._resources.close_now():
                 log.warning("shared_resources_close_failed", error=type(exc).__name__)
@@ -252,6 +259,14 @@ class ThreadPoolWorker(BaseWorker):
 
     def _run_jobs(self) -> None:
         shared_job_resources.set(self._resources)  # this thread's context: run_delivery_job uses the shared pair
+        kept_channels.set(self.channels)  # and build_executor this thread's kept channel objects
+        try:
+            self._take_jobs()
+        finally:
+            for exc in self.channels.close_thread():
+                log.warning("channel_close_failed", error=type(exc).__name__)
+
+    def _take_jobs(self) -> None:
         while True:
             task = self._tasks.get()
             if task is None:
