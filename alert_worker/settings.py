@@ -17,6 +17,9 @@ from alert_worker.models import ChannelType
 from alert_worker.redaction import redact_url
 from alert_worker.validation import is_e164
 
+DEFAULT_WORKER_THREADS = 8
+MAX_WORKER_THREADS = 64  # CONTRACT §6.1: 1..64
+
 
 def _text(env: Mapping[str, str], name: str, default: str = "") -> str:
     return env.get(name, default).strip()
@@ -32,6 +35,22 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
         raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _worker_threads(env: Mapping[str, str]) -> int:
+    """``ALERT_WORKER_THREADS``: deliveries at once in one thread-pooled worker, 1..64 (default 8)."""
+    raw = _text(env, "ALERT_WORKER_THREADS")
+    if raw == "":
+        return DEFAULT_WORKER_THREADS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"ALERT_WORKER_THREADS must be an integer 1..{MAX_WORKER_THREADS}, got {raw!r}"
+        ) from None
+    if not 1 <= value <= MAX_WORKER_THREADS:
+        raise ConfigurationError(f"ALERT_WORKER_THREADS must be 1..{MAX_WORKER_THREADS}, got {value}")
     return value
 
 
@@ -134,6 +153,7 @@ class Settings:
     redis_key_prefix: str = "alert:"
     max_queue_depth: int = 10_000
     metrics_port: int = 0
+    worker_threads: int = DEFAULT_WORKER_THREADS  # ALERT_WORKER_THREADS; ``--threads`` overrides
     log_format: str = "json"
     rate_limits: RateLimits = field(
         default_factory=lambda: RateLimits(
@@ -195,6 +215,7 @@ class Settings:
             redis_key_prefix=prefix,
             max_queue_depth=_int(env, "ALERT_MAX_QUEUE_DEPTH", 10_000, minimum=1),
             metrics_port=_int(env, "ALERT_METRICS_PORT", 0, minimum=0),
+            worker_threads=_worker_threads(env),
             log_format=log_format,
             rate_limits=RateLimits(
                 per_channel_minute={

@@ -23,7 +23,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -39,34 +39,27 @@ from alert_worker.channels import build_channel
 from alert_worker.channels.kept import ThreadChannels, kept_channels
 from alert_worker.liveness import Registration, alive_ttl_for
 from alert_worker.resources import DB_CONNECT_TIMEOUT_SECONDS, JobResources, open_redis, shared_job_resources
-from alert_worker.settings import Settings
+from alert_worker.settings import DEFAULT_WORKER_THREADS, MAX_WORKER_THREADS, Settings
 
 log = structlog.get_logger("alert_worker.threaded_worker")
 
-DEFAULT_THREADS = 8
-MAX_THREADS = 64
+DEFAULT_THREADS = DEFAULT_WORKER_THREADS
+MAX_THREADS = MAX_WORKER_THREADS
 RQ_WORKER_TTL_SECONDS = 60
 _DRAIN_MARGIN_SECONDS = 30.0
 _HEARTBEAT_EVERY_SECONDS = 5.0  # past the job timeout: the death penalty has fired by then
 
 
-def resolve_threads(env: Mapping[str, str], override: int | None = None) -> int:
-    """``--threads`` else ``ALERT_WORKER_THREADS`` else 8; ``ValueError`` naming the source outside 1..64."""
-    source, raw = (
-        ("--threads", str(override))
-        if override is not None
-        else (
-            "ALERT_WORKER_THREADS",
-            env.get("ALERT_WORKER_THREADS", "").strip() or str(DEFAULT_THREADS),
-        )
-    )
-    try:
-        threads = int(raw)
-    except ValueError:
-        raise ValueError(f"{source} must be an integer 1..{MAX_THREADS}") from None
-    if not 1 <= threads <= MAX_THREADS:
-        raise ValueError(f"{source} must be 1..{MAX_THREADS}, got {threads}")
-    return threads
+def resolve_threads(settings: Settings, override: int | None = None) -> int:
+    """``--threads`` if given (``ValueError`` outside 1..64, naming it), else ``ALERT_WORKER_THREADS``.
+
+    The environment variable is read and checked with every other setting (``Settings.from_env``).
+    """
+    if override is None:
+        return settings.worker_threads
+    if not 1 <= override <= MAX_THREADS:
+        raise ValueError(f"--threads must be 1..{MAX_THREADS}, got {override}")
+    return override
 
 
 class DaemonTimerDeathPenalty(TimerDeathPenalty):

@@ -17,6 +17,7 @@ from alert_worker.liveness import (
     Registration,
     alive_ttl_for,
 )
+from alert_worker.settings import Settings
 from alert_worker.threaded_worker import DaemonTimerDeathPenalty, ThreadPoolWorker, resolve_threads
 
 
@@ -31,29 +32,18 @@ from alert_worker.threaded_worker import DaemonTimerDeathPenalty, ThreadPoolWork
     ],
     ids=["default-8", "env", "flag-wins", "lowest", "highest"],
 )
-def test_the_thread_count_comes_from_the_flag_then_the_environment_then_8(
+def test_the_thread_count_comes_from_the_flag_then_the_settings_then_8(
     env: dict[str, str], override: int | None, expected: int
 ) -> None:
-    """``--threads`` overrides ``ALERT_WORKER_THREADS``; both default to 8."""
-    assert resolve_threads(env, override) == expected
+    """``--threads`` overrides ``ALERT_WORKER_THREADS`` (read by ``Settings``); both default to 8."""
+    assert resolve_threads(Settings.from_env(env), override) == expected
 
 
-@pytest.mark.parametrize(
-    ("env", "override", "named"),
-    [
-        ({}, 0, "--threads"),
-        ({}, 65, "--threads"),
-        ({"ALERT_WORKER_THREADS": "0"}, None, "ALERT_WORKER_THREADS"),
-        ({"ALERT_WORKER_THREADS": "many"}, None, "ALERT_WORKER_THREADS"),
-    ],
-    ids=["flag-zero", "flag-65", "env-zero", "env-not-a-number"],
-)
-def test_a_thread_count_outside_1_to_64_is_refused_naming_its_source(
-    env: dict[str, str], override: int | None, named: str
-) -> None:
-    """The refusal names where the bad value came from, so the one log line says what to fix."""
-    with pytest.raises(ValueError, match=named):
-        resolve_threads(env, override)
+@pytest.mark.parametrize("override", [0, 65, -1], ids=["flag-zero", "flag-65", "flag-negative"])
+def test_a_threads_flag_outside_1_to_64_is_refused_naming_the_flag(override: int) -> None:
+    """The refusal names ``--threads``, so the one log line says what to fix."""
+    with pytest.raises(ValueError, match=r"--threads must be 1\.\.64"):
+        resolve_threads(Settings.from_env({}), override)
 
 
 @pytest.mark.parametrize(("job_timeout", "ttl"), [(1, 3), (10, 10), (60, 30)], ids=["floor-3", "job-timeout", "cap-30"])
