@@ -33,7 +33,7 @@ from psycopg_pool import ConnectionPool
 from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
-from rq.worker import BaseWorker
+from rq.worker import BaseWorker, WorkerStatus
 
 from alert_worker.channels import build_channel
 from alert_worker.channels.kept import ThreadChannels, kept_channels
@@ -48,13 +48,11 @@ MAX_THREADS = MAX_WORKER_THREADS
 RQ_WORKER_TTL_SECONDS = 60
 _DRAIN_MARGIN_SECONDS = 30.0
 _HEARTBEAT_EVERY_SECONDS = 5.0  # past the job timeout: the death penalty has fired by then
+_SUSPENSION_CHECK_EVERY_SECONDS = 1.0  # `rq suspend` takes effect within this
 
 
 def resolve_threads(settings: Settings, override: int | None = None) -> int:
-    """``--threads`` if given (``ValueError`` outside 1..64, naming it), else ``ALERT_WORKER_THREADS``.
-
-    The environment variable is read and checked with every other setting (``Settings.from_env``).
-    """
+    """``--threads`` if given (``ValueError`` outside 1..64), else ``Settings.worker_threads`` (checked there)."""
     if override is None:
         return settings.worker_threads
     if not 1 <= override <= MAX_THREADS:
@@ -121,6 +119,7 @@ class ThreadPoolWorker(BaseWorker):
         self._registration: Registration | None = None
         self._pool_threads: list[threading.Thread] = []
         self._last_beat = -_HEARTBEAT_EVERY_SECONDS
+        self._last_suspension_check = -_SUSPENSION_CHECK_EVERY_SECONDS
 
     @property
     def in_flight(self) -> int:
@@ -223,6 +222,21 @@ class ThreadPoolWorker(BaseWorker):
             self._last_beat = now
         super().heartbeat(timeout, pipeline)
 
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ asks Redis on every loop, i.e. per job, on the one dequeue thread: at most once a second here."""
+        now = time.monotonic()
+        if now - self._last_suspension_check < _SUSPENSION_CHECK_EVERY_SECONDS:
+            return
+        self._last_suspension_check = now
+        super().check_for_suspension(burst)
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        """RQ marks the worker idle before every dequeue (a round trip per job): skipped while jobs run in
+        other threads, as the worker is busy; the thread ending the last job in flight marks it idle."""
+        if pipeline is None and state == WorkerStatus.IDLE and self._in_flight > 0:
+            return
+        super().set_state(state, pipeline)
+
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Like SimpleWorker: the started-registry entry outlives the job (the timer bounds the job)."""
         if job.timeout == -1:
@@ -272,4 +286,13 @@ class ThreadPoolWorker(BaseWorker):
             finally:
                 with self._slots:
                     self._in_flight -= 1
+                    idle = self._in_flight == 0
                     self._slots.notify_all()
+                if idle:
+                    self._mark_idle()
+
+    def _mark_idle(self) -> None:
+        try:
+            self.set_state(WorkerStatus.IDLE)
+        except (redis.RedisError, OSError) as exc:  # cosmetic (rq info); never fails a job thread
+            log.warning("rq_state_failed", worker=self.name, error=type(exc).__name__)

@@ -40,12 +40,12 @@ def _worker_class() -> Any:
     from bench.workers import PreloadedWorker  # preloads at import: after the environment is set
 
     class ProfiledHorseWorker(PreloadedWorker):  # type: ignore[misc, valid-type]
-        def perform_job(self, job: Any, queue: Any) -> bool:
+        def perform_job(self, job: Any, queue: Any, execution: Any) -> bool:
             profile = cProfile.Profile()
             started = time.perf_counter()
             profile.enable()
             try:
-                return bool(super().perform_job(job, queue))
+                return bool(super().perform_job(job, queue, execution))
             finally:
                 profile.disable()
                 took = time.perf_counter() - started
@@ -66,6 +66,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=150)
     parser.add_argument("--job", choices=sorted(JOB_FUNCS), default="b")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--only", default="", help="also list the functions whose path matches this regex")
     args = parser.parse_args()
     global _OUT
     logging.getLogger("mail.log").setLevel(logging.WARNING)
@@ -111,7 +112,13 @@ def main() -> int:
         merged = pstats.Stats(str(files[0]))
         for f in files[1:]:
             merged.add(str(f))
+        merged.files = []  # type: ignore[attr-defined]  # one header line per horse otherwise
         print(top(merged, args.top), file=report)
+        if args.only:
+            out = io.StringIO()
+            merged.stream = out  # type: ignore[attr-defined]
+            merged.sort_stats("cumulative").print_stats(args.only, args.top)
+            print(out.getvalue(), file=report)
         client.close()
     return 0
 

@@ -116,6 +116,8 @@ def test_the_rq_extension_points_the_threaded_worker_overrides_still_exist() -> 
         "teardown": ["self"],
         "dequeue_job_and_maintain_ttl": ["self", "timeout", "max_idle_time"],
         "get_heartbeat_ttl": ["self", "job", "working_time"],
+        "check_for_suspension": ["self", "burst"],
+        "set_state": ["self", "state", "pipeline"],
     }
     for name, expected in params.items():
         assert list(inspect.signature(getattr(BaseWorker, name)).parameters) == expected, name
@@ -146,3 +148,41 @@ def test_rqs_bare_heartbeats_are_spaced_but_explicit_ones_always_go_through() ->
     assert not conn.exists(worker.key)
     worker.heartbeat(timeout=100)
     assert conn.exists(worker.key)
+
+
+def _fake_worker() -> tuple[ThreadPoolWorker, fakeredis.FakeRedis]:
+    from rq import Queue
+
+    conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    worker = ThreadPoolWorker(
+        [Queue("alerts", connection=conn)], connection=conn, settings=Settings(database_url="", redis_url=""), threads=2
+    )
+    return worker, conn
+
+
+def test_the_suspension_check_asks_redis_at_most_once_a_second() -> None:
+    """RQ checks `rq suspend` before every dequeue; here a suspension is seen within a second, not per job."""
+    from rq.exceptions import StopRequested
+    from rq.suspension import suspend
+
+    worker, conn = _fake_worker()
+    worker.check_for_suspension(burst=True)
+    suspend(conn)
+    worker.check_for_suspension(burst=True)  # within the second: not asked again
+    worker._last_suspension_check -= 1.0
+    with pytest.raises(StopRequested):
+        worker.check_for_suspension(burst=True)
+
+
+def test_the_worker_is_marked_idle_only_when_no_job_is_in_flight() -> None:
+    """RQ's idle write before each dequeue is skipped while other threads run jobs; busy writes go through."""
+    from rq.worker import WorkerStatus
+
+    worker, conn = _fake_worker()
+    worker.set_state(WorkerStatus.BUSY)
+    worker._in_flight = 1
+    worker.set_state(WorkerStatus.IDLE)
+    assert conn.hget(worker.key, "state") == b"busy"
+    worker._in_flight = 0
+    worker.set_state(WorkerStatus.IDLE)
+    assert conn.hget(worker.key, "state") == b"idle"
