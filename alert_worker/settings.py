@@ -17,8 +17,7 @@ from alert_worker.models import ChannelType
 from alert_worker.redaction import redact_url
 from alert_worker.validation import is_e164
 
-DEFAULT_WORKER_THREADS = 8
-MAX_WORKER_THREADS = 64  # CONTRACT §6.1: 1..64
+DEFAULT_WORKER_THREADS, MAX_WORKER_THREADS = 8, 64  # ALERT_WORKER_THREADS, CONTRACT §6.1
 
 
 def _text(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -39,18 +38,10 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
 
 
 def _worker_threads(env: Mapping[str, str]) -> int:
-    """``ALERT_WORKER_THREADS``: deliveries at once in one thread-pooled worker, 1..64 (default 8)."""
-    raw = _text(env, "ALERT_WORKER_THREADS")
-    if raw == "":
-        return DEFAULT_WORKER_THREADS
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(
-            f"ALERT_WORKER_THREADS must be an integer 1..{MAX_WORKER_THREADS}, got {raw!r}"
-        ) from None
+    raw = _text(env, "ALERT_WORKER_THREADS") or str(DEFAULT_WORKER_THREADS)
+    value = int(raw) if raw.lstrip("-").isdigit() else 0
     if not 1 <= value <= MAX_WORKER_THREADS:
-        raise ConfigurationError(f"ALERT_WORKER_THREADS must be 1..{MAX_WORKER_THREADS}, got {value}")
+        raise ConfigurationError(f"ALERT_WORKER_THREADS must be an integer 1..{MAX_WORKER_THREADS}, got {raw!r}")
     return value
 
 

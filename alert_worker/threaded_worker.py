@@ -12,8 +12,7 @@ pool wait, Redis socket timeouts); the timer is the backstop for Python-level st
 
 The threads share one ``psycopg_pool.ConnectionPool`` (one connection per thread at most) and one Redis
 client, handed to ``run_delivery_job`` as ``JobResources(owned=False)`` through ``shared_job_resources``.
-Each thread keeps one object per channel (``channels.kept``: its HTTP sessions, Twilio client and SMTP
-connection), closed when the thread ends or the worker stops.
+Each thread keeps its channel objects and their provider sessions (``channels.kept``) until it ends.
 SIGTERM: no new job, the ones in flight finish, exit 0. A second SIGTERM, or a SIGINT: exit at once.
 """
 
@@ -39,12 +38,11 @@ from alert_worker.channels import build_channel
 from alert_worker.channels.kept import ThreadChannels, kept_channels
 from alert_worker.liveness import Registration, alive_ttl_for
 from alert_worker.resources import DB_CONNECT_TIMEOUT_SECONDS, JobResources, open_redis, shared_job_resources
-from alert_worker.settings import DEFAULT_WORKER_THREADS, MAX_WORKER_THREADS, Settings
+from alert_worker.settings import MAX_WORKER_THREADS, Settings
 
 log = structlog.get_logger("alert_worker.threaded_worker")
 
-DEFAULT_THREADS = DEFAULT_WORKER_THREADS
-MAX_THREADS = MAX_WORKER_THREADS
+MAX_THREADS = MAX_WORKER_THREADS  # CONTRACT §6.1: 1..64
 RQ_WORKER_TTL_SECONDS = 60
 _DRAIN_MARGIN_SECONDS = 30.0
 _HEARTBEAT_EVERY_SECONDS = 5.0  # past the job timeout: the death penalty has fired by then
@@ -233,9 +231,13 @@ class ThreadPoolWorker(BaseWorker):
     def set_state(self, state: str, pipeline: Any = None) -> None:
         """RQ marks the worker idle before every dequeue (a round trip per job): skipped while jobs run in
         other threads, as the worker is busy; the thread ending the last job in flight marks it idle."""
+        self._asked_state = state  # RQ's SIGTERM handler: idle (dequeuing) breaks the blocking dequeue at once
         if pipeline is None and state == WorkerStatus.IDLE and self._in_flight > 0:
             return
         super().set_state(state, pipeline)
+
+    def get_state(self) -> str:  # the state RQ last asked for, written or not
+        return getattr(self, "_asked_state", None) or super().get_state()
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Like SimpleWorker: the started-registry entry outlives the job (the timer bounds the job)."""
@@ -291,8 +293,8 @@ class ThreadPoolWorker(BaseWorker):
                 if idle:
                     self._mark_idle()
 
-    def _mark_idle(self) -> None:
+    def _mark_idle(self) -> None:  # the last job in flight ended: the worker is idle for rq info
         try:
             self.set_state(WorkerStatus.IDLE)
-        except (redis.RedisError, OSError) as exc:  # cosmetic (rq info); never fails a job thread
+        except (redis.RedisError, OSError) as exc:
             log.warning("rq_state_failed", worker=self.name, error=type(exc).__name__)

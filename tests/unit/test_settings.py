@@ -122,9 +122,9 @@ def test_alert_worker_threads_is_read_by_settings(value: str, expected: int) -> 
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("0", "ALERT_WORKER_THREADS must be 1..64, got 0"),
-        ("65", "ALERT_WORKER_THREADS must be 1..64, got 65"),
-        ("-3", "ALERT_WORKER_THREADS must be 1..64, got -3"),
+        ("0", "ALERT_WORKER_THREADS must be an integer 1..64, got '0'"),
+        ("65", "ALERT_WORKER_THREADS must be an integer 1..64, got '65'"),
+        ("-3", "ALERT_WORKER_THREADS must be an integer 1..64, got '-3'"),
         ("many", "ALERT_WORKER_THREADS must be an integer 1..64, got 'many'"),
         ("2.5", "ALERT_WORKER_THREADS must be an integer 1..64, got '2.5'"),
     ],
