@@ -22,7 +22,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import redis
 from rq import Queue
 
 from bench.providers import running_slow_smtp
@@ -90,7 +89,13 @@ def main() -> int:
             **{f"ALERT_RATE_{c}_PER_RECIPIENT_HOUR": "0" for c in ("EMAIL", "SLACK", "SMS")},
             ALERT_RATE_GLOBAL_PER_MIN="0",
         )
-        client = redis.Redis.from_url(redis_url)
+        from alert_worker.logs import configure_logging
+        from alert_worker.resources import open_redis
+        from alert_worker.settings import Settings
+
+        settings = Settings.from_env()
+        configure_logging(settings.log_format)  # as `alert-worker run` does before forking (stdout)
+        client = open_redis(settings)  # as `alert-worker run` does: no driver-info lookup in every horse
         queue = Queue(f"profile-{uuid.uuid4().hex[:6]}", connection=client)
         for i in range(args.jobs):
             queue.enqueue(
