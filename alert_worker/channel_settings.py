@@ -6,6 +6,7 @@ check`` and the job (a disabled channel poisons its deliveries ``channel_not_con
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from email.errors import HeaderParseError
 from email.headerregistry import Address
@@ -64,3 +65,13 @@ class TwilioSettings:
         names = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER")
         values = (self.account_sid, self.auth_token, self.from_number)
         return tuple(n for n, v in zip(names, values, strict=False) if not v)
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback address: the only hosts a webhook may be posted to over plain http."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

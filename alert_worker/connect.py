@@ -41,6 +41,18 @@ def postgres_kwargs(settings: Settings) -> dict[str, Any]:
     return kwargs
 
 
+def bounded_postgres_kwargs(settings: Settings, bound_ms: int) -> dict[str, Any]:
+    """Connection kwargs with statement and lock timeouts, so no query blocks a thread forever.
+
+    PgBouncer 1.18 refuses start-up ``options``: behind it the timeouts are set on the database role
+    instead (``ALTER ROLE … SET statement_timeout``, docs/scaling.md).
+    """
+    kwargs = postgres_kwargs(settings)
+    if settings.db_pooler != "pgbouncer":
+        kwargs["options"] = f"-c statement_timeout={bound_ms} -c lock_timeout={bound_ms}"
+    return kwargs
+
+
 def redis_timeout(settings: Settings) -> float:
     """One bound for every Redis socket operation: connect and each reply."""
     return max(settings.send_timeout_seconds, 1.0)

@@ -69,6 +69,7 @@ class DeliveryExecutor:
     metrics: DeliveryMetrics = field(default_factory=NullMetrics)
     rand: Callable[[], float] = random.random
     feedback: Feedback = field(default_factory=NoFeedback)  # suppression, cooldowns, unknown outcomes (§6.2)
+    close_channels: bool = True  # False: the factory's channels outlive the job (kept per thread, channels.kept)
     logger: Any = field(default_factory=lambda: structlog.get_logger("alert_worker.executor"))
 
     @property
@@ -207,7 +208,8 @@ class DeliveryExecutor:
                 self.feedback.after_failure(row, channel, message, exc, log=log)
                 return self.setbacks.failed(claim, log, attempts + 1, exc, request.queue)
         finally:
-            channel.close()
+            if self.close_channels:
+                channel.close()
         latency = self.store.mark_delivered(row.id, claim.token, attempts=attempts + 1, message_id=receipt.message_id)
         self.feedback.after_delivered(row)
         self.metrics.attempt(row.channel, Outcome.DELIVERED.value)

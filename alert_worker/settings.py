@@ -6,17 +6,18 @@ start-up instead of at the first 3 a.m. alert. The variables are listed in READM
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
-from alert_worker.channel_settings import SlackSettings, SmtpSettings, TwilioSettings, is_bare_address
+from alert_worker.channel_settings import SlackSettings, SmtpSettings, TwilioSettings, is_bare_address, is_loopback_host
 from alert_worker.cluster_settings import cluster_from_env
 from alert_worker.errors import ConfigurationError
 from alert_worker.models import ChannelType
 from alert_worker.redaction import redact_url
 from alert_worker.validation import is_e164
+
+DEFAULT_WORKER_THREADS, MAX_WORKER_THREADS = 8, 64  # ALERT_WORKER_THREADS, CONTRACT §6.1
 
 
 def _text(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -33,6 +34,14 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
         raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _worker_threads(env: Mapping[str, str]) -> int:
+    raw = _text(env, "ALERT_WORKER_THREADS") or str(DEFAULT_WORKER_THREADS)
+    value = int(raw) if raw.lstrip("-").isdigit() else 0
+    if not 1 <= value <= MAX_WORKER_THREADS:
+        raise ConfigurationError(f"ALERT_WORKER_THREADS must be an integer 1..{MAX_WORKER_THREADS}, got {raw!r}")
     return value
 
 
@@ -105,15 +114,6 @@ class RateLimits:
         )
 
 
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 @dataclass(frozen=True)
 class Settings:
     database_url: str = field(repr=False)
@@ -135,6 +135,7 @@ class Settings:
     redis_key_prefix: str = "alert:"
     max_queue_depth: int = 10_000
     metrics_port: int = 0
+    worker_threads: int = DEFAULT_WORKER_THREADS  # ALERT_WORKER_THREADS; ``--threads`` overrides
     log_format: str = "json"
     db_pooler: str = ""
     redis_sentinels: tuple[tuple[str, int], ...] = ()
@@ -199,6 +200,7 @@ class Settings:
             redis_key_prefix=prefix,
             max_queue_depth=_int(env, "ALERT_MAX_QUEUE_DEPTH", 10_000, minimum=1),
             metrics_port=_int(env, "ALERT_METRICS_PORT", 0, minimum=0),
+            worker_threads=_worker_threads(env),
             log_format=log_format,
             **cluster_from_env(env),
             rate_limits=RateLimits(

@@ -12,6 +12,7 @@ pool wait, Redis socket timeouts); the timer is the backstop for Python-level st
 
 The threads share one ``psycopg_pool.ConnectionPool`` (one connection per thread at most) and one Redis
 client, handed to ``run_delivery_job`` as ``JobResources(owned=False)`` through ``shared_job_resources``.
+Each thread keeps its channel objects and their provider sessions (``channels.kept``) until it ends.
 SIGTERM: no new job, the ones in flight finish, exit 0. A second SIGTERM, or a SIGINT: exit at once.
 """
 
@@ -21,7 +22,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -31,39 +32,31 @@ from psycopg_pool import ConnectionPool
 from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
-from rq.worker import BaseWorker
+from rq.worker import BaseWorker, WorkerStatus
 
-from alert_worker.connect import postgres_kwargs
+from alert_worker.channels import build_channel
+from alert_worker.channels.kept import ThreadChannels, kept_channels
+from alert_worker.connect import bounded_postgres_kwargs
 from alert_worker.liveness import Registration, alive_ttl_for
 from alert_worker.resources import JobResources, open_redis, shared_job_resources
-from alert_worker.settings import Settings
+from alert_worker.settings import MAX_WORKER_THREADS, Settings
 
 log = structlog.get_logger("alert_worker.threaded_worker")
 
-DEFAULT_THREADS = 8
-MAX_THREADS = 64
+MAX_THREADS = MAX_WORKER_THREADS  # CONTRACT §6.1: 1..64
 RQ_WORKER_TTL_SECONDS = 60
 _DRAIN_MARGIN_SECONDS = 30.0
 _HEARTBEAT_EVERY_SECONDS = 5.0  # past the job timeout: the death penalty has fired by then
+_SUSPENSION_CHECK_EVERY_SECONDS = 1.0  # `rq suspend` takes effect within this
 
 
-def resolve_threads(env: Mapping[str, str], override: int | None = None) -> int:
-    """``--threads`` else ``ALERT_WORKER_THREADS`` else 8; ``ValueError`` naming the source outside 1..64."""
-    source, raw = (
-        ("--threads", str(override))
-        if override is not None
-        else (
-            "ALERT_WORKER_THREADS",
-            env.get("ALERT_WORKER_THREADS", "").strip() or str(DEFAULT_THREADS),
-        )
-    )
-    try:
-        threads = int(raw)
-    except ValueError:
-        raise ValueError(f"{source} must be an integer 1..{MAX_THREADS}") from None
-    if not 1 <= threads <= MAX_THREADS:
-        raise ValueError(f"{source} must be 1..{MAX_THREADS}, got {threads}")
-    return threads
+def resolve_threads(settings: Settings, override: int | None = None) -> int:
+    """``--threads`` if given (``ValueError`` outside 1..64), else ``Settings.worker_threads`` (checked there)."""
+    if override is None:
+        return settings.worker_threads
+    if not 1 <= override <= MAX_THREADS:
+        raise ValueError(f"--threads must be 1..{MAX_THREADS}, got {override}")
+    return override
 
 
 class DaemonTimerDeathPenalty(TimerDeathPenalty):
@@ -75,18 +68,6 @@ class DaemonTimerDeathPenalty(TimerDeathPenalty):
         return timer
 
 
-def _bounded_postgres_kwargs(settings: Settings, bound_ms: int) -> dict[str, Any]:
-    """Connection kwargs with statement and lock timeouts, so no query blocks a thread forever.
-
-    PgBouncer 1.18 refuses start-up ``options``: behind it the timeouts are set on the database role
-    instead (``ALTER ROLE … SET statement_timeout``, docs/scaling.md).
-    """
-    kwargs = postgres_kwargs(settings)
-    if settings.db_pooler != "pgbouncer":
-        kwargs["options"] = f"-c statement_timeout={bound_ms} -c lock_timeout={bound_ms}"
-    return kwargs
-
-
 def open_shared_resources(settings: Settings, *, threads: int) -> JobResources:
     """One stock pool for all threads: each blocking step bounded (connect, statement, lock, pool wait)."""
     bound_ms = int(max(settings.send_timeout_seconds, 1.0) * 1000)
@@ -95,7 +76,7 @@ def open_shared_resources(settings: Settings, *, threads: int) -> JobResources:
         min_size=1,
         max_size=threads,
         timeout=settings.send_timeout_seconds,
-        kwargs=_bounded_postgres_kwargs(settings, bound_ms),
+        kwargs=bounded_postgres_kwargs(settings, bound_ms),
         check=ConnectionPool.check_connection,
         name="alert-worker-threads",
         open=True,
@@ -129,9 +110,11 @@ class ThreadPoolWorker(BaseWorker):
         self._stopping = threading.Event()
         self._cold = False
         self._resources: JobResources | None = None
+        self.channels = ThreadChannels(build=lambda channel: build_channel(channel, settings, kept=True))
         self._registration: Registration | None = None
         self._pool_threads: list[threading.Thread] = []
         self._last_beat = -_HEARTBEAT_EVERY_SECONDS
+        self._last_suspension_check = -_SUSPENSION_CHECK_EVERY_SECONDS
 
     @property
     def in_flight(self) -> int:
@@ -167,6 +150,8 @@ class ThreadPoolWorker(BaseWorker):
                 self._tasks.put(None)
             for thread in self._pool_threads:
                 thread.join(timeout=5)
+        for exc in self.channels.close_all() if not self._cold else []:
+            log.warning("channel_close_failed", error=type(exc).__name__)
         if self._resources is not None:
             for exc in self._resources.close_now():
                 log.warning("shared_resources_close_failed", error=type(exc).__name__)
@@ -232,6 +217,25 @@ class ThreadPoolWorker(BaseWorker):
             self._last_beat = now
         super().heartbeat(timeout, pipeline)
 
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ asks Redis on every loop, i.e. per job, on the one dequeue thread: at most once a second here."""
+        now = time.monotonic()
+        if now - self._last_suspension_check < _SUSPENSION_CHECK_EVERY_SECONDS:
+            return
+        self._last_suspension_check = now
+        super().check_for_suspension(burst)
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        """RQ marks the worker idle before every dequeue (a round trip per job): skipped while jobs run in
+        other threads, as the worker is busy; the thread ending the last job in flight marks it idle."""
+        self._asked_state = state  # RQ's SIGTERM handler: idle (dequeuing) breaks the blocking dequeue at once
+        if pipeline is None and state == WorkerStatus.IDLE and self._in_flight > 0:
+            return
+        super().set_state(state, pipeline)
+
+    def get_state(self) -> str:  # the state RQ last asked for, written or not
+        return getattr(self, "_asked_state", None) or super().get_state()
+
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Like SimpleWorker: the started-registry entry outlives the job (the timer bounds the job)."""
         if job.timeout == -1:
@@ -261,6 +265,14 @@ class ThreadPoolWorker(BaseWorker):
 
     def _run_jobs(self) -> None:
         shared_job_resources.set(self._resources)  # this thread's context: run_delivery_job uses the shared pair
+        kept_channels.set(self.channels)  # and build_executor this thread's kept channel objects
+        try:
+            self._take_jobs()
+        finally:
+            for exc in self.channels.close_thread():
+                log.warning("channel_close_failed", error=type(exc).__name__)
+
+    def _take_jobs(self) -> None:
         while True:
             task = self._tasks.get()
             if task is None:
@@ -273,4 +285,13 @@ class ThreadPoolWorker(BaseWorker):
             finally:
                 with self._slots:
                     self._in_flight -= 1
+                    idle = self._in_flight == 0
                     self._slots.notify_all()
+                if idle:
+                    self._mark_idle()
+
+    def _mark_idle(self) -> None:  # the last job in flight ended: the worker is idle for rq info
+        try:
+            self.set_state(WorkerStatus.IDLE)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("rq_state_failed", worker=self.name, error=type(exc).__name__)

@@ -15,6 +15,7 @@ import redis
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from alert_worker.channels import build_channel
+from alert_worker.channels.kept import kept_channels
 from alert_worker.counters import Gauge, oldest_pending_gauge, poison_count, queue_depth
 from alert_worker.executor import DeliveryExecutor
 from alert_worker.feedback import build_feedback
@@ -112,18 +113,20 @@ def hash_secret(settings: Settings, store: DeliveryStore) -> str:
 
 
 def build_executor(settings: Settings, resources: JobResources) -> DeliveryExecutor:
-    """One job's executor on the job's resources."""
+    """One job's executor on the job's resources; in a thread-pooled worker, on its thread's kept channels."""
     job = current_job()
     parts = collaborators(
         settings, pool=resources.pool, client=resources.redis, claimed_by=job.worker_name if job else None
     )
     secret = hash_secret(settings, parts.store)
     metrics = RedisMetrics(client=resources.redis, prefix=settings.redis_key_prefix)
+    kept = kept_channels.get()
     return DeliveryExecutor(
         store=parts.store,
         poison_queue=parts.poison_queue,
         limiter=RateLimiter(client=resources.redis, key_prefix=settings.redis_key_prefix),
-        channel_factory=lambda channel: build_channel(channel, settings),
+        channel_factory=kept.get if kept is not None else lambda channel: build_channel(channel, settings),
+        close_channels=kept is None,
         scheduler=parts.enqueuer,
         retry_policy=retry_policy(settings),
         rate_limits=settings.rate_limits,

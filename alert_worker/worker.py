@@ -9,7 +9,6 @@ daemon thread (``sweep.SweeperThread``) opening its own short-lived connections 
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -83,7 +82,7 @@ def run_worker(
 
     configure_logging(settings.log_format)
     try:
-        threads = resolve_threads(os.environ, threads)
+        threads = resolve_threads(settings, threads)
     except ValueError as exc:
         log.error("configuration_invalid", error=str(exc))
         return 1

@@ -79,6 +79,8 @@ def running_slow_webhook(delay_ms: float) -> Iterator[SlowWebhook]:
     hook = SlowWebhook(delay_ms=delay_ms)
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as Slack's webhooks: a kept session reuses its connection
+
         def log_message(self, format: str, *args: Any) -> None:
             pass
 

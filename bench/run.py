@@ -9,8 +9,9 @@ repository root. Jobs, each drained by a real worker subprocess on a private que
   (d) reference  ``bench.reference_async``: asyncio.run + AsyncConnectionPool + redis.asyncio per job
   (e) floor      RQ plus the SMTP send alone (no database, no Redis of ours): what any delivery costs
 
-on workers ``simple`` (``rq.worker.SimpleWorker``), ``fork`` (forking ``Worker`` whose parent preloaded
-the job modules, as ``alert-worker run --worker-class rq.worker.Worker`` does), ``plain`` (exactly
+on workers ``simple`` (``rq.worker.SimpleWorker``), ``fork`` (``alert-worker run --worker-class
+bench.workers.PreloadedWorker``: RQ's forking ``Worker`` under our ``run``, whose parent preloaded the job
+modules, configured logging and opened its Redis client without driver info), ``plain`` (exactly
 ``rq worker Q --with-scheduler``: every work-horse imports the package) and ``threads`` (``alert-worker
 run --burst --threads N``, the thread-pooled worker). A case ``X-W@L`` runs against providers that
 answer after L ms (``bench.providers``; no suffix: L = 0). Throughput: jobs enqueued up front, a burst
@@ -150,6 +151,8 @@ class Bench:
     def start_worker(self, case: str, queue: str, *, burst: bool) -> subprocess.Popen[bytes]:
         if worker_of(case) == "threads":
             command = [sys.executable, "-m", "alert_worker", "run", "--threads", str(THREADS)]
+        elif worker_of(case) == "fork":  # the product's forking path: its parent's logging and Redis client
+            command = [sys.executable, "-m", "alert_worker", "run", "--worker-class", WORKERS["fork"]]
         else:
             rq = shutil.which("rq", path=str(Path(sys.executable).parent)) or "rq"
             command = [rq, "worker", "-u", self.redis_url, "-w", WORKERS[worker_of(case)], "--with-scheduler", queue]

@@ -11,15 +11,19 @@ from alert_worker.models import ChannelType
 from alert_worker.settings import Settings
 
 
-def build_channel(channel: ChannelType, settings: Settings) -> Channel:
-    """The channel for one job, or a ``DisabledChannel`` naming the missing variables."""
+def build_channel(channel: ChannelType, settings: Settings, *, kept: bool = False) -> Channel:
+    """The channel for one job, or a ``DisabledChannel`` naming the missing variables.
+
+    ``kept``: the object serves many deliveries of one thread (``channels.kept``); the e-mail channel then
+    keeps its SMTP connection open between them.
+    """
     missing = settings.missing_channel_settings().get(channel)
     if missing:
         return DisabledChannel(channel, missing)
     if channel is ChannelType.EMAIL:
         from alert_worker.channels.email import EmailChannel
 
-        return EmailChannel(settings=settings.smtp, timeout_seconds=settings.send_timeout_seconds)
+        return EmailChannel(settings=settings.smtp, timeout_seconds=settings.send_timeout_seconds, keep_open=kept)
     if channel is ChannelType.SLACK:
         from alert_worker.channels.slack import SlackChannel
 

@@ -1,4 +1,13 @@
-"""E-mail over SMTP (``smtplib``): STARTTLS, implicit TLS or plain, one connection per delivery.
+"""E-mail over SMTP (``smtplib``): STARTTLS, implicit TLS or plain; one connection per delivery, or per
+thread with ``keep_open`` (the thread-pooled worker's kept channels).
+
+A kept connection is reused only when it is provably usable before anything of the next message is sent:
+it was idle less than ``KEEP_IDLE_SECONDS`` (servers drop idle sessions, RFC 5321 suggests 5 min; a NAT
+may drop them silently, and a NOOP on such a socket would block for the whole send timeout) and it
+answers ``NOOP`` with 250 (an idle-timeout ``421`` already waiting in the socket, or a closed socket,
+fails it). Otherwise it is closed and a new one opened, so a stale connection costs a reconnect, never a
+second send. After any error the connection is dropped, never reused. If the server closes between the
+NOOP and ``MAIL FROM``, the send fails before the body is written: transient, retried, not a duplicate.
 
 Errors are classified once, in ``alert_worker.channels.smtp_errors`` (re-exported here).
 
@@ -18,6 +27,7 @@ import hashlib
 import re
 import smtplib
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from email.errors import HeaderParseError
@@ -50,6 +60,7 @@ MAX_EMAIL_BODY_CHARS = 1_000_000
 _HEADERS = ("from", "to", "subject", "date", "message-id", "content-type", "content-transfer-encoding", "mime-version")
 TLS_SECURITIES = ("ssl", "starttls")
 _BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+KEEP_IDLE_SECONDS = 30.0  # a kept SMTP connection idle longer than this is closed, not probed
 
 
 @functools.lru_cache(maxsize=8)
@@ -159,8 +170,14 @@ class EmailChannel(Channel):
         timeout_seconds: float,
         tls_context: ssl.SSLContext | None = None,
         tls_context_factory: Callable[[], ssl.SSLContext] = default_tls_context,
+        keep_open: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
+        self._keep_open = keep_open
+        self._clock = clock
+        self._kept: _BodyTracking | None = None
+        self._kept_since = 0.0
         self._timeout = timeout_seconds
         self._tls_context = tls_context
         self._tls_context_factory = tls_context_factory  # asked only when TLS is used
@@ -192,12 +209,12 @@ class EmailChannel(Channel):
         mail.set_content(truncate(check_body_size(message.body), self.max_text_chars) or " ")
         return mail
 
-    def _connect(self) -> smtplib.SMTP:
+    def _connect(self) -> _BodyTracking:
         s = self._settings
         context: ssl.SSLContext | None = None
         if s.security in TLS_SECURITIES:
             context = self._tls_context or self._tls_context_factory()
-        smtp: smtplib.SMTP
+        smtp: _BodyTracking
         if s.security == "ssl":
             smtp = _TrackedSMTPSSL(s.host, s.port, timeout=self._timeout, context=context)
         else:
@@ -216,30 +233,60 @@ class EmailChannel(Channel):
         """The SMTP server: a 421 or 4.7.x throttles the whole relay, not one mailbox."""
         return f"{self._settings.host}:{self._settings.port}"
 
+    def _reusable(self) -> _BodyTracking | None:
+        """The kept connection if it was idle briefly and answers NOOP with 250; else closed and ``None``."""
+        smtp, self._kept = self._kept, None
+        if smtp is None:
+            return None
+        if self._clock() - self._kept_since <= KEEP_IDLE_SECONDS:
+            try:
+                if smtp.noop()[0] == 250:
+                    return smtp
+            except (smtplib.SMTPException, OSError):
+                pass
+        _quit(smtp)
+        return None
+
     def send(self, message: Message) -> SendReceipt:
         mail = self.build(message)
         sender, recipient = str(mail["From"].addresses[0].addr_spec), message.recipient
         international = not (sender + recipient).isascii()
         options = ("SMTPUTF8", "BODY=8BITMIME") if international else ()
-        smtp: smtplib.SMTP | None = None
+        smtp: _BodyTracking | None = None
         try:
             data = serialize(mail, international=international)
-            smtp = self._connect()
+            smtp = self._reusable() or self._connect()
+            smtp.body_written = False
+            keep = False
             try:
                 smtp.ehlo_or_helo_if_needed()
                 if international and not smtp.has_extn("smtputf8"):
                     raise smtplib.SMTPNotSupportedError("SMTPUTF8 is needed for this address")
                 smtp.sendmail(sender, [recipient], data, mail_options=options)
+                keep = self._keep_open
             finally:
-                try:
-                    smtp.quit()
-                except (smtplib.SMTPException, OSError):
-                    smtp.close()
+                if keep:
+                    self._kept, self._kept_since = smtp, self._clock()
+                else:
+                    _quit(smtp)
         except (smtplib.SMTPException, OSError, UnicodeError) as exc:
             if getattr(smtp, "body_written", False) and has_no_reply(exc):
                 raise OutcomeUnknownError(f"smtp no reply after end of DATA: {type(exc).__name__}") from exc
             raise classify_smtp_error(exc, echoes=(message.subject, message.body)) from exc
         return SendReceipt(message_id=str(mail["Message-ID"]))
+
+    def close(self) -> None:
+        """QUIT the kept connection, if any."""
+        smtp, self._kept = self._kept, None
+        if smtp is not None:
+            _quit(smtp)
+
+
+def _quit(smtp: smtplib.SMTP) -> None:
+    try:
+        smtp.quit()
+    except (smtplib.SMTPException, OSError):
+        smtp.close()
 
 
 __all__ = ["EmailChannel", "classify_smtp_error", "classify_smtp_reply", "parse_address", "preload"]

@@ -109,6 +109,34 @@ def test_a_bad_value_fails_at_start_up_naming_the_variable(name: str, value: str
         Settings.from_env({**BASE, name: value})
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("", 8), ("1", 1), ("16", 16), (" 64 ", 64)],
+    ids=["default-8", "lowest", "sixteen", "highest-with-spaces"],
+)
+def test_alert_worker_threads_is_read_by_settings(value: str, expected: int) -> None:
+    """The thread count is a setting like any other (``--threads`` still overrides it at ``run``)."""
+    assert Settings.from_env({**BASE, "ALERT_WORKER_THREADS": value}).worker_threads == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "ALERT_WORKER_THREADS must be an integer 1..64, got '0'"),
+        ("65", "ALERT_WORKER_THREADS must be an integer 1..64, got '65'"),
+        ("-3", "ALERT_WORKER_THREADS must be an integer 1..64, got '-3'"),
+        ("many", "ALERT_WORKER_THREADS must be an integer 1..64, got 'many'"),
+        ("2.5", "ALERT_WORKER_THREADS must be an integer 1..64, got '2.5'"),
+    ],
+    ids=["zero", "sixty-five", "negative", "not-a-number", "fraction"],
+)
+def test_alert_worker_threads_outside_1_to_64_fails_at_start_up_with_a_clear_message(value: str, message: str) -> None:
+    """One ``ConfigurationError`` naming the variable, the range and the bad value."""
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_env({**BASE, "ALERT_WORKER_THREADS": value})
+    assert str(raised.value) == message
+
+
 def test_the_stuck_threshold_must_exceed_the_job_timeout() -> None:
     """Otherwise a job still running would be reclaimed and its alert sent twice."""
     with pytest.raises(ConfigurationError, match="ALERT_STUCK_AFTER_SECONDS"):

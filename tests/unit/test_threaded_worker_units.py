@@ -17,6 +17,7 @@ from alert_worker.liveness import (
     Registration,
     alive_ttl_for,
 )
+from alert_worker.settings import Settings
 from alert_worker.threaded_worker import DaemonTimerDeathPenalty, ThreadPoolWorker, resolve_threads
 
 
@@ -31,29 +32,18 @@ from alert_worker.threaded_worker import DaemonTimerDeathPenalty, ThreadPoolWork
     ],
     ids=["default-8", "env", "flag-wins", "lowest", "highest"],
 )
-def test_the_thread_count_comes_from_the_flag_then_the_environment_then_8(
+def test_the_thread_count_comes_from_the_flag_then_the_settings_then_8(
     env: dict[str, str], override: int | None, expected: int
 ) -> None:
-    """``--threads`` overrides ``ALERT_WORKER_THREADS``; both default to 8."""
-    assert resolve_threads(env, override) == expected
+    """``--threads`` overrides ``ALERT_WORKER_THREADS`` (read by ``Settings``); both default to 8."""
+    assert resolve_threads(Settings.from_env(env), override) == expected
 
 
-@pytest.mark.parametrize(
-    ("env", "override", "named"),
-    [
-        ({}, 0, "--threads"),
-        ({}, 65, "--threads"),
-        ({"ALERT_WORKER_THREADS": "0"}, None, "ALERT_WORKER_THREADS"),
-        ({"ALERT_WORKER_THREADS": "many"}, None, "ALERT_WORKER_THREADS"),
-    ],
-    ids=["flag-zero", "flag-65", "env-zero", "env-not-a-number"],
-)
-def test_a_thread_count_outside_1_to_64_is_refused_naming_its_source(
-    env: dict[str, str], override: int | None, named: str
-) -> None:
-    """The refusal names where the bad value came from, so the one log line says what to fix."""
-    with pytest.raises(ValueError, match=named):
-        resolve_threads(env, override)
+@pytest.mark.parametrize("override", [0, 65, -1], ids=["flag-zero", "flag-65", "flag-negative"])
+def test_a_threads_flag_outside_1_to_64_is_refused_naming_the_flag(override: int) -> None:
+    """The refusal names ``--threads``, so the one log line says what to fix."""
+    with pytest.raises(ValueError, match=r"--threads must be 1\.\.64"):
+        resolve_threads(Settings.from_env({}), override)
 
 
 @pytest.mark.parametrize(("job_timeout", "ttl"), [(1, 3), (10, 10), (60, 30)], ids=["floor-3", "job-timeout", "cap-30"])
@@ -126,6 +116,8 @@ def test_the_rq_extension_points_the_threaded_worker_overrides_still_exist() -> 
         "teardown": ["self"],
         "dequeue_job_and_maintain_ttl": ["self", "timeout", "max_idle_time"],
         "get_heartbeat_ttl": ["self", "job", "working_time"],
+        "check_for_suspension": ["self", "burst"],
+        "set_state": ["self", "state", "pipeline"],
     }
     for name, expected in params.items():
         assert list(inspect.signature(getattr(BaseWorker, name)).parameters) == expected, name
@@ -156,3 +148,42 @@ def test_rqs_bare_heartbeats_are_spaced_but_explicit_ones_always_go_through() ->
     assert not conn.exists(worker.key)
     worker.heartbeat(timeout=100)
     assert conn.exists(worker.key)
+
+
+def _fake_worker() -> tuple[ThreadPoolWorker, fakeredis.FakeRedis]:
+    from rq import Queue
+
+    conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    worker = ThreadPoolWorker(
+        [Queue("alerts", connection=conn)], connection=conn, settings=Settings(database_url="", redis_url=""), threads=2
+    )
+    return worker, conn
+
+
+def test_the_suspension_check_asks_redis_at_most_once_a_second() -> None:
+    """RQ checks `rq suspend` before every dequeue; here a suspension is seen within a second, not per job."""
+    from rq.exceptions import StopRequested
+    from rq.suspension import suspend
+
+    worker, conn = _fake_worker()
+    worker.check_for_suspension(burst=True)
+    suspend(conn)
+    worker.check_for_suspension(burst=True)  # within the second: not asked again
+    worker._last_suspension_check -= 1.0
+    with pytest.raises(StopRequested):
+        worker.check_for_suspension(burst=True)
+
+
+def test_the_worker_is_marked_idle_only_when_no_job_is_in_flight() -> None:
+    """RQ's idle write before each dequeue is skipped while other threads run jobs; busy writes go through."""
+    from rq.worker import WorkerStatus
+
+    worker, conn = _fake_worker()
+    worker.set_state(WorkerStatus.BUSY)
+    worker._in_flight = 1
+    worker.set_state(WorkerStatus.IDLE)
+    assert conn.hget(worker.key, "state") == b"busy"
+    assert worker.get_state() == WorkerStatus.IDLE, "RQ's SIGTERM handler must still see a dequeuing worker"
+    worker._in_flight = 0
+    worker.set_state(WorkerStatus.IDLE)
+    assert conn.hget(worker.key, "state") == b"idle"
