@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from alert_worker.redaction import mask_recipient, recipient_hash, sanitize_text
+from alert_worker.delivery import recipient_identity
+from alert_worker.models import ChannelType
+from alert_worker.redaction import sanitize_text
 
 
 class ConnectionSource(Protocol):
@@ -37,9 +39,13 @@ class Suppression:
         }
 
 
-def suppression_key(secret: str, channel: str, recipient: str) -> tuple[str, str]:
-    """(recipient_hash, masked recipient) of a raw recipient, exactly as a delivery to it stores them."""
-    return recipient_hash(secret, channel, recipient), mask_recipient(channel, recipient)
+def suppression_key(secret: str, channel: str, recipient: str, *, default_webhook_url: str = "") -> tuple[str, str]:
+    """(recipient_hash, masked recipient) of the normalized recipient, exactly as a delivery to it stores them.
+
+    ``" Ops@Example.COM "`` and ``ops@example.com`` are one entry; for Slack, ``default`` (or empty) means
+    ``SLACK_WEBHOOK_URL`` and a query string or fragment does not make another webhook (CONTRACT §6.2).
+    """
+    return recipient_identity(secret, ChannelType(channel), recipient, default_webhook_url=default_webhook_url)
 
 
 class SuppressionStore:

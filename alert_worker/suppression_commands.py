@@ -59,7 +59,8 @@ def _suppressions(settings: Settings) -> Iterator[tuple[SuppressionStore, Delive
 def _key(store: DeliveryStore, settings: Settings, channel: str, recipient: str) -> tuple[str, str]:
     if not recipient.strip() and channel != "slack":
         raise SuppressionCommandError("--to must not be empty")
-    return suppression_key(store.recipient_hash_secret(settings.recipient_hash_secret), channel, recipient)
+    secret = store.recipient_hash_secret(settings.recipient_hash_secret)
+    return suppression_key(secret, channel, recipient, default_webhook_url=settings.slack.default_webhook_url)
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:

@@ -154,6 +154,27 @@ def test_suppression_add_list_remove_are_idempotent_and_hold_deliveries(
     assert execute_delivery_job("h2", "email", "ops@example.com", "s", "b")["outcome"] == "delivered"
 
 
+@pytest.mark.parametrize(
+    ("channel", "typed", "delivered_to"),
+    [
+        ("email", " Ops@Example.COM ", "ops@example.com"),
+        ("slack", "default", f"{HOOK}?utm=1#x"),
+        ("slack", HOOK.replace("https://", "HTTPS://"), "default"),
+    ],
+    ids=["email-case-and-spaces", "slack-default-vs-query", "slack-scheme-case-vs-default"],
+)
+def test_a_suppression_added_by_hand_holds_every_spelling_of_the_recipient(
+    cli: InProcessCli, smtp_sink: SmtpSink, channel: str, typed: str, delivered_to: str
+) -> None:
+    """An operator's entry is keyed on the normalized recipient, like the deliveries it must hold."""
+    assert cli("suppression", "add", "--channel", channel, "--to", typed, "--reason", "by hand").code == 0
+    with mocked_providers() as providers:
+        held = execute_delivery_job(f"typed-{channel}", channel, delivered_to, "s", "b")
+        assert held["outcome"] == "poisoned" and held["error"] == "suppressed: by hand"
+        assert providers.slack_requests == [] and providers.foreign == [] and smtp_sink.accepted == []
+    assert cli("suppression", "remove", "--channel", channel, "--to", delivered_to).out.startswith("removed")
+
+
 def test_poison_replay_does_not_lift_a_suppression(cli: InProcessCli, smtp_sink: SmtpSink, database_url: str) -> None:
     """A replayed delivery to a suppressed recipient is poisoned again, unsent; removing the entry first works."""
     smtp_sink.rcpt_replies.append("550 5.1.1 no such user")
