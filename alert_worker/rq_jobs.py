@@ -75,6 +75,11 @@ def current_job() -> CurrentJob | None:
     return CurrentJob(id=job.id, origin=job.origin, meta=dict(job.meta or {}), worker_name=job.worker_name)
 
 
+def job_args(delivery_id: str, channel: str, payload: Mapping[str, str]) -> tuple[str, str, str, str, str]:
+    """The job's positional arguments (the wire format, CONTRACT §1) from a stored or job payload."""
+    return delivery_id, channel, payload.get("recipient", ""), payload.get("subject", ""), payload.get("body", "")
+
+
 def job_id_for(delivery_id: str, suffix: str) -> str:
     """A valid RQ job id (``[A-Za-z0-9_-]+``) derived from the delivery id, readable when it can be."""
     if _SAFE_ID.fullmatch(delivery_id):
@@ -128,11 +133,7 @@ class RqEnqueuer:
         try:
             Queue(queue, connection=self._connection).enqueue(
                 JOB_FUNC,
-                delivery_id,
-                channel,
-                payload.get("recipient", ""),
-                payload.get("subject", ""),
-                payload.get("body", ""),
+                *job_args(delivery_id, channel, payload),
                 attempt=attempt,
                 **self._options(delivery_id, job_id_for(delivery_id, suffix)),
             )
@@ -159,11 +160,7 @@ class RqEnqueuer:
             Queue(follow_up.queue, connection=self._connection).enqueue_in(
                 delta,
                 JOB_FUNC,
-                follow_up.delivery_id,
-                follow_up.channel,
-                payload.get("recipient", ""),
-                payload.get("subject", ""),
-                payload.get("body", ""),
+                *job_args(follow_up.delivery_id, follow_up.channel, payload),
                 attempt=follow_up.attempt,
                 **self._options(
                     follow_up.delivery_id,
@@ -191,11 +188,7 @@ class RqEnqueuer:
             Queue(queue, connection=self._connection).enqueue_in(
                 schedule_delay(delay_seconds, self._clock()),
                 JOB_FUNC,
-                delivery_id,
-                channel,
-                payload.get("recipient", ""),
-                payload.get("subject", ""),
-                payload.get("body", ""),
+                *job_args(delivery_id, channel, payload),
                 attempt=attempt,
                 **self._options(delivery_id, job_id_for(delivery_id, suffix), meta),
             )
