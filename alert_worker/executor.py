@@ -43,8 +43,10 @@ from alert_worker.ports import (
     LimiterPort,
     NullMetrics,
     PoisonQueuePort,
+    SentMarksPort,
 )
 from alert_worker.retry import DeferralPolicy, RetryPolicy
+from alert_worker.sent_marks import NoSentMarks
 from alert_worker.setbacks import Setbacks
 from alert_worker.settings import RateLimits
 from alert_worker.store import Claim, NewDelivery
@@ -70,6 +72,7 @@ class DeliveryExecutor:
     rand: Callable[[], float] = random.random
     feedback: Feedback = field(default_factory=NoFeedback)  # suppression, cooldowns, unknown outcomes (§6.2)
     close_channels: bool = True  # False: the factory's channels outlive the job (kept per thread, channels.kept)
+    sent_marks: SentMarksPort = field(default_factory=NoSentMarks)  # acceptances Postgres could not record
     logger: Any = field(default_factory=lambda: structlog.get_logger("alert_worker.executor"))
 
     @property
@@ -168,7 +171,9 @@ class DeliveryExecutor:
     # -- the claimed path ----------------------------------------------------------------------------
     def _run_claimed(self, request: DeliveryRequest, claim: Claim, log: Any) -> DeliveryResult:
         row = claim.row
-        attempts = max(request.attempt, row.attempts)
+        attempts = max(request.attempt, row.attempts)  # a reclaim already counted the attempt that sent it
+        if (mark := self.sent_marks.find(row.id, log=log)) is not None:  # before anything that could end it
+            return self._already_sent(claim, log, attempts, mark.message_id, source="sent_marker")
         if row.payload is None:
             return self.setbacks.poison(claim, log, attempts, delivery.why_unstorable(request))
         if attempts >= self.retry_policy.max_attempts:
@@ -210,19 +215,17 @@ class DeliveryExecutor:
         finally:
             if self.close_channels:
                 channel.close()
-        latency = self.store.mark_delivered(row.id, claim.token, attempts=attempts + 1, message_id=receipt.message_id)
+        sent_id = receipt.message_id
+        try:
+            latency = self.store.mark_delivered(row.id, claim.token, attempts=attempts + 1, message_id=sent_id)
+        except BaseException:  # sent but not recorded: keep the acceptance where the next claim looks first
+            self.sent_marks.record(row.id, sent_id, log=log)
+            raise
         self.feedback.after_delivered(row)
         self.metrics.attempt(row.channel, Outcome.DELIVERED.value)
         self.metrics.latency(row.channel, latency)
         log.info("delivery_delivered", latency_seconds=round(latency, 3))
-        return make_result(
-            delivery_id=row.id,
-            channel=row.channel,
-            outcome=Outcome.DELIVERED,
-            status=DeliveryStatus.DELIVERED,
-            success=True,
-            message_id=receipt.message_id,
-        )
+        return _delivered(row.id, row.channel, sent_id)
 
     def _held(
         self, claim: Claim, log: Any, attempts: int, channel: Channel, message: Message, queue: str
@@ -240,18 +243,19 @@ class DeliveryExecutor:
         if hold.kind == "cooldown":
             self.metrics.throttled(row.channel, "cooldown")
             return self.setbacks.defer(claim, log, attempts, hold.wait_seconds, "cooldown", queue, error=hold.error)
-        self.store.mark_delivered(row.id, claim.token, attempts=attempts, message_id=hold.message_id)
+        return self._already_sent(claim, log, attempts, hold.message_id, source="provider_lookup")
+
+    def _already_sent(
+        self, claim: Claim, log: Any, attempts: int, message_id: str | None, *, source: str
+    ) -> DeliveryResult:
+        """The provider has the message (a sent marker, or Twilio's list): delivered, no request, no new attempt."""
+        row = claim.row
+        self.store.mark_delivered(row.id, claim.token, attempts=attempts, message_id=message_id)
         self.feedback.after_delivered(row)
         self.metrics.attempt(row.channel, Outcome.DELIVERED.value)
-        log.info("delivery_found_already_sent", message_id=hold.message_id)
-        return make_result(
-            delivery_id=row.id,
-            channel=row.channel,
-            outcome=Outcome.DELIVERED,
-            status=DeliveryStatus.DELIVERED,
-            success=True,
-            message_id=hold.message_id,
-        )
+        log.info("delivery_found_already_sent", message_id=message_id, source=source)
+        self.sent_marks.clear(row.id, log=log)  # after the row says delivered; a leftover one just expires
+        return _delivered(row.id, row.channel, message_id)
 
     def _skipped(self, request: DeliveryRequest, rhash: str) -> DeliveryResult:
         row = self.store.get(request.delivery_id)
@@ -279,6 +283,17 @@ class DeliveryExecutor:
             success=status is DeliveryStatus.DELIVERED,
             next_attempt_at=next_at,
         )
+
+
+def _delivered(delivery_id: str, channel: str, message_id: str | None) -> DeliveryResult:
+    return make_result(
+        delivery_id=delivery_id,
+        channel=channel,
+        outcome=Outcome.DELIVERED,
+        status=DeliveryStatus.DELIVERED,
+        success=True,
+        message_id=message_id,
+    )
 
 
 __all__ = ["DeliveryExecutor", "DeliveryMetrics", "DeliveryRequest", "FollowUp", "FollowUpScheduler", "NullMetrics"]

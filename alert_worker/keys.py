@@ -8,12 +8,15 @@ A unit test fails if another package module spells a key itself.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "alert:"
 
 RQ_WORKER_KEY_PREFIX = "rq:worker:"  # rq.worker.BaseWorker.redis_worker_namespace_prefix (pinned by a test)
 RQ_SCHEDULER_LOCK_KEY = "rq:scheduler-lock:{queue}"  # rq.scheduler.RQScheduler.get_locking_key (pinned)
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,80}")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,13 @@ class RedisKeys:
     def cooldowns_pattern(self) -> str:
         """``SCAN MATCH`` for active cooldowns (they expire by TTL, so every key found is active)."""
         return f"{self.prefix}cooldown:*"
+
+    def sent(self, delivery_id: str) -> str:
+        """A provider's acceptance Postgres could not record (``sent_marks``); other ids by a SHA-256 prefix."""
+        if _PLAIN_ID.fullmatch(delivery_id):
+            return f"{self.prefix}sent:{delivery_id}"
+        digest = hashlib.sha256(delivery_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return f"{self.prefix}sent:#{digest}"  # '#' is never in a plain id, so the two forms cannot collide
 
     # -- rate limits ---------------------------------------------------------------------------------
     def rate_limit_channel(self, channel: str) -> str:

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from alert_worker.models import DeliveryRow
 from alert_worker.rate_limit import RateDecision
+from alert_worker.sent_marks import SentMark
 from alert_worker.settings import RateLimit
 from alert_worker.store import Claim, NewDelivery
 
@@ -30,6 +31,14 @@ class DeliveryStorePort(Protocol):
     ) -> tuple[datetime, datetime]: ...
     def defer(self, delivery_id: str, token: str, *, delay_seconds: float, error: str) -> tuple[datetime, datetime]: ...
     def release(self, delivery_id: str, token: str, *, error: str) -> None: ...
+
+
+class SentMarksPort(Protocol):
+    """Acceptances Postgres could not record (``alert_worker.sent_marks``); best effort, never raises."""
+
+    def record(self, delivery_id: str, message_id: str | None, *, log: Any) -> None: ...
+    def find(self, delivery_id: str, *, log: Any) -> SentMark | None: ...
+    def clear(self, delivery_id: str, *, log: Any) -> None: ...
 
 
 class PoisonQueuePort(Protocol):

@@ -27,6 +27,7 @@ from alert_worker.redaction import safe_error, url_password
 from alert_worker.resources import JobResources, enqueue_client
 from alert_worker.retry import RetryPolicy
 from alert_worker.rq_jobs import RqEnqueuer, current_job
+from alert_worker.sent_marks import build_sent_marks
 from alert_worker.settings import Settings
 from alert_worker.store import Claim, DeliveryStore, NewDelivery
 
@@ -136,6 +137,7 @@ def build_executor(settings: Settings, resources: JobResources) -> DeliveryExecu
         max_defer_seconds=settings.max_defer_seconds,
         metrics=metrics,
         feedback=build_feedback(settings, resources.pool, resources.redis, hash_secret=secret, metrics=metrics),
+        sent_marks=build_sent_marks(settings, resources.redis),
     )
 
 
