@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--dedup-key", help="producer dedup key; a second send with it creates nothing")
 
     status = sub.add_parser("status", help="show one delivery (never its payload); with no id, the overview")
-    status.add_argument("id", nargs="?", help="delivery id; omit for the one-screen overview (CONTRACT 6.4)")
+    status.add_argument("id", nargs="?", help="delivery id; omit for the one-screen overview (docs/contract.md §6.4)")
     status.add_argument("--json", action="store_true", help="print JSON")
 
     poison = sub.add_parser("poison", help="list, replay or resolve parked deliveries")

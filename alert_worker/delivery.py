@@ -81,7 +81,7 @@ def differs_from_row(request: DeliveryRequest, row: DeliveryRow) -> bool:
 def recipient_identity(
     secret: str, channel: ChannelType, recipient: Any, *, default_webhook_url: str = ""
 ) -> tuple[str, str]:
-    """(``recipient_hash``, masked recipient) of the normalized recipient (CONTRACT §6.2).
+    """(``recipient_hash``, masked recipient) of the normalized recipient (docs/contract.md §6.2).
 
     Every writer of ``alert_deliveries.recipient_hash`` (a job creating its row, ``send``) should use this,
     so variants of one recipient share one hash, one rate-limit bucket and one mask.

@@ -1,7 +1,7 @@
 """The names the contract fixes: ``execute_delivery_job`` (the RQ job) and ``main`` (the CLI).
 
 Producers enqueue ``alert_worker.entrypoint.execute_delivery_job`` by import path: its name and
-argument order are the wire format (CONTRACT §1). The job lives in ``alert_worker.job``; ``main`` is a
+argument order are the wire format (docs/contract.md §1). The job lives in ``alert_worker.job``; ``main`` is a
 thin alias of ``alert_worker.cli.main``, imported when called so that the job path never loads the CLI.
 """
 

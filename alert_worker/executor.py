@@ -7,7 +7,7 @@ claimed before anything is sent, the outcome is written before a follow-up job i
 left ``in_progress`` or ``pending`` with no job is found again by the sweep. A job that finds its row
 pending but not yet due schedules a wake-up for the due time instead of leaving it to the sweep.
 
-The recipient's identity (hash, mask, rate-limit bucket) is its normalized form (CONTRACT §6.2). The
+The recipient's identity (hash, mask, rate-limit bucket) is its normalized form (docs/contract.md §6.2). The
 not-delivered endings (retry, deferral, poison) and their follow-up jobs are in ``alert_worker.setbacks``.
 """
 

@@ -1,8 +1,8 @@
 """One RQ job's life around the executor: check arguments, open per-job resources, run, close, recover.
 
-``alert_worker.entrypoint.execute_delivery_job`` (the import path producers enqueue, CONTRACT §1) is
+``alert_worker.entrypoint.execute_delivery_job`` (the import path producers enqueue, docs/contract.md §1) is
 this module's function. A job that cannot reach Postgres before its claim schedules a copy of itself
-(CONTRACT §6.3) and then raises, so RQ records the failure and the alert is still delivered once
+(docs/contract.md §6.3) and then raises, so RQ records the failure and the alert is still delivered once
 Postgres is back. Module-level imports are what every delivery needs: the worker preloads this module.
 """
 
@@ -110,7 +110,7 @@ def execute_delivery_job(
     body: str,
     attempt: int = 0,
 ) -> DeliveryResult:
-    """Deliver one alert at most once per claim; see CONTRACT §1 for arguments and the result.
+    """Deliver one alert at most once per claim; see docs/contract.md §1 for arguments and the result.
 
     Raises ``ValueError`` for a bad ``delivery_id``, ``channel`` or ``attempt`` before any I/O; every
     other bad input ends as a poisoned delivery. Never sleeps: retries and deferrals go to RQ's scheduler.

@@ -1,7 +1,7 @@
 """Every Redis key this package writes or reads, under one prefix (``ALERT_REDIS_KEY_PREFIX``).
 
 One schema so two modules never spell a key differently; ``RedisKeys("alert:")`` gives the names
-CONTRACT §3 and §6 fix. RQ's own keys (queues, registries) are RQ's and live in ``rq_jobs``; the two an
+docs/contract.md §3 and §6 fix. RQ's own keys (queues, registries) are RQ's and live in ``rq_jobs``; the two an
 operator command reads without importing rq are written out below and pinned by tests to RQ's values.
 A unit test fails if another package module spells a key itself.
 """

@@ -4,7 +4,7 @@ A worker of this package registers as the hash ``alert:worker:<name>`` (``thread
 ``started_at``; a TTL of at least a day, refreshed; deleted on a clean exit) and keeps the key
 ``alert:worker:<name>:alive`` with a short TTL (at most 30 s) that a background thread refreshes at a
 third of it. A ``kill -9`` stops the refreshes: the alive key expires and the sweep reclaims the rows
-the worker had claimed (CONTRACT §6.1). A claimant that never registered (plain ``rq worker``) is alive
+the worker had claimed (docs/contract.md §6.1). A claimant that never registered (plain ``rq worker``) is alive
 while RQ's own worker key exists.
 
 Imports no rq: RQ's worker-key prefix is written out in ``keys`` and pinned by a test against rq's own

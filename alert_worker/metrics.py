@@ -4,7 +4,7 @@ Every job runs in a short-lived forked process, so in-process counters would van
 ``HINCRBY`` a few Redis hashes instead (best effort: a failing write is logged, never raised), and
 ``main()`` renders them, with the gauges, as Prometheus text on ``ALERT_METRICS_PORT``
 (``metrics_server``). The numbers are cluster-wide: every worker serving metrics shows the same totals,
-so aggregate with ``max`` (see docs/_notes/ops.md for every metric and its labels).
+so aggregate with ``max`` (docs/operations.md lists every metric and its labels).
 
 Label values are bounded: channels and outcomes are enums, a limit is a limit name, and a retry's free
 text reason is folded into a fixed class by ``retry_reason`` so a provider's message never makes a series.

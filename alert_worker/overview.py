@@ -1,4 +1,4 @@
-"""The operator's overview (``alert-worker status`` with no id, CONTRACT §6.4): collect it, render it.
+"""The operator's overview (``alert-worker status`` with no id, docs/contract.md §6.4): collect it, render it.
 
 Answers in well under a second at millions of rows. Every Postgres read is an index probe:
 - the oldest due pending delivery: ``alert_deliveries_due_pending_idx`` (one ordered index read);

@@ -4,7 +4,7 @@ Back-pressure: when the queue depth (Redis ``alert:queue:depth``) is over ``ALER
 ``send_alert`` refuses new deliveries with ``QueueFullError``, and keeps refusing until the depth is
 back under 90 % of the limit (hysteresis, shared by every producer through a Redis flag), so a
 producer does not flap on and off at the boundary. An id or dedup key that already exists is answered
-even while refusing: it creates nothing. When Redis cannot say, the delivery is admitted (CONTRACT §6.3).
+even while refusing: it creates nothing. When Redis cannot say, the delivery is admitted (docs/contract.md §6.3).
 
 Once the row is committed its id is returned, even when the enqueue then fails (``enqueued=False``):
 the sweep enqueues it, and a producer retrying with that id cannot create a second delivery.
@@ -129,7 +129,7 @@ class QueueAdmission:
 class Producer:
     """Records a delivery, then enqueues its job once; the row always comes first.
 
-    The row's ``recipient_hash`` and mask are those of the normalized recipient (CONTRACT §6.2), exactly
+    The row's ``recipient_hash`` and mask are those of the normalized recipient (docs/contract.md §6.2), exactly
     as a job creating its own row computes them, so suppression and rate limits see one recipient.
     """
 

@@ -1,7 +1,7 @@
 """The sweep's and the operators' statements on ``alert_deliveries`` (a mixin of ``DeliveryStore``).
 
 Recovery moves rows the queue lost back to it: overdue pending rows, stuck in-progress rows and rows
-whose claiming worker is dead (CONTRACT §6.1); operators replay and resolve poisoned rows. Each move is
+whose claiming worker is dead (docs/contract.md §6.1); operators replay and resolve poisoned rows. Each move is
 one statement, stamped by the database clock, so two sweepers never take the same row.
 """
 

@@ -25,7 +25,7 @@ _MAX_MASKED_CHARS = 120
 
 
 def recipient_hash(secret: str, channel: str, recipient: str) -> str:
-    """HMAC-SHA256(secret, "{channel}:{recipient}"), hex, first 16 characters (CONTRACT §2)."""
+    """HMAC-SHA256(secret, "{channel}:{recipient}"), hex, first 16 characters (docs/contract.md §2)."""
     if not secret:
         raise ValueError("recipient hash secret is empty: refusing an unkeyed hash")
     digest = hmac.new(secret.encode(), f"{channel}:{recipient}".encode("utf-8", "surrogatepass"), hashlib.sha256)

@@ -1,6 +1,6 @@
 """Connections for jobs, operator commands and the sweeper: how they are opened, shared and closed.
 
-Job scope (the default, CONTRACT §1): each job opens a one-connection ``ConnectionPool`` and a Redis
+Job scope (the default, docs/contract.md §1): each job opens a one-connection ``ConnectionPool`` and a Redis
 client, and ``closing_resources`` closes both on the way out, even when the delivery raises. Process
 scope (``ALERT_RESOURCE_SCOPE=process``): one checked pool and one client per process, made after any
 fork (keyed by pid) and closed at exit. Operator commands and the sweeper thread use ``short_lived``:

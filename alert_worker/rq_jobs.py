@@ -76,7 +76,7 @@ def current_job() -> CurrentJob | None:
 
 
 def job_args(delivery_id: str, channel: str, payload: Mapping[str, str]) -> tuple[str, str, str, str, str]:
-    """The job's positional arguments (the wire format, CONTRACT §1) from a stored or job payload."""
+    """The job's positional arguments (the wire format, docs/contract.md §1) from a stored or job payload."""
     return delivery_id, channel, payload.get("recipient", ""), payload.get("subject", ""), payload.get("body", "")
 
 

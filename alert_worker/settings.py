@@ -17,7 +17,7 @@ from alert_worker.models import ChannelType
 from alert_worker.redaction import redact_url
 from alert_worker.validation import is_e164
 
-DEFAULT_WORKER_THREADS, MAX_WORKER_THREADS = 8, 64  # ALERT_WORKER_THREADS, CONTRACT §6.1
+DEFAULT_WORKER_THREADS, MAX_WORKER_THREADS = 8, 64  # ALERT_WORKER_THREADS, docs/contract.md §6.1
 
 
 def _text(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -126,7 +126,7 @@ class Settings:
     retry_delays: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
     max_retry_delay_seconds: float = 3600.0
     max_defer_seconds: float = 3600.0
-    cooldown_seconds: float = 30.0  # a provider's "slow down" without Retry-After (CONTRACT §6.2)
+    cooldown_seconds: float = 30.0  # a provider's "slow down" without Retry-After (docs/contract.md §6.2)
     send_timeout_seconds: float = 10.0
     sweep_grace_seconds: int = 60
     sweep_interval_seconds: float = 30.0

@@ -43,7 +43,7 @@ def suppression_key(secret: str, channel: str, recipient: str, *, default_webhoo
     """(recipient_hash, masked recipient) of the normalized recipient, exactly as a delivery to it stores them.
 
     ``" Ops@Example.COM "`` and ``ops@example.com`` are one entry; for Slack, ``default`` (or empty) means
-    ``SLACK_WEBHOOK_URL`` and a query string or fragment does not make another webhook (CONTRACT §6.2).
+    ``SLACK_WEBHOOK_URL`` and a query string or fragment does not make another webhook (docs/contract.md §6.2).
     """
     return recipient_identity(secret, ChannelType(channel), recipient, default_webhook_url=default_webhook_url)
 

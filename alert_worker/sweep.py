@@ -69,7 +69,7 @@ def sweep_once(
     """One pass: re-enqueue what is overdue, then reconcile the gauges.
 
     ``oldest_pending_epoch`` (a query) and ``oldest_pending_gauge`` feed the metrics' oldest-pending age.
-    ``claimant_alive`` (``liveness.Liveness.is_alive``) turns on the dead-worker reclaim (CONTRACT §6.1).
+    ``claimant_alive`` (``liveness.Liveness.is_alive``) turns on the dead-worker reclaim (docs/contract.md §6.1).
     """
     seen: set[str] = set()
     due_before = _still_queued_cutoffs(store, enqueuer)

@@ -1,6 +1,6 @@
 """The thread-pooled RQ worker (``alert-worker run``): up to N deliveries at once in one process.
 
-Design (docs/_notes/thread.md has the evidence): one ``rq`` worker that hands each dequeued job to a
+Design (docs/design.md has the evidence): one ``rq`` worker that hands each dequeued job to a
 pool of N daemon threads, built on rq 3.0's multi-execution model — ``prepare_execution`` registers an
 ``Execution`` per job (StartedJobRegistry, the worker's executions set) and ``perform_job(job, queue,
 execution)`` runs it and records Finished/Failed, so RQ sees every job as under ``rq.Worker``. The worker
@@ -43,7 +43,7 @@ from alert_worker.settings import MAX_WORKER_THREADS, Settings
 
 log = structlog.get_logger("alert_worker.threaded_worker")
 
-MAX_THREADS = MAX_WORKER_THREADS  # CONTRACT §6.1: 1..64
+MAX_THREADS = MAX_WORKER_THREADS  # docs/contract.md §6.1: 1..64
 RQ_WORKER_TTL_SECONDS = 60
 _DRAIN_MARGIN_SECONDS = 30.0
 _HEARTBEAT_EVERY_SECONDS = 5.0  # past the job timeout: the death penalty has fired by then

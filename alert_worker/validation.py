@@ -1,6 +1,6 @@
 """Pure checks on a job's arguments.
 
-Two kinds of bad input are treated differently (CONTRACT §1): a malformed ``delivery_id``, ``channel`` or
+Two kinds of bad input are treated differently (docs/contract.md §1): a malformed ``delivery_id``, ``channel`` or
 ``attempt`` raises ``ValueError`` before any connection is opened (the producer has a bug and must see it);
 anything wrong with the recipient, subject or body poisons the delivery with a clear reason instead.
 """

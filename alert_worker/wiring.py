@@ -43,7 +43,7 @@ class _ClaimFirstStore(DeliveryStore):
     """A store whose claim reports an unreachable database as ``DatabaseUnreachableError``.
 
     A claim is one autocommit statement: when it cannot connect, no row changed hands, so the job can
-    safely be run again later (CONTRACT §6.3). Every later statement keeps its own errors.
+    safely be run again later (docs/contract.md §6.3). Every later statement keeps its own errors.
     """
 
     def __init__(

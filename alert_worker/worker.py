@@ -75,7 +75,7 @@ def run_worker(
 ) -> int:
     """0 after a clean (warm) shutdown or an empty burst, 1 when start-up checks fail.
 
-    With no ``worker_class`` this is the thread-pooled worker (CONTRACT §6.1), up to ``threads`` deliveries
+    With no ``worker_class`` this is the thread-pooled worker (docs/contract.md §6.1), up to ``threads`` deliveries
     at once; a ``worker_class`` is one of RQ's one-job-at-a-time classes.
     """
     from alert_worker.threaded_worker import ThreadPoolWorker, resolve_threads

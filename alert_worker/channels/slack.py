@@ -1,7 +1,7 @@
 """Slack incoming webhooks over ``requests``: one POST of ``{"text": ...}`` per delivery.
 
 The recipient is a webhook URL, or empty / ``default`` for ``SLACK_WEBHOOK_URL``. Before any request
-the URL passes the SSRF guard (CONTRACT §4): exact host match against ``SLACK_WEBHOOK_HOSTS``, ``https``
+the URL passes the SSRF guard (docs/contract.md §4): exact host match against ``SLACK_WEBHOOK_HOSTS``, ``https``
 only (plain ``http`` only for an allowed loopback host), no credentials, no non-default port except on
 loopback; redirects are never followed. The webhook path is a secret: no error built here contains a
 URL, and ``requests`` exceptions (whose ``str()`` holds the full URL) are reduced to their class names.

@@ -1,7 +1,7 @@
 """The partition fault: host 1's link drops mid-DATA, and only the dead-worker reclaim can free its claims.
 
 The hosts run with ``ALERT_STUCK_AFTER_SECONDS`` at its production default (900 s), so a claim of the cut
-host that another host delivers within the test's time was freed by the dead-worker reclaim (CONTRACT §6.1):
+host that another host delivers within the test's time was freed by the dead-worker reclaim (docs/contract.md §6.1):
 the cut host's ``alert:worker:<name>:alive`` key lapses (its TTL is the job timeout, 3..30 s), the sweep
 finds the claimant dead once the claim is older than ``ALERT_JOB_TIMEOUT_SECONDS``, and counts the lost
 attempt. The cut host's RQ workers are told apart by the address RQ records for them (``ip_address``).

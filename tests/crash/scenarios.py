@@ -209,8 +209,8 @@ def postgres_outage(cluster: Cluster, scale: Scale) -> Outcome:
 
     While it is down, a producer that skips ``send`` enqueues ``orphan_n`` jobs with no row
     (``Queue.enqueue(execute_delivery_job, ...)``). The outage lasts until each of them has run and failed
-    (at least ``postgres_down_seconds``): the sweep cannot see them, so only the job's own copy (CONTRACT
-    §6.3) can deliver them once Postgres is back.
+    (at least ``postgres_down_seconds``): the sweep cannot see them, so only the job's own copy
+    (docs/contract.md §6.3) can deliver them once Postgres is back.
     """
     deliveries = [Delivery(f"p5-{i:05d}", _channel(i), ("slow:0.1",)) for i in range(scale.postgres_n)]
     orphans = [Delivery(f"p5-norow-{i:05d}", _channel(i)) for i in range(scale.orphan_n)]

@@ -1,7 +1,7 @@
 """Bad input of every kind, end to end through ``execute_delivery_job`` on real PostgreSQL and Redis.
 
 Each case ends as a poisoned row with a clear, specific reason and nothing sent; only an unknown channel
-or a malformed delivery id / attempt raises ``ValueError`` (CONTRACT §1).
+or a malformed delivery id / attempt raises ``ValueError`` (docs/contract.md §1).
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def test_slack_empty_recipient_means_the_default_webhook(
     providers: MockedProviders, database_url: str, recipient: Any
 ) -> None:
     """Slack is the exception: an empty recipient is the configured default webhook, not bad input; the
-    row's mask is that webhook's (the identity is the normalized recipient, CONTRACT §6.2)."""
+    row's mask is that webhook's (the identity is the normalized recipient, docs/contract.md §6.2)."""
     result = execute_delivery_job("slack-default", "slack", recipient, "Disk full", "db-1")
     assert result["outcome"] == "delivered" and result["message_id"] is None
     assert [r.url for r in providers.slack_requests] == [SLACK_DEFAULT]

@@ -1,6 +1,6 @@
 """A delivery on the threaded worker's shared connections ends when a dependency stops answering.
 
-A thread cannot be killed, so each blocking call carries its own bound (CONTRACT §6.1). Each test makes
+A thread cannot be killed, so each blocking call carries its own bound (docs/contract.md §6.1). Each test makes
 one dependency hang and checks the delivery's outcome; the outer join is only a guard against a hang.
 """
 

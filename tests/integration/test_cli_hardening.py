@@ -1,5 +1,5 @@
 """Issue 9 items 2, 7, 10 and 12 through the CLI: clear one-line errors, never a traceback, and an id
-whenever a row was committed (CONTRACT §6.3)."""
+whenever a row was committed (docs/contract.md §6.3)."""
 
 from __future__ import annotations
 

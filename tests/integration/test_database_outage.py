@@ -1,4 +1,4 @@
-"""CONTRACT §6.3: a job that cannot reach Postgres before its claim is copied for later, not lost."""
+"""docs/contract.md §6.3: a job that cannot reach Postgres before its claim is copied for later, not lost."""
 
 from __future__ import annotations
 

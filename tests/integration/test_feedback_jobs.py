@@ -1,7 +1,7 @@
 """Provider feedback through ``execute_delivery_job`` and the CLI, on the real PostgreSQL and Redis.
 
 Slack and Twilio answer through ``responses`` (``tests/support/http_providers``); e-mail through the
-loopback SMTP sink. Each test shows one rule of CONTRACT §6.2 holding across two separate jobs, which
+loopback SMTP sink. Each test shows one rule of docs/contract.md §6.2 holding across two separate jobs, which
 share nothing but Postgres and Redis.
 """
 

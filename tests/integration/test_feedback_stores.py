@@ -1,4 +1,4 @@
-"""Suppressions and unknown outcomes on the real PostgreSQL, cooldowns on the real Redis (CONTRACT §6.2)."""
+"""Suppressions and unknown outcomes on the real PostgreSQL, cooldowns on the real Redis (docs/contract.md §6.2)."""
 
 from __future__ import annotations
 

@@ -121,7 +121,7 @@ smtp_replies = st.sampled_from([None, "451 4.3.0 busy", "550 5.1.1 unknown user"
 
 
 def _expect_value_error(delivery_id: Any, channel: Any, attempt: Any) -> bool:
-    """CONTRACT §1, restated independently of the code under test."""
+    """docs/contract.md §1, restated independently of the code under test."""
     good_id = (
         isinstance(delivery_id, str)
         and 1 <= len(delivery_id) <= 255

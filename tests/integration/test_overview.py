@@ -1,4 +1,4 @@
-"""``alert-worker status`` with no id (CONTRACT §6.4) on the real Postgres and Redis."""
+"""``alert-worker status`` with no id (docs/contract.md §6.4) on the real Postgres and Redis."""
 
 from __future__ import annotations
 

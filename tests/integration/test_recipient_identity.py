@@ -1,4 +1,4 @@
-"""Recipient identity (CONTRACT §6.2) on the real PostgreSQL and Redis: variants of one recipient share
+"""Recipient identity (docs/contract.md §6.2) on the real PostgreSQL and Redis: variants of one recipient share
 one per-recipient limit, so a limit of 1 per hour means one send, however the producer spells it."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A job that finds its row pending but not yet due schedules a wake-up in RQ's real scheduler registry
-(CONTRACT §6.3) under a deterministic id, for the row's due time, instead of waiting for the sweep."""
+(docs/contract.md §6.3) under a deterministic id, for the row's due time, instead of waiting for the sweep."""
 
 from __future__ import annotations
 

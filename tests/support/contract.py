@@ -1,4 +1,4 @@
-"""Names from ../shared/CONTRACT.md that tests check against, written out here on purpose: a test that
+"""Names from docs/contract.md that tests check against, written out here on purpose: a test that
 derived them from the code could not catch the code drifting from the contract."""
 
 RESULT_KEYS = frozenset(

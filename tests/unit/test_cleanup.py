@@ -1,4 +1,4 @@
-"""Per-job resources are always closed, and no failure hides another (CONTRACT §1)."""
+"""Per-job resources are always closed, and no failure hides another (docs/contract.md §1)."""
 
 from __future__ import annotations
 

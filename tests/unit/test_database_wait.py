@@ -1,4 +1,4 @@
-"""The copy a job schedules when Postgres is unreachable before its claim (CONTRACT §6.3)."""
+"""The copy a job schedules when Postgres is unreachable before its claim (docs/contract.md §6.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Provider feedback in the executor, on fakes: suppression, cooldowns and unknown outcomes (CONTRACT §6.2)."""
+"""Provider feedback in the executor, on fakes: suppression, cooldowns and unknown outcomes (docs/contract.md §6.2)."""
 
 from __future__ import annotations
 

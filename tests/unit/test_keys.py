@@ -1,4 +1,4 @@
-"""One Redis key schema: the names CONTRACT §3 and §6 fix, under any prefix, used by every writer."""
+"""One Redis key schema: the names docs/contract.md §3 and §6 fix, under any prefix, used by every writer."""
 
 from __future__ import annotations
 

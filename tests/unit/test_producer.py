@@ -1,5 +1,5 @@
 """send_alert's process-level behaviour: one enqueue client per process, the id whenever the row is
-committed, and admission when Redis cannot say how deep the queue is (CONTRACT §6.3)."""
+committed, and admission when Redis cannot say how deep the queue is (docs/contract.md §6.3)."""
 
 from __future__ import annotations
 

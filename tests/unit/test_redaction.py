@@ -31,7 +31,7 @@ ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=30
          "slack-not-url", "slack-broken-ipv6", "slack-userinfo-dropped"],
 )
 def test_mask_recipient_shows_only_what_operators_need(channel: str, recipient: str, masked: str) -> None:
-    """CONTRACT §2 forms: first character + domain, last four digits, webhook host."""
+    """docs/contract.md §2 forms: first character + domain, last four digits, webhook host."""
     assert mask_recipient(channel, recipient) == masked
 
 

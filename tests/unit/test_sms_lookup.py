@@ -1,4 +1,4 @@
-"""The SMS unknown-outcome look-up against Twilio's Messages list, under ``responses`` (CONTRACT §6.2)."""
+"""The SMS unknown-outcome look-up against Twilio's Messages list, under ``responses`` (docs/contract.md §6.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Slack SSRF guard (CONTRACT §4): anything but an allowlisted https webhook is refused with zero requests."""
+"""The Slack SSRF guard (docs/contract.md §4): anything but an allowlisted https webhook is refused unsent."""
 
 from __future__ import annotations
 

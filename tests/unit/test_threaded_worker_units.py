@@ -92,7 +92,7 @@ def test_an_alive_ttl_over_30_seconds_is_refused() -> None:
 def test_a_claimant_is_alive_by_its_alive_key_or_if_unregistered_by_rqs_worker_key(
     keys: list[str], alive: bool
 ) -> None:
-    """CONTRACT §6.1's liveness rule, table by table."""
+    """docs/contract.md §6.1's liveness rule, table by table."""
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
     for key in keys:
         client.set(key, "1")
