@@ -11,7 +11,7 @@ import argparse
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from alert_worker.settings import Settings
 from alert_worker.suppression import SuppressionStore, suppression_key
@@ -26,7 +26,13 @@ class SuppressionCommandError(Exception):
     """Print on stderr, exit 1."""
 
 
-def add_suppression_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+class Subcommands(Protocol):
+    """What ``ArgumentParser.add_subparsers()`` returns, as far as this module uses it (its class is private)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
+
+
+def add_suppression_parser(sub: Subcommands) -> None:
     """The ``suppression`` command group, added to the CLI's subparsers."""
     group = sub.add_parser("suppression", help="list, add or remove suppressed recipients")
     ssub = group.add_subparsers(dest="suppression_command", metavar="ACTION", required=True)

@@ -120,6 +120,25 @@ def test_only_the_channels_import_provider_libraries() -> None:
     assert offenders == set()
 
 
+# namedtuple's public API is underscored so it cannot clash with field names.
+_PUBLIC_UNDERSCORED = {"_replace", "_asdict", "_fields", "_make"}
+
+
+def test_nothing_reaches_a_private_attribute_of_an_imported_module() -> None:
+    """No ``argparse._SubParsersAction`` or ``os._exit``-style use of another module's private names in code."""
+    offenders = []
+    for name, (path, _) in SOURCES.items():
+        tree = ast.parse(path.read_text())
+        modules = {alias.asname or alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                   for alias in node.names if not alias.name.startswith("alert_worker")}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+                    and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and node.attr not in _PUBLIC_UNDERSCORED):
+                offenders.append((name, f"{node.value.id}.{node.attr}"))
+    assert offenders == []
+
+
 def test_nothing_imports_a_private_name_of_another_library() -> None:
     """No ``from lib import _x`` and no private module path (psycopg_pool's internals pinned us once)."""
     offenders = [
