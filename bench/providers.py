@@ -16,12 +16,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from aiosmtpd.controller import Controller
 
 from bench.services import free_port, subject_of
+from tests.support.http_server import serving
 
 
 @dataclass
@@ -98,13 +99,6 @@ def running_slow_webhook(delay_ms: float) -> Iterator[SlowWebhook]:
             self.end_headers()
             self.wfile.write(b"ok")
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    hook.url = f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/bench"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler, name="bench-webhook") as base_url:
+        hook.url = f"{base_url}/services/T000/B000/bench"
         yield hook
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -26,11 +26,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from aiosmtpd.controller import Controller
 
+from tests.support.http_server import serving
 from tests.support.processes import free_port
 
 _TAG = re.compile(r"\[\[did:([A-Za-z0-9_.-]+)\]\]")
@@ -208,13 +209,5 @@ class _WebhookHandler(BaseHTTPRequestHandler):
 def running_webhook(log: ProviderLog) -> Iterator[str]:
     """A loopback Slack-compatible webhook server; yields its base URL ``http://127.0.0.1:PORT``."""
     handler = type("ScriptedWebhook", (_WebhookHandler,), {"log_book": log})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="fake-webhook", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serving(handler, name="fake-webhook") as base_url:
+        yield base_url

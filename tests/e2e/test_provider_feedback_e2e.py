@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import psycopg
@@ -21,6 +21,7 @@ import redis
 from alert_worker.producer import send_alert
 from alert_worker.settings import Settings
 from tests.support.cli import worker_process
+from tests.support.http_server import serving
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -65,17 +66,9 @@ def webhook() -> Iterator[Webhook]:
             self.end_headers()
             self.wfile.write(body.encode())
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    hook.url = f"http://127.0.0.1:{server.server_address[1]}/services/T0/B0/e2esecret"
-    try:
+    with serving(Handler) as base_url:
+        hook.url = f"{base_url}/services/T0/B0/e2esecret"
         yield hook
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 @pytest.fixture

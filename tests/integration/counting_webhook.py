@@ -6,8 +6,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.support.http_server import serving
 
 
 @dataclass
@@ -50,13 +52,6 @@ def running_counting_webhook() -> Iterator[CountingWebhook]:
             self.end_headers()
             self.wfile.write(b"ok")
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    hook.url = f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/kept"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as base_url:
+        hook.url = f"{base_url}/services/T000/B000/kept"
         yield hook
-    finally:
-        server.shutdown()
-        server.server_close()
