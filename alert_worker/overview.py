@@ -10,7 +10,7 @@ Answers in well under a second at millions of rows. Every Postgres read is an in
   (ANALYZE's 30,000-row sample; measured at 1,000,000 rows). The text screen marks estimated rows with ``~``;
   ``--json`` keeps the contract's shape (plain numbers).
 Redis is read with ``SCAN`` (never ``KEYS``). This module imports no ``rq``: the scheduler probe is
-passed in (``rq_jobs.scheduler_locks``).
+passed in (``liveness.scheduler_locks``).
 """
 
 from __future__ import annotations

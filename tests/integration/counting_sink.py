@@ -9,9 +9,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.controller import Controller
-
-from tests.support.smtp import SmtpSink, free_port
+from tests.support.gated_smtp import serving_gated
+from tests.support.processes import free_port
+from tests.support.smtp import SmtpSink
 
 
 @dataclass
@@ -39,11 +39,5 @@ class CountingSink(SmtpSink):
 
 @contextmanager
 def running_counting_sink() -> Iterator[CountingSink]:
-    sink = CountingSink(port=free_port())
-    controller = Controller(sink, hostname="127.0.0.1", port=sink.port)
-    controller.start()
-    try:
+    with serving_gated(CountingSink(port=free_port())) as sink:
         yield sink
-    finally:
-        sink.gate.set()
-        controller.stop()

@@ -7,11 +7,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from aiosmtpd.controller import Controller
 
-from tests.support.smtp import SmtpSink, free_port
+from tests.support.processes import free_port
+from tests.support.smtp import SmtpSink
 
 
 @dataclass
@@ -32,9 +33,17 @@ class GatedSmtpSink(SmtpSink):
         return await super().handle_DATA(server, session, envelope)
 
 
+class Gated(Protocol):
+    port: int
+    gate: threading.Event
+
+
+G = TypeVar("G", bound=Gated)
+
+
 @contextmanager
-def running_gated_sink() -> Iterator[GatedSmtpSink]:
-    sink = GatedSmtpSink(port=free_port())
+def serving_gated(sink: G) -> Iterator[G]:
+    """Serve a sink whose DATA waits on ``gate``; the gate opens on the way out so the server can stop."""
     controller = Controller(sink, hostname="127.0.0.1", port=sink.port)
     controller.start()
     try:
@@ -42,3 +51,9 @@ def running_gated_sink() -> Iterator[GatedSmtpSink]:
     finally:
         sink.gate.set()
         controller.stop()
+
+
+@contextmanager
+def running_gated_sink() -> Iterator[GatedSmtpSink]:
+    with serving_gated(GatedSmtpSink(port=free_port())) as sink:
+        yield sink
