@@ -9,8 +9,8 @@ Before a send, ``hold`` says whether the delivery must not be sent now:
 After a failed send, ``after_failure`` starts a cooldown (``SlowDownError``), suppresses the recipient
 (``RecipientRejectedError``; never the configured default webhook, whose rejection is logged
 ``default_webhook_rejected`` and poisons only its delivery) or records the unknown outcome
-(``OutcomeUnknownError``). These are side
-effects: a failure to record one is logged and never fails the delivery.
+(``OutcomeUnknownError``). These are side effects: a failure to record one is logged and never fails the
+delivery.
 """
 
 from __future__ import annotations
