@@ -18,6 +18,8 @@ import structlog
 from structlog.testing import capture_logs
 from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError, ProtocolError, ProxyError
 
+from alert_worker.channel_settings import SmtpSettings
+from alert_worker.channels.email import EmailChannel
 from alert_worker.channels.http import map_request_errors
 from alert_worker.channels.slack import SlackChannel
 from alert_worker.channels.smtp_errors import classify_smtp_error
@@ -38,6 +40,8 @@ from alert_worker.rate_limit import Acquisition, RateDecision
 from alert_worker.retry import RetryPolicy
 from alert_worker.settings import Settings
 from tests.support.fakes import FakeChannel, FakeGauge, FakeLimiter, FakePoisonQueue, FakeStore, RecordingScheduler
+from tests.support.processes import free_port
+from tests.support.smtp import SmtpSink
 
 SENDER = "alerts@example.org"
 SECRET = "secret"
@@ -162,6 +166,38 @@ def test_every_twilio_error_answer_is_definite(status: int, code: int | None) ->
     channel = SmsChannel(settings=TwilioSettings("AC" + "1" * 32, "t" * 32, "+15005550006"), timeout_seconds=5)
     answer = TwilioRestException(status, "https://api.twilio.com/x", code=code)
     assert channel._classify(answer).definite
+
+
+@pytest.mark.parametrize(
+    ("stage", "reply", "definite"),
+    [("rcpt", "450 4.2.1 Mailbox busy", True), ("rcpt", "550 5.1.0 Sender address rejected", True),
+     ("data", "554 5.7.1 Message rejected as spam", False), ("data", "451 4.3.0 try later", False),
+     ("data", "DROP", False)],
+    ids=["rcpt-450", "rcpt-550-5.1.0", "after-data-554", "after-data-451", "dropped-after-data"],
+)
+def test_an_smtp_failure_is_definite_only_before_the_message_body_was_written(
+    smtp_sink: SmtpSink, stage: str, reply: str, definite: bool
+) -> None:
+    """A reply to RCPT TO: the server has nothing. Once the body went out, the relay may have kept it."""
+    (smtp_sink.rcpt_replies if stage == "rcpt" else smtp_sink.data_replies).append(reply)
+    with pytest.raises(DeliveryError) as caught:
+        _email_channel(smtp_sink.port).send(_mail())
+    assert caught.value.definite is definite
+
+
+def test_an_smtp_server_that_refuses_the_connection_is_a_definite_failure() -> None:
+    with pytest.raises(TransientDeliveryError) as caught:
+        _email_channel(free_port()).send(_mail())
+    assert caught.value.definite
+
+
+def _email_channel(port: int) -> EmailChannel:
+    settings = SmtpSettings("127.0.0.1", port, "", "", SENDER, "none")
+    return EmailChannel(settings=settings, timeout_seconds=5)
+
+
+def _mail() -> Message:
+    return Message(delivery_id="m-1", channel=ChannelType.EMAIL, recipient="oncall@example.com", subject="s", body="b")
 
 
 # -- the executor gives a definite failure's slots back ----------------------------------------------
