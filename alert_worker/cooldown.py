@@ -2,9 +2,10 @@
 
 One Redis key per destination, ``<prefix>cooldown:<channel>:<destination hash>``, whose TTL is the
 provider's ``Retry-After`` (else ``ALERT_COOLDOWN_SECONDS``). A second "slow down" never shortens a
-running cooldown. The destination (webhook URL, Twilio account + sender, SMTP host:port) is hashed with
-the recipient-hash secret, so a key never shows a webhook path. Redis errors are logged and read as "not
-cooling": the rate limiter asked right after fails closed on the same outage.
+running cooldown. The destination (webhook URL, Twilio account + sender, SMTP host:port) is normalized as
+a recipient is and hashed with the recipient-hash secret, so a key never shows a webhook path. Redis
+errors are logged and read as "not cooling": the rate limiter asked right after fails closed on the same
+outage.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import redis
 import structlog
 
 from alert_worker.keys import DEFAULT_PREFIX, RedisKeys
+from alert_worker.models import ChannelType
 from alert_worker.redaction import recipient_hash
+from alert_worker.validation import normalize_recipient
 
 log = structlog.get_logger("alert_worker.cooldown")
 
@@ -32,8 +35,12 @@ return ttl
 
 
 def destination_hash(secret: str, channel: str, destination: str) -> str:
-    """Keyed like recipient hashes: the key names the destination without revealing it."""
-    return recipient_hash(secret, channel, destination)
+    """The keyed hash of the destination normalized like a recipient (docs/contract.md §6.2, §7.2).
+
+    The key names the destination without revealing it, and ``URL``, ``URL?x=1``, ``URL#frag`` and
+    ``HTTPS://HOST/path`` are one webhook: they cool together.
+    """
+    return recipient_hash(secret, channel, normalize_recipient(ChannelType(channel), destination))
 
 
 class Cooldowns:

@@ -29,14 +29,20 @@ class ConfigurationError(AlertWorkerError, ValueError):
 
 
 class DeliveryError(AlertWorkerError):
-    """A send attempt failed. ``reason`` is short, sanitized and safe to store and log."""
+    """A send attempt failed. ``reason`` is short, sanitized and safe to store and log.
+
+    ``definite``: the provider answered with a refusal (HTTP 4xx/5xx, an SMTP reply before the message body)
+    or never received the request (connection refused, DNS failure, connect timeout); such an attempt gives
+    its rate-limit slots back (docs/contract.md §7.2). ``False`` whenever the request may have reached it.
+    """
 
     retryable: bool = False
 
-    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, *, retry_after: float | None = None, definite: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.definite = definite
 
 
 class TransientDeliveryError(DeliveryError):
@@ -59,7 +65,7 @@ class OutcomeUnknownError(TransientDeliveryError):
     def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
         if not reason.startswith("outcome_unknown:"):
             reason = f"outcome_unknown: {reason}"
-        super().__init__(reason, retry_after=retry_after)
+        super().__init__(reason, retry_after=retry_after, definite=False)  # the provider may have it
 
 
 class RecipientRejectedError(PermanentDeliveryError):

@@ -211,6 +211,7 @@ class DeliveryExecutor:
                 receipt = channel.send(message)
             except DeliveryError as exc:
                 self.feedback.after_failure(row, channel, message, exc, log=log)
+                self.limiter.after_failure(decision, exc, log=log)  # a definite failure gives its slots back
                 return self.setbacks.failed(claim, log, attempts + 1, exc, request.queue)
         finally:
             if self.close_channels:

@@ -7,8 +7,10 @@ Before a send, ``hold`` says whether the delivery must not be sent now:
     SMS whose last outcome unknown  if Twilio already has the message: delivered with its SID, no request
 
 After a failed send, ``after_failure`` starts a cooldown (``SlowDownError``), suppresses the recipient
-(``RecipientRejectedError``) or records the unknown outcome (``OutcomeUnknownError``). These are side
-effects: a failure to record one is logged and never fails the delivery.
+(``RecipientRejectedError``; never the configured default webhook, whose rejection is logged
+``default_webhook_rejected`` and poisons only its delivery) or records the unknown outcome
+(``OutcomeUnknownError``). These are side effects: a failure to record one is logged and never fails the
+delivery.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ import structlog
 
 from alert_worker.channels.base import Channel
 from alert_worker.cooldown import Cooldowns, destination_hash
+from alert_worker.delivery import recipient_identity
 from alert_worker.errors import DeliveryError, OutcomeUnknownError, RecipientRejectedError, SlowDownError
-from alert_worker.models import DeliveryRow, Message
+from alert_worker.models import ChannelType, DeliveryRow, Message
 from alert_worker.outcomes import UnknownOutcomes
 from alert_worker.redaction import mask_recipient
 from alert_worker.settings import Settings
 from alert_worker.side_effects import SIDE_EFFECT_ERRORS
 from alert_worker.suppression import ConnectionSource, SuppressionStore
+from alert_worker.validation import SLACK_DEFAULT_RECIPIENTS
 
 
 class FeedbackMetrics(Protocol):
@@ -90,6 +94,7 @@ class ProviderFeedback:
         suppressions: SuppressionStore,
         outcomes: UnknownOutcomes,
         hash_secret: str,
+        default_webhook_url: str = "",
         metrics: FeedbackMetrics | None = None,
         logger: Any = None,
     ) -> None:
@@ -97,6 +102,12 @@ class ProviderFeedback:
         self._suppressions = suppressions
         self._outcomes = outcomes
         self._secret = hash_secret
+        # SLACK_WEBHOOK_URL's identity ("default", "" and the URL itself share it): never suppressed (§7.2)
+        self._default_webhook_hash = (
+            recipient_identity(hash_secret, ChannelType.SLACK, "default", default_webhook_url=default_webhook_url)[0]
+            if default_webhook_url.strip()
+            else None
+        )
         self._metrics = metrics or NullFeedbackMetrics()
         self._log = logger or structlog.get_logger("alert_worker.feedback")
 
@@ -133,6 +144,8 @@ class ProviderFeedback:
             if isinstance(exc, SlowDownError):
                 seconds = self._cooldowns.start(row.channel, self._destination(row, channel, message), exc.retry_after)
                 log.warning("destination_cooldown_started", cooldown_seconds=round(seconds, 3))
+            elif isinstance(exc, RecipientRejectedError) and self._is_default_webhook(row):
+                log.error("default_webhook_rejected", reason=exc.reason, detail="SLACK_WEBHOOK_URL is not suppressed")
             elif isinstance(exc, RecipientRejectedError):
                 recipient = (row.payload or {}).get("recipient", message.recipient)
                 added = self._suppressions.add(
@@ -149,6 +162,13 @@ class ProviderFeedback:
                 log.warning("delivery_outcome_unknown", error=exc.reason)
         except SIDE_EFFECT_ERRORS as second:  # feedback is a side effect; the failure is recorded anyway
             log.error("provider_feedback_not_recorded", error=type(second).__name__)
+
+    def _is_default_webhook(self, row: DeliveryRow) -> bool:
+        """The configured default webhook: the operator's own setting, whose rejection poisons but never suppresses."""
+        if row.channel != ChannelType.SLACK.value:
+            return False
+        raw = str((row.payload or {}).get("recipient") or "")
+        return raw.strip() in SLACK_DEFAULT_RECIPIENTS or row.recipient_hash == self._default_webhook_hash
 
     def after_delivered(self, row: DeliveryRow) -> None:
         if row.channel == "sms":
@@ -172,5 +192,6 @@ def build_feedback(
         suppressions=SuppressionStore(source=pool),
         outcomes=UnknownOutcomes(source=pool),
         hash_secret=hash_secret,
+        default_webhook_url=settings.slack.default_webhook_url,
         metrics=metrics,
     )

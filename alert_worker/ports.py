@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from alert_worker.errors import DeliveryError
 from alert_worker.models import DeliveryRow
 from alert_worker.rate_limit import RateDecision
 from alert_worker.sent_marks import SentMark
@@ -47,6 +48,7 @@ class PoisonQueuePort(Protocol):
 
 class LimiterPort(Protocol):
     def acquire(self, channel: str, recipient_hash: str, limits: Sequence[RateLimit]) -> RateDecision: ...
+    def after_failure(self, decision: RateDecision, error: DeliveryError, *, log: Any) -> None: ...
 
 
 class GaugePort(Protocol):

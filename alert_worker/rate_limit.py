@@ -4,6 +4,11 @@ Each limit is a sliding log (a sorted set of send times). A send is allowed only
 in the window that ends now, counted inclusively, so no closed window of ``window_seconds`` ever holds more
 than ``limit`` sends. A denial records nothing and returns how long until the tightest limit frees a slot.
 Redis errors deny: an alert worker that cannot count must not send unbounded SMS (fail closed).
+
+Every allowed check adds one member, unique to that check, to each of its limits; ``release`` removes
+exactly those entries again, atomically. The executor releases a check whose send the provider definitely
+refused or never received (docs/contract.md §7.2), in every limit the check took: per channel, per recipient
+and global alike, since that send used nothing of the provider. An unknown outcome keeps its slots.
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
-from alert_worker.errors import RateLimiterUnavailableError
+from alert_worker.errors import DeliveryError, RateLimiterUnavailableError
 from alert_worker.keys import RedisKeys
 from alert_worker.settings import RateLimit
 
@@ -51,12 +57,30 @@ end
 return {1}
 """
 
+# KEYS: the limits one allowed check took a slot in. ARGV[1]: that check's member. Returns entries removed.
+_RELEASE = """
+local removed = 0
+for _, key in ipairs(KEYS) do
+  removed = removed + redis.call('ZREM', key, ARGV[1])
+end
+return removed
+"""
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """The slots one allowed check took: its member in each limit's sorted set."""
+
+    keys: tuple[str, ...]
+    member: str
+
 
 @dataclass(frozen=True)
 class RateDecision:
     allowed: bool
     wait_seconds: float = 0.0
     limit_name: str | None = None  # which limit denied
+    acquisition: Acquisition | None = None  # what an allowed check took (None: no limit was enabled)
 
 
 class RateLimiter:
@@ -73,6 +97,7 @@ class RateLimiter:
         self._keys = RedisKeys(key_prefix)
         self._clock = clock  # None: use the Redis server's clock, shared by every worker
         self._script = client.register_script(_SCRIPT)
+        self._release = client.register_script(_RELEASE)
 
     def _key(self, limit: RateLimit, channel: str, recipient_hash: str) -> str:
         if limit.name == "channel":
@@ -87,7 +112,8 @@ class RateLimiter:
         if not active:
             return RateDecision(allowed=True)
         keys = [self._key(limit, channel, recipient_hash) for limit in active]
-        args: list[float | str | int] = [self._clock() if self._clock else -1, uuid.uuid4().hex]
+        member = uuid.uuid4().hex
+        args: list[float | str | int] = [self._clock() if self._clock else -1, member]
         for limit in active:
             args += [limit.limit, limit.window_seconds]
         try:
@@ -95,7 +121,28 @@ class RateLimiter:
         except redis.RedisError as exc:
             raise RateLimiterUnavailableError(f"rate limiter unavailable: {type(exc).__name__}") from exc
         if int(answer[0]) == 1:
-            return RateDecision(allowed=True)
+            return RateDecision(allowed=True, acquisition=Acquisition(keys=tuple(keys), member=member))
         return RateDecision(
             allowed=False, wait_seconds=int(answer[1]) / 1000.0, limit_name=active[int(answer[2]) - 1].name
         )
+
+    def release(self, acquisition: Acquisition) -> int:
+        """Give back exactly the slots of one allowed check (none of any other); returns entries removed.
+
+        Idempotent. Raises ``RateLimiterUnavailableError`` when Redis cannot be asked: the slots stay taken.
+        """
+        try:
+            return int(self._release(keys=list(acquisition.keys), args=[acquisition.member]))
+        except redis.RedisError as exc:
+            raise RateLimiterUnavailableError(f"rate limiter unavailable: {type(exc).__name__}") from exc
+
+    def after_failure(self, decision: RateDecision, error: DeliveryError, *, log: Any) -> None:
+        """A send failed: a definite failure (``error.definite``) gives its check's slots back; never raises."""
+        if not error.definite or decision.acquisition is None:
+            return  # the provider may have it: the send counts
+        try:
+            self.release(decision.acquisition)
+        except RateLimiterUnavailableError as exc:  # the slots stay taken and leave the window in time
+            log.warning("rate_limit_slots_kept", error=str(exc))
+        else:
+            log.info("rate_limit_slots_released", reason=error.reason)

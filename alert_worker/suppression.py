@@ -28,11 +28,13 @@ class Suppression:
     reason: str
     source_delivery_id: str | None
     created_at: datetime
+    recipient_hash: str = ""  # what ``suppression remove --hash`` takes
 
     def as_json(self) -> dict[str, Any]:
         return {
             "channel": self.channel,
             "recipient": self.recipient,
+            "recipient_hash": self.recipient_hash,
             "reason": self.reason,
             "source_delivery_id": self.source_delivery_id,
             "created_at": self.created_at.isoformat(),
@@ -87,7 +89,10 @@ class SuppressionStore:
 
     def list(self, channel: str | None = None) -> list[Suppression]:
         """Newest first; never a raw recipient."""
-        sql = "SELECT channel, recipient, reason, source_delivery_id, created_at FROM alert_suppressions"
+        sql = (
+            "SELECT channel, recipient, reason, source_delivery_id, created_at, recipient_hash"
+            " FROM alert_suppressions"
+        )
         params: tuple[str, ...] = ()
         if channel:
             sql += " WHERE channel = %s"

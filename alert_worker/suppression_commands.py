@@ -2,24 +2,28 @@
 
 Thin: argument handling and printing only; ``SuppressionStore`` does the SQL. ``add`` and ``remove``
 are idempotent (exit 0 either way, and say which). A recipient is hashed exactly as a delivery to it is
-(``suppression_key``), so an entry added here holds the next delivery to that recipient.
+(``suppression_key``), so an entry added here holds the next delivery to that recipient. ``remove --hash``
+takes the hash ``list`` prints, so lifting an entry needs neither the recipient nor any channel setting.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from alert_worker.settings import Settings
 from alert_worker.suppression import SuppressionStore, suppression_key
+from alert_worker.validation import SLACK_DEFAULT_RECIPIENTS
 
 if TYPE_CHECKING:  # the CLI parser imports this module; the database modules load only when a command runs
     from alert_worker.store import DeliveryStore
 
 CHANNELS = ("email", "slack", "sms")
+_HASH = re.compile(r"[0-9a-f]{16}")  # alert_worker.redaction.recipient_hash
 
 
 class SuppressionCommandError(Exception):
@@ -45,7 +49,9 @@ def add_suppression_parser(sub: Subcommands) -> None:
     add.add_argument("--reason", required=True)
     remove = ssub.add_parser("remove", help="lift a suppression (idempotent)")
     remove.add_argument("--channel", required=True, choices=CHANNELS)
-    remove.add_argument("--to", required=True)
+    target = remove.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", help="the recipient, as for add")
+    target.add_argument("--hash", help="the recipient hash `suppression list` prints (needs no channel settings)")
 
 
 @contextmanager
@@ -65,6 +71,11 @@ def _suppressions(settings: Settings) -> Iterator[tuple[SuppressionStore, Delive
 def _key(store: DeliveryStore, settings: Settings, channel: str, recipient: str) -> tuple[str, str]:
     if not recipient.strip() and channel != "slack":
         raise SuppressionCommandError("--to must not be empty")
+    if channel == "slack" and recipient.strip() in SLACK_DEFAULT_RECIPIENTS and not settings.slack.default_webhook_url:
+        raise SuppressionCommandError(
+            "--to default means SLACK_WEBHOOK_URL, which is not set here: set it as the workers have it, "
+            "or give --hash HASH as `alert-worker suppression list` prints it"
+        )
     secret = store.recipient_hash_secret(settings.recipient_hash_secret)
     return suppression_key(secret, channel, recipient, default_webhook_url=settings.slack.default_webhook_url)
 
@@ -79,7 +90,8 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         print("no suppressed recipients", flush=True)
     for e in entries:
         source = e.source_delivery_id or "operator"
-        print(f"{e.channel:<6} {e.recipient:<32} {e.created_at.isoformat()} {source}  {e.reason}", flush=True)
+        line = f"{e.channel:<6} {e.recipient_hash} {e.recipient:<32} {e.created_at.isoformat()} {source}  {e.reason}"
+        print(line, flush=True)
     return 0
 
 
@@ -92,10 +104,16 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
+    """By ``--to`` (hashed as a delivery is) or by ``--hash`` (as listed: no secret, no channel settings)."""
+    if args.hash is not None and not _HASH.fullmatch(args.hash.strip().lower()):
+        raise SuppressionCommandError("--hash must be the 16 hex characters `alert-worker suppression list` prints")
     with _suppressions(settings) as (suppressions, store):
-        rhash, masked = _key(store, settings, args.channel, args.to)
+        if args.hash is not None:
+            rhash = shown = args.hash.strip().lower()
+        else:
+            rhash, shown = _key(store, settings, args.channel, args.to)
         removed = suppressions.remove(args.channel, rhash)
-    print(f"{'removed' if removed else 'not suppressed'}: {args.channel} {masked}", flush=True)
+    print(f"{'removed' if removed else 'not suppressed'}: {args.channel} {shown}", flush=True)
     return 0
 
 

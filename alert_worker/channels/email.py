@@ -272,7 +272,9 @@ class EmailChannel(Channel):
         except (smtplib.SMTPException, OSError, UnicodeError) as exc:
             if getattr(smtp, "body_written", False) and has_no_reply(exc):
                 raise OutcomeUnknownError(f"smtp no reply after end of DATA: {type(exc).__name__}") from exc
-            raise classify_smtp_error(exc, echoes=(message.subject, message.body)) from exc
+            error = classify_smtp_error(exc, echoes=(message.subject, message.body), sender=sender)
+            error.definite = not getattr(smtp, "body_written", False)  # before the body: nothing reached it
+            raise error from exc
         return SendReceipt(message_id=str(mail["Message-ID"]))
 
     def close(self) -> None:

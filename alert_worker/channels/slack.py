@@ -8,7 +8,7 @@ URL, and ``requests`` exceptions (whose ``str()`` holds the full URL) are reduce
 
 Answers: ``200`` + ``ok`` delivered; ``408``/``429``/``5xx``, timeouts and connection errors transient
 (``Retry-After`` honoured); ``3xx`` and every other ``4xx`` permanent, with Slack's reason word when it
-is one of the documented ones.
+is one of the documented ones. Every error answer (3xx/4xx/5xx) is ``definite``: Slack did not post it.
 """
 
 from __future__ import annotations
@@ -168,17 +168,18 @@ class SlackChannel(Channel):
             return SendReceipt(message_id=None)
         label = f"slack {status} {word}" if word in KNOWN_SLACK_ERRORS else f"slack {status}"
         if status == 429:
-            raise SlowDownError(label, retry_after=parse_retry_after(response.headers.get("Retry-After")))
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise SlowDownError(label, retry_after=retry_after, definite=True)
         if (status, word) in RECIPIENT_GONE:
-            raise RecipientRejectedError(label)
+            raise RecipientRejectedError(label, definite=True)
         if status in _TRANSIENT_STATUSES or status >= 500:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            raise TransientDeliveryError(label, retry_after=retry_after)
+            raise TransientDeliveryError(label, retry_after=retry_after, definite=True)
         if 300 <= status < 400:
-            raise PermanentDeliveryError(f"slack {status} redirect refused")
+            raise PermanentDeliveryError(f"slack {status} redirect refused", definite=True)
         if 200 <= status < 300:
-            raise PermanentDeliveryError(f"slack {status} unexpected response")
-        raise PermanentDeliveryError(label)
+            raise PermanentDeliveryError(f"slack {status} unexpected response")  # 2xx: it may have posted
+        raise PermanentDeliveryError(label, definite=True)
 
     def destination(self, message: Message) -> str:
         """The webhook URL: Slack rate-limits per webhook."""

@@ -210,7 +210,9 @@ class SmsChannel(Channel):
         code = _as_int(getattr(exc, "code", None))
         if status is None and code is None:
             return PermanentDeliveryError(f"twilio client error: {type(exc).__name__} (configuration error)")
-        return classify_twilio(status, code, retry_after=parse_retry_after(self._retry_after))
+        error = classify_twilio(status, code, retry_after=parse_retry_after(self._retry_after))
+        error.definite = True  # an HTTP error answer: Twilio refused the message (§7.2, its slots go back)
+        return error
 
     def close(self) -> None:
         session = getattr(self._http, "session", None)

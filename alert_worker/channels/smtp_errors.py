@@ -1,8 +1,9 @@
 """SMTP replies and exceptions -> our errors, once (``classify_smtp_error``).
 
 Authentication failures with a 5xx code, refused sender or recipient with a 5xx code and every other 5xx
-are permanent; 4xx replies (``454 4.7.0`` temporary AUTH failure included), replies smtplib could not
-parse (code -1), timeouts, refused connections and disconnects are transient. An RFC 3463 enhanced status
+are permanent (only a ``recipient_gone`` reply to RCPT TO suppresses the recipient); 4xx replies (``454
+4.7.0`` temporary AUTH failure included), replies smtplib could not parse (code -1), timeouts, refused
+connections and disconnects are transient. An RFC 3463 enhanced status
 code (``5.1.1``, ``4.2.2``) decides over the basic code, and is found even when the reply is wrapped in
 another exception. Reasons quote the codes and the server's text with addresses, URLs, numbers and the
 alert's own words stripped, and are complete when the error is built (never edited afterwards).
@@ -26,34 +27,47 @@ from alert_worker.redaction import sanitize_text, scrub_echoes
 # RFC 3463: class.subject.detail, class 2/4/5, subject and detail up to three digits; not part of an IP.
 _ENHANCED_CODE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 _BASIC_CODE = re.compile(r"(?<![\d.])([245])\d\d(?![\d.])")
-# RFC 3463 X.1.7 / X.1.8 are about the sender's address, not the recipient's.
-_SENDER_ADDRESS_DETAILS = frozenset({"7", "8"})
+# The only RFC 3463 codes that say the recipient can never receive, as (subject, detail) of a 5.x.x code:
+# 5.1.1 no such mailbox, 5.1.2 no such domain, 5.1.10 the domain accepts no mail (null MX), 5.2.1 mailbox
+# disabled. Never 5.1.0 (other address status: Postfix's "Sender address rejected"), 5.1.7/5.1.8 (the
+# sender's address) or 5.7.x (policy). docs/contract.md §7.2.
+RECIPIENT_GONE_CODES = frozenset({(1, 1), (1, 2), (1, 10), (2, 1)})
+RCPT_REFUSED = "smtp recipient refused"  # the ``what`` of a reply to RCPT TO, the only command that may suppress
+_NAMES_SENDER = re.compile(r"\bsender\b", re.IGNORECASE)
+
+
+def recipient_gone(enhanced: re.Match[str] | None, what: str, text: str, sender: str = "") -> bool:
+    """A reply to RCPT TO with 5.1.1, 5.1.2, 5.1.10 or 5.2.1 whose text does not name the sender.
+
+    Relays report the sender's own problems at RCPT too (Postfix delays MAIL FROM restrictions to it):
+    a text with the word "sender", or the from-address itself, is about us, not about the recipient.
+    """
+    if what != RCPT_REFUSED or enhanced is None or enhanced.group(1) != "5":
+        return False
+    if (int(enhanced.group(2)), int(enhanced.group(3))) not in RECIPIENT_GONE_CODES:
+        return False
+    return not (_NAMES_SENDER.search(text) or (sender and sender.lower() in text.lower()))
 
 
 def _feedback_kind(
-    code: int | None, enhanced: re.Match[str] | None, what: str
+    code: int | None, enhanced: re.Match[str] | None, what: str, text: str, sender: str
 ) -> type[TransientDeliveryError] | type[PermanentDeliveryError] | None:
-    """421 or 4.7.x: slow down (cooldown). 5.1.x about the recipient: suppress. Else ``None``."""
+    """421 or 4.7.x: slow down (cooldown). The recipient gone (``recipient_gone``): suppress. Else ``None``."""
     if code == 421 or (enhanced and enhanced.group(1) == "4" and enhanced.group(2) == "7"):
         return SlowDownError
-    if (
-        enhanced
-        and enhanced.group(1) == "5"
-        and enhanced.group(2) == "1"
-        and enhanced.group(3) not in _SENDER_ADDRESS_DETAILS
-        and what != "smtp sender refused"
-    ):
+    if recipient_gone(enhanced, what, text, sender):
         return RecipientRejectedError
     return None
 
 
 def classify_smtp_reply(
-    code: int | None, text: str, *, what: str, echoes: tuple[str, ...] = ()
+    code: int | None, text: str, *, what: str, echoes: tuple[str, ...] = (), sender: str = ""
 ) -> TransientDeliveryError | PermanentDeliveryError:
     """Map an SMTP reply to our error; the enhanced status code wins over the basic one.
 
     A code outside 200-599 (smtplib's -1 for a reply it could not parse) says nothing: transient.
     ``echoes`` (the alert's subject and body) are scrubbed from the server's text, which may quote them.
+    ``sender`` (the from-address) marks a reply that names it as about the sender, never suppressing.
     """
     enhanced = _ENHANCED_CODE.search(text)
     detail = scrub_echoes(sanitize_text(_ENHANCED_CODE.sub("", text, count=1), limit=160), *echoes)
@@ -65,7 +79,7 @@ def classify_smtp_reply(
     else:
         klass = str(code)[0] if valid else "4"
     reason = f"{label}: {detail}" if detail else label
-    special = _feedback_kind(code if valid else None, enhanced, what)
+    special = _feedback_kind(code if valid else None, enhanced, what, text, sender)
     if special is not None:
         return special(reason)
     if klass == "4":
@@ -91,7 +105,7 @@ def _smtp_reply(exc: BaseException) -> tuple[str, int | None, str] | None:
     """(what, code, text) of the SMTP reply an exception carries, if any."""
     if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
         code, raw = next(iter(exc.recipients.values()))
-        return "smtp recipient refused", code, _reply_text(raw)
+        return RCPT_REFUSED, code, _reply_text(raw)
     if isinstance(exc, smtplib.SMTPSenderRefused):
         return "smtp sender refused", exc.smtp_code, _reply_text(exc.smtp_error)
     if isinstance(exc, smtplib.SMTPResponseException):
@@ -108,7 +122,7 @@ def _quoted_reply(exc: BaseException) -> tuple[int | None, str] | None:
     return (int(basic.group(0)) if basic else None), text
 
 
-def classify_smtp_error(exc: BaseException, *, echoes: tuple[str, ...] = ()) -> DeliveryError:
+def classify_smtp_error(exc: BaseException, *, echoes: tuple[str, ...] = (), sender: str = "") -> DeliveryError:
     """Any exception from an SMTP exchange -> our error. The reply wins over the exception's type.
 
     An authentication failure is permanent (wrong credentials) unless the server said 4xx, e.g.
@@ -122,7 +136,7 @@ def classify_smtp_error(exc: BaseException, *, echoes: tuple[str, ...] = ()) -> 
         reply = _smtp_reply(link)
         if reply is not None:
             what, code, text = reply
-            return classify_smtp_reply(code, text, what=what, echoes=echoes)
+            return classify_smtp_reply(code, text, what=what, echoes=echoes, sender=sender)
     for link in _chain(exc):
         quoted = _quoted_reply(link)
         if quoted is not None:

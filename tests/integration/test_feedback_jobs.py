@@ -97,11 +97,14 @@ def test_an_smtp_421_cools_the_relay_for_every_recipient(smtp_sink: SmtpSink, da
 def test_a_gone_slack_channel_is_suppressed_and_the_next_job_is_poisoned_unsent(
     database_url: str, redis_client: redis.Redis, reply: Any, reason: str
 ) -> None:
-    """The entry keeps the masked webhook, the reason and the delivery; the next job makes no request."""
+    """The entry keeps the masked webhook, the reason and the delivery; the next job makes no request.
+
+    A webhook given as the recipient: the configured default (HOOK) is never suppressed (§7.2)."""
+    gone = f"https://{SLACK_HOST}/services/T0/B2/gonehook"
     with mocked_providers() as providers:
         providers.slack_replies.append(reply)
-        first = execute_delivery_job("s1", "slack", HOOK, "s", "b")
-        second = execute_delivery_job("s2", "slack", HOOK, "s", "b")
+        first = execute_delivery_job("s1", "slack", gone, "s", "b")
+        second = execute_delivery_job("s2", "slack", gone, "s", "b")
     assert first["outcome"] == "poisoned" and first["error"] == reason
     assert second["outcome"] == "poisoned" and second["error"] == f"suppressed: {reason}"
     assert len(providers.slack_requests) == 1
@@ -140,7 +143,7 @@ def test_suppression_add_list_remove_are_idempotent_and_hold_deliveries(
     assert again.code == 0 and again.out.startswith("already suppressed: email o***@example.com")
     listed = cli("suppression", "list", "--json")
     [entry] = json.loads(listed.out)
-    assert set(entry) == {"channel", "recipient", "reason", "source_delivery_id", "created_at"}
+    assert set(entry) == {"channel", "recipient", "recipient_hash", "reason", "source_delivery_id", "created_at"}
     assert (entry["channel"], entry["recipient"], entry["reason"]) == ("email", "o***@example.com", "left")
     assert "ops@example.com" not in listed.out + cli("suppression", "list").out
     assert json.loads(cli("suppression", "list", "--channel", "sms", "--json").out) == []

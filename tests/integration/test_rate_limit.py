@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alert_worker.errors import RateLimiterUnavailableError
-from alert_worker.rate_limit import RateLimiter
+from alert_worker.rate_limit import Acquisition, RateLimiter
 from alert_worker.settings import RateLimit
 
 MakeLimiter = Callable[[Callable[[], float] | None], RateLimiter]
@@ -78,6 +78,38 @@ def test_the_wait_is_for_the_tightest_limit(make_limiter: MakeLimiter) -> None:
     assert limiter.acquire("email", "h", limits).allowed
     denied = limiter.acquire("email", "h", limits)
     assert denied.limit_name == "recipient" and denied.wait_seconds == pytest.approx(3600.0, abs=0.002)
+
+
+def test_a_release_gives_back_exactly_the_slots_of_its_own_check_in_every_limit(make_limiter: MakeLimiter) -> None:
+    """Three checks at the same instant; releasing the second frees one slot in each of its limits, no more."""
+    clock = Clock()
+    limiter = make_limiter(clock)
+    limits = [RateLimit("channel", 3, 60), RateLimit("recipient", 3, 3600), RateLimit("global", 3, 60)]
+    taken = [limiter.acquire("sms", "alice", limits) for _ in range(3)]
+    assert all(d.allowed and d.acquisition is not None for d in taken)
+    assert limiter.acquire("sms", "alice", limits).limit_name is not None, "full in every limit"
+    acquisition = taken[1].acquisition
+    assert acquisition is not None and len(acquisition.keys) == 3
+    assert limiter.release(acquisition) == 3
+    assert limiter.release(acquisition) == 0, "idempotent: a second release takes nothing of the others"
+    assert limiter.acquire("sms", "alice", limits).allowed, "the released slot is free again"
+    assert not limiter.acquire("sms", "alice", limits).allowed, "and only that one"
+
+
+def test_a_release_frees_the_channel_and_global_slots_for_other_recipients_too(make_limiter: MakeLimiter) -> None:
+    clock = Clock()
+    limiter = make_limiter(clock)
+    limits = [RateLimit("channel", 1, 60), RateLimit("recipient", 5, 3600), RateLimit("global", 1, 60)]
+    first = limiter.acquire("sms", "alice", limits)
+    assert first.acquisition is not None and not limiter.acquire("sms", "bob", limits).allowed
+    limiter.release(first.acquisition)
+    assert limiter.acquire("sms", "bob", limits).allowed
+
+
+def test_a_release_when_redis_cannot_be_asked_raises_unavailable() -> None:
+    limiter = RateLimiter(client=redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5))
+    with pytest.raises(RateLimiterUnavailableError):
+        limiter.release(Acquisition(keys=("alert:rl:x",), member="m"))
 
 
 def test_a_zero_limit_is_disabled(make_limiter: MakeLimiter) -> None:

@@ -14,7 +14,7 @@ from alert_worker.channels.base import Channel
 from alert_worker.channels.email import parse_address
 from alert_worker.errors import ClaimLostError, DeliveryError, RateLimiterUnavailableError
 from alert_worker.models import ChannelType, DeliveryRow, DeliveryStatus, Message, SendReceipt
-from alert_worker.rate_limit import RateDecision
+from alert_worker.rate_limit import Acquisition, RateDecision
 from alert_worker.store import Claim, NewDelivery
 
 
@@ -174,13 +174,20 @@ class FakeLimiter:
     def __init__(self, *decisions: RateDecision | Exception) -> None:
         self.script: deque[RateDecision | Exception] = deque(decisions)
         self.calls: list[tuple[str, str]] = []
+        self.released: list[Acquisition] = []
 
     def acquire(self, channel: str, recipient_hash: str, limits: Any) -> RateDecision:
         self.calls.append((channel, recipient_hash))
-        answer = self.script.popleft() if self.script else RateDecision(allowed=True)
+        taken = Acquisition(keys=(f"{channel}:{recipient_hash}",), member=f"check-{len(self.calls)}")
+        answer = self.script.popleft() if self.script else RateDecision(allowed=True, acquisition=taken)
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+    def after_failure(self, decision: RateDecision, error: DeliveryError, *, log: Any) -> None:
+        """Records what the real limiter would give back: a definite failure's acquisition."""
+        if error.definite and decision.acquisition is not None:
+            self.released.append(decision.acquisition)
 
 
 def limiter_down() -> RateLimiterUnavailableError:

@@ -151,7 +151,7 @@ def test_an_invalid_from_address_is_channel_not_configured_not_a_crash() -> None
 SMTP_REPLIES = [
     ("rcpt", "550 5.1.1 <oncall.person@example.com>: Recipient address rejected", RecipientRejectedError,
      "smtp recipient refused 550 5.1.1"),
-    ("rcpt", "553 5.1.3 Bad recipient address syntax", RecipientRejectedError, "smtp recipient refused 553 5.1.3"),
+    ("rcpt", "553 5.1.3 Bad recipient address syntax", PermanentDeliveryError, "smtp recipient refused 553 5.1.3"),
     ("rcpt", "450 4.2.1 Mailbox busy, try later", TransientDeliveryError, "smtp recipient refused 450 4.2.1"),
     ("rcpt", "452 4.5.3 Too many recipients", TransientDeliveryError, "smtp recipient refused 452 4.5.3"),
     ("data", "451 4.3.0 Mail server temporarily rejected message", TransientDeliveryError, "smtp 451 4.3.0"),
@@ -159,7 +159,7 @@ SMTP_REPLIES = [
     ("data", "554 5.7.1 Message rejected as spam", PermanentDeliveryError, "smtp 554 5.7.1"),
     ("data", "552 5.3.4 Message size exceeds fixed limit", PermanentDeliveryError, "smtp 552 5.3.4"),
     ("data", "550 4.7.1 Greylisted, please retry", SlowDownError, "smtp 550 4.7.1"),
-    ("data", "450 5.1.1 mailbox unknown", RecipientRejectedError, "smtp 450 5.1.1"),
+    ("data", "450 5.1.1 mailbox unknown", PermanentDeliveryError, "smtp 450 5.1.1"),  # after DATA: no suppression
     ("data", "451 Local error in processing", TransientDeliveryError, "smtp 451"),
     ("data", "554 Transaction failed", PermanentDeliveryError, "smtp 554"),
 ]
@@ -252,11 +252,11 @@ WRAPPED = [
     (_wrapped(OSError("send failed"), smtplib.SMTPDataError(451, b"4.4.1 No answer from host")),
      TransientDeliveryError, "smtp 451 4.4.1"),
     (_wrapped(RuntimeError("relay failed"), smtplib.SMTPDataError(550, b"5.1.1 user unknown")),
-     RecipientRejectedError, "smtp 550 5.1.1"),
+     PermanentDeliveryError, "smtp 550 5.1.1"),
     (_wrapped(smtplib.SMTPServerDisconnected("gone"), smtplib.SMTPResponseException(421, b"4.3.2 shutting down")),
      SlowDownError, "smtp 421 4.3.2"),
     (smtplib.SMTPException("server said: 452 4.2.2 mailbox full"), TransientDeliveryError, "smtp 452 4.2.2"),
-    (smtplib.SMTPException("server said: 550 5.1.2 bad destination system"), RecipientRejectedError,
+    (smtplib.SMTPException("server said: 550 5.1.2 bad destination system"), PermanentDeliveryError,
      "smtp 550 5.1.2"),
     (smtplib.SMTPResponseException(421, b"Service not available from 10.4.5.6"), SlowDownError, "smtp 421"),
     (smtplib.SMTPResponseException(554, b"relay 192.5.1.1 refused"), PermanentDeliveryError, "smtp 554"),
