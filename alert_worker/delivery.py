@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from alert_worker.errors import InvalidInputError
+from alert_worker.errors import InvalidInputError, MessageIdTakenError
 from alert_worker.models import ChannelType, DeliveryResult, DeliveryRow, DeliveryStatus, Message, Outcome, make_result
 from alert_worker.redaction import mask_recipient, recipient_hash
 from alert_worker.validation import clean_content, clean_recipient, normalize_recipient
@@ -29,6 +29,29 @@ class DeliveryRequest:
     attempt: int = 0
     queue: str = "alerts"
     job_id: str | None = None  # the running RQ job, so a wake-up it schedules never reuses its id
+
+
+def delivered_result(delivery_id: str, channel: str, message_id: str | None) -> DeliveryResult:
+    return make_result(
+        delivery_id=delivery_id,
+        channel=channel,
+        outcome=Outcome.DELIVERED,
+        status=DeliveryStatus.DELIVERED,
+        success=True,
+        message_id=message_id,
+    )
+
+
+def mark_delivered(store: Any, claim: Any, log: Any, attempts: int, mid: str | None, *, guessed: bool = False) -> float:
+    """Record acceptance. An id another row holds (§7.1): a guessed one (the look-up's) raises
+    ``MessageIdTakenError``; our own acceptance is recorded all the same, without the id, and logged."""
+    try:
+        return float(store.mark_delivered(claim.row.id, claim.token, attempts=attempts, message_id=mid))
+    except MessageIdTakenError:
+        if guessed:
+            raise
+        log.error("provider_message_id_taken", message_id=mid)
+        return float(store.mark_delivered(claim.row.id, claim.token, attempts=attempts, message_id=None))
 
 
 def waiting_result(row: DeliveryRow, error: str, next_at: datetime | None = None) -> DeliveryResult:

@@ -11,6 +11,7 @@
     │       ├── RecipientRejectedError  a permanent answer about the recipient (suppression list)
     │       └── ChannelNotConfiguredError
     ├── ClaimLostError              another job reclaimed the row; this job must stop writing
+    ├── MessageIdTakenError         another delivery holds this provider message id (unique in Postgres)
     └── RateLimiterUnavailableError Redis could not be asked; the limiter fails closed
 
 Provider exceptions (smtplib, requests, twilio) are translated into these once, in
@@ -85,6 +86,10 @@ class ChannelNotConfiguredError(PermanentDeliveryError):
 
 class ClaimLostError(AlertWorkerError):
     """The row's claim token changed under us: a newer claimer owns the delivery now."""
+
+
+class MessageIdTakenError(AlertWorkerError):
+    """``mark_delivered`` with a ``provider_message_id`` another delivery already holds (docs/contract.md §7.1)."""
 
 
 class RateLimiterUnavailableError(AlertWorkerError):

@@ -28,6 +28,8 @@ from alert_worker.errors import (
     ClaimLostError,
     ConfigurationError,
     DeliveryError,
+    MessageIdTakenError,
+    OutcomeUnknownError,
     PermanentDeliveryError,
     RateLimiterUnavailableError,
     TransientDeliveryError,
@@ -47,7 +49,7 @@ from alert_worker.ports import (
 )
 from alert_worker.retry import DeferralPolicy, RetryPolicy
 from alert_worker.sent_marks import NoSentMarks
-from alert_worker.setbacks import Setbacks
+from alert_worker.setbacks import SEND_INTERRUPTED_NOTE, Setbacks
 from alert_worker.settings import RateLimits
 from alert_worker.store import Claim, NewDelivery
 from alert_worker.validation import storable_payload
@@ -128,7 +130,8 @@ class DeliveryExecutor:
             except ClaimLostError:
                 raise
             except Exception as exc:
-                self._hand_back_after_crash(request, claim, log, exc)
+                if SEND_INTERRUPTED_NOTE not in getattr(exc, "__notes__", ()):  # not already recorded
+                    self._hand_back_after_crash(request, claim, log, exc)
                 raise
         except ClaimLostError:
             log.error("delivery_claim_lost", detail="another job reclaimed this delivery; not writing")
@@ -213,12 +216,17 @@ class DeliveryExecutor:
                 self.feedback.after_failure(row, channel, message, exc, log=log)
                 self.limiter.after_failure(decision, exc, log=log)  # a definite failure gives its slots back
                 return self.setbacks.failed(claim, log, attempts + 1, exc, request.queue)
+            except Exception as exc:  # the job timeout (or a bug) cut the send off: the provider may have it
+                cut = OutcomeUnknownError(f"send interrupted: {type(exc).__name__}")
+                self.feedback.after_failure(row, channel, message, cut, log=log)  # an SMS retry looks up first
+                self.setbacks.interrupted(claim, log, attempts + 1, cut, request.queue, cause=exc)
+                raise
         finally:
             if self.close_channels:
                 channel.close()
         sent_id = receipt.message_id
         try:
-            latency = self.store.mark_delivered(row.id, claim.token, attempts=attempts + 1, message_id=sent_id)
+            latency = delivery.mark_delivered(self.store, claim, log, attempts + 1, sent_id)
         except BaseException:  # sent but not recorded: keep the acceptance where the next claim looks first
             self.sent_marks.record(row.id, sent_id, log=log)
             raise
@@ -226,7 +234,7 @@ class DeliveryExecutor:
         self.metrics.attempt(row.channel, Outcome.DELIVERED.value)
         self.metrics.latency(row.channel, latency)
         log.info("delivery_delivered", latency_seconds=round(latency, 3))
-        return _delivered(row.id, row.channel, sent_id)
+        return delivery.delivered_result(row.id, row.channel, sent_id)
 
     def _held(
         self, claim: Claim, log: Any, attempts: int, channel: Channel, message: Message, queue: str
@@ -244,19 +252,23 @@ class DeliveryExecutor:
         if hold.kind == "cooldown":
             self.metrics.throttled(row.channel, "cooldown")
             return self.setbacks.defer(claim, log, attempts, hold.wait_seconds, "cooldown", queue, error=hold.error)
-        return self._already_sent(claim, log, attempts, hold.message_id, source="provider_lookup")
+        try:
+            return self._already_sent(claim, log, attempts, hold.message_id, source="provider_lookup")
+        except MessageIdTakenError:  # another delivery recorded that message meanwhile: not ours, send (§7.1)
+            log.warning("provider_lookup_match_taken", message_id=hold.message_id)
+            return None
 
     def _already_sent(
         self, claim: Claim, log: Any, attempts: int, message_id: str | None, *, source: str
     ) -> DeliveryResult:
         """The provider has the message (a sent marker, or Twilio's list): delivered, no request, no new attempt."""
         row = claim.row
-        self.store.mark_delivered(row.id, claim.token, attempts=attempts, message_id=message_id)
+        delivery.mark_delivered(self.store, claim, log, attempts, message_id, guessed=source == "provider_lookup")
         self.feedback.after_delivered(row)
         self.metrics.attempt(row.channel, Outcome.DELIVERED.value)
         log.info("delivery_found_already_sent", message_id=message_id, source=source)
         self.sent_marks.clear(row.id, log=log)  # after the row says delivered; a leftover one just expires
-        return _delivered(row.id, row.channel, message_id)
+        return delivery.delivered_result(row.id, row.channel, message_id)
 
     def _skipped(self, request: DeliveryRequest, rhash: str) -> DeliveryResult:
         row = self.store.get(request.delivery_id)
@@ -284,17 +296,6 @@ class DeliveryExecutor:
             success=status is DeliveryStatus.DELIVERED,
             next_attempt_at=next_at,
         )
-
-
-def _delivered(delivery_id: str, channel: str, message_id: str | None) -> DeliveryResult:
-    return make_result(
-        delivery_id=delivery_id,
-        channel=channel,
-        outcome=Outcome.DELIVERED,
-        status=DeliveryStatus.DELIVERED,
-        success=True,
-        message_id=message_id,
-    )
 
 
 __all__ = ["DeliveryExecutor", "DeliveryMetrics", "DeliveryRequest", "FollowUp", "FollowUpScheduler", "NullMetrics"]

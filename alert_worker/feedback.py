@@ -4,7 +4,7 @@ Before a send, ``hold`` says whether the delivery must not be sent now:
 
     suppressed recipient            poison ``suppressed: <reason>``, no request
     destination cooling down        defer to the cooldown's end like a rate-limit denial, no attempt used
-    SMS whose last outcome unknown  if Twilio already has the message: delivered with its SID, no request
+    SMS whose last outcome unknown  if Twilio has it (§7.1 window, one match): delivered with its SID, no request
 
 After a failed send, ``after_failure`` starts a cooldown (``SlowDownError``), suppresses the recipient
 (``RecipientRejectedError``; never the configured default webhook, whose rejection is logged
@@ -16,6 +16,7 @@ delivery.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import structlog
@@ -31,6 +32,9 @@ from alert_worker.settings import Settings
 from alert_worker.side_effects import SIDE_EFFECT_ERRORS
 from alert_worker.suppression import ConnectionSource, SuppressionStore
 from alert_worker.validation import SLACK_DEFAULT_RECIPIENTS
+
+LOOKUP_SKEW = timedelta(seconds=5)  # our database clock against Twilio's, at most (§7.1)
+LOOKUP_GRACE = timedelta(seconds=60)  # past the send timeout: a message Twilio created late in the attempt
 
 
 class FeedbackMetrics(Protocol):
@@ -97,6 +101,7 @@ class ProviderFeedback:
         default_webhook_url: str = "",
         metrics: FeedbackMetrics | None = None,
         logger: Any = None,
+        send_timeout_seconds: float = 10.0,
     ) -> None:
         self._cooldowns = cooldowns
         self._suppressions = suppressions
@@ -110,6 +115,7 @@ class ProviderFeedback:
         )
         self._metrics = metrics or NullFeedbackMetrics()
         self._log = logger or structlog.get_logger("alert_worker.feedback")
+        self._send_timeout = send_timeout_seconds
 
     def _destination(self, row: DeliveryRow, channel: Channel, message: Message) -> str:
         return destination_hash(self._secret, row.channel, channel.destination(message))
@@ -128,11 +134,32 @@ class ProviderFeedback:
         if wait > 0:
             return Hold(kind="cooldown", error=cooldown_error(row.channel, wait), wait_seconds=wait)
         if row.channel == "sms":  # also after a replay (attempts 0): the unknown attempt may have gone out
-            since = self._outcomes.since(row.id)
-            if since is not None:
-                sid = channel.find_sent(message, since)
+            started = self._outcomes.since(row.id)
+            if started is not None:
+                sid = self._only_match(row, channel, message, started)
                 if sid is not None:
                     return Hold(kind="already_sent", message_id=sid)
+        return None
+
+    def _only_match(self, row: DeliveryRow, channel: Channel, message: Message, started: datetime) -> str | None:
+        """The one listed message that can be this delivery's (docs/contract.md §7.1), else ``None``: send.
+
+        Created within the unknown attempt's window (from its start less the clock skew to its start plus
+        the send timeout and a minute: after a replay days later, nothing), held by no other delivery, and
+        the only such one, with no other open delivery of the same text to the number that could own it.
+        """
+        earliest, latest = started - LOOKUP_SKEW, started + timedelta(seconds=self._send_timeout) + LOOKUP_GRACE
+        listed = channel.find_sent(message, earliest=earliest, latest=latest)
+        taken = self._outcomes.taken(row.id, listed) if listed else set()
+        ours = [sid for sid in listed if sid not in taken]
+        if len(ours) == 1 and not self._outcomes.rival_in_flight(row.id):
+            return ours[0]
+        if listed:
+            self._log.warning(
+                "provider_lookup_no_single_match",
+                delivery_id=row.id, channel=row.channel, recipient_hash=row.recipient_hash,
+                listed=len(listed), taken=len(taken),
+            )  # fmt: skip
         return None
 
     # -- after the send ----------------------------------------------------------------------------------
@@ -194,4 +221,5 @@ def build_feedback(
         hash_secret=hash_secret,
         default_webhook_url=settings.slack.default_webhook_url,
         metrics=metrics,
+        send_timeout_seconds=settings.send_timeout_seconds,
     )

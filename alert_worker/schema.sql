@@ -76,3 +76,23 @@ CREATE TABLE IF NOT EXISTS alert_unknown_outcomes (
     attempt_started_at timestamptz NOT NULL,
     created_at         timestamptz NOT NULL DEFAULT now()
 );
+
+-- No two deliveries hold one provider message id (CONTRACT §7.1): an SMS look-up can never take another
+-- delivery's message as its own. Rows that already share one (from before this index) keep the id on the
+-- first delivered; the others lose it, and their error_message says which delivery holds it and that this
+-- one may never have been sent.
+DO $$
+BEGIN
+    IF to_regclass('alert_deliveries_provider_message_id_key') IS NULL THEN
+        UPDATE alert_deliveries d
+           SET error_message = 'provider_message_id ' || d.provider_message_id || ' is also delivery '
+                               || first.id || '''s: this delivery may never have been sent',
+               provider_message_id = NULL
+          FROM (SELECT DISTINCT ON (provider_message_id) id, provider_message_id
+                  FROM alert_deliveries WHERE provider_message_id IS NOT NULL
+                 ORDER BY provider_message_id, delivered_at NULLS LAST, id) first
+         WHERE d.provider_message_id = first.provider_message_id AND d.id <> first.id;
+    END IF;
+END $$;
+CREATE UNIQUE INDEX IF NOT EXISTS alert_deliveries_provider_message_id_key
+    ON alert_deliveries (provider_message_id) WHERE provider_message_id IS NOT NULL;

@@ -22,6 +22,8 @@ from alert_worker.retry import DeferralPolicy, RetryPolicy
 from alert_worker.side_effects import SIDE_EFFECT_ERRORS
 from alert_worker.store import Claim
 
+SEND_INTERRUPTED_NOTE = "alert_worker: this send was recorded as outcome_unknown and retried"
+
 
 @dataclass(frozen=True, kw_only=True)
 class Setbacks:
@@ -55,6 +57,20 @@ class Setbacks:
             )
             return delivery.waiting_result(row, exc.reason, next_at)
         return self.poison(claim, log, attempts, exc.reason)
+
+    def interrupted(
+        self, claim: Claim, log: Any, attempts: int, cut: DeliveryError, queue: str, *, cause: Exception
+    ) -> None:
+        """A send cut off by the job timeout or a bug: recorded as ``cut`` (an unknown outcome, §7.1) and
+        retried. ``cause`` then carries ``SEND_INTERRUPTED_NOTE``: the caller re-raises it (the job fails
+        loudly) and the executor's crash path does not write the row a second time."""
+        log.error("delivery_send_interrupted", error=type(cause).__name__, attempts=attempts)
+        try:
+            self.failed(claim, log, attempts, cut, queue)
+        except Exception as second:  # noqa: BLE001 - the original error is the one to raise
+            log.error("delivery_crash_not_recorded", error=type(second).__name__)
+            return
+        cause.add_note(SEND_INTERRUPTED_NOTE)
 
     def defer(
         self,

@@ -179,6 +179,11 @@ class Settings:
                 "ALERT_STUCK_AFTER_SECONDS must exceed ALERT_JOB_TIMEOUT_SECONDS "
                 f"({stuck_after} <= {job_timeout}): a running job would be reclaimed"
             )
+        if (send_timeout := _float(env, "ALERT_SEND_TIMEOUT_SECONDS", 10.0, minimum=0.1)) >= job_timeout:
+            raise ConfigurationError(  # a send is one deadline inside its job (docs/contract.md §7.1)
+                "ALERT_SEND_TIMEOUT_SECONDS must be below ALERT_JOB_TIMEOUT_SECONDS "
+                f"({send_timeout:g} >= {job_timeout})"
+            )
         prefix = _text(env, "ALERT_REDIS_KEY_PREFIX", "alert:") or "alert:"
         return cls(
             database_url=_text(env, "DATABASE_URL"),
@@ -192,7 +197,7 @@ class Settings:
             max_retry_delay_seconds=_float(env, "ALERT_MAX_RETRY_DELAY", 3600.0, minimum=1.0),
             max_defer_seconds=_float(env, "ALERT_MAX_DEFER_SECONDS", 3600.0, minimum=0.0),
             cooldown_seconds=_float(env, "ALERT_COOLDOWN_SECONDS", 30.0, minimum=1.0),
-            send_timeout_seconds=_float(env, "ALERT_SEND_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+            send_timeout_seconds=send_timeout,
             sweep_grace_seconds=_sweep_grace(env),
             sweep_interval_seconds=_float(env, "ALERT_SWEEP_INTERVAL_SECONDS", 30.0, minimum=0.1),
             auto_migrate=_flag(env, "ALERT_AUTO_MIGRATE", True),

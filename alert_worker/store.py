@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg.errors import UniqueViolation
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from alert_worker.errors import ClaimLostError
+from alert_worker.errors import ClaimLostError, MessageIdTakenError
 from alert_worker.intake import IntakeStatements
 from alert_worker.intake import NewDelivery as NewDelivery  # re-exported: callers import it from here
 from alert_worker.models import DeliveryRow, DeliveryStatus
@@ -130,22 +131,28 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
         return tuple(found)
 
     def mark_delivered(self, delivery_id: str, token: str, *, attempts: int, message_id: str | None) -> float:
-        """Record acceptance; erase the payload. Returns seconds from row creation to acceptance."""
-        (latency,) = self._fenced(
-            """
-            UPDATE alert_deliveries
-               SET status = 'delivered', attempts = %(attempts)s, delivered_at = now(),
-                   provider_message_id = %(mid)s, error_message = NULL, payload = NULL,
-                   next_attempt_at = NULL, deferred_since = NULL, updated_at = now()
-            """,
-            {
-                "id": delivery_id,
-                "token": token,
-                "attempts": attempts,
-                "mid": message_id,
-                "_returning": "EXTRACT(EPOCH FROM now() - created_at)::float8",
-            },
-        )
+        """Record acceptance; erase the payload. Returns seconds from row creation to acceptance.
+
+        ``MessageIdTakenError`` when another row holds ``message_id`` (a unique index, docs/contract.md §7.1).
+        """
+        try:
+            (latency,) = self._fenced(
+                """
+                UPDATE alert_deliveries
+                   SET status = 'delivered', attempts = %(attempts)s, delivered_at = now(),
+                       provider_message_id = %(mid)s, error_message = NULL, payload = NULL,
+                       next_attempt_at = NULL, deferred_since = NULL, updated_at = now()
+                """,
+                {
+                    "id": delivery_id,
+                    "token": token,
+                    "attempts": attempts,
+                    "mid": message_id,
+                    "_returning": "EXTRACT(EPOCH FROM now() - created_at)::float8",
+                },
+            )
+        except UniqueViolation as exc:
+            raise MessageIdTakenError(f"provider message id of delivery {delivery_id!r} is another's") from exc
         return float(latency)
 
     def schedule_retry(

@@ -32,9 +32,9 @@ class Channel(ABC):
         """What the provider rate-limits on (webhook, account + sender, server): the cooldown's key."""
         return self.name.value
 
-    def find_sent(self, message: Message, since: datetime) -> str | None:
-        """The provider id of this message if the provider already has it (sent since ``since``)."""
-        return None
+    def find_sent(self, message: Message, *, earliest: datetime, latest: datetime) -> list[str]:
+        """Provider ids of messages like this one (sender, recipient, text) created in the window."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional hook; most channels hold nothing
         """Release per-job resources (sessions, sockets)."""

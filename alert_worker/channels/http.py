@@ -4,25 +4,66 @@ Modelled on httpx's ``map_exceptions``: a context manager around the call, each 
 once with ``raise ... from``. Reasons name the provider and the exception class only: ``str()`` of a
 ``requests`` exception quotes the URL, and for Slack the URL's path is the webhook secret.
 
-    ReadTimeout, or a connection dropped        outcome unknown (transient: the provider may have the
-      after the request was written             request; SMS looks it up before resending)
-    ConnectTimeout, other ConnectionError      transient (nothing was sent; ``definite`` when the
-                                               connection itself failed: refused, DNS, connect timeout)
+    ReadTimeout, the send deadline passed,      outcome unknown (transient: the provider may have the
+      or a connection dropped after the         request; SMS looks it up before resending), whatever
+      request was written                       wraps it (ProxyError, MaxRetryError, bare RemoteDisconnected)
+    ConnectTimeout, other ConnectionError      transient (nothing was sent)
     InvalidURL, InvalidSchema, MissingSchema   permanent (the same request can never be made)
     any other RequestException                 transient
+
+``DeadlineAdapter`` gives a whole request one wall-clock deadline (``requests``' timeout is per read).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import http.client
+import io
+import socket
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import requests
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ProtocolError, ProxyError
+from requests.adapters import HTTPAdapter
+from urllib3 import Timeout
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    DecodeError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ProxyError,
+    ReadTimeoutError,
+)
 
 from alert_worker.errors import OutcomeUnknownError, PermanentDeliveryError, TransientDeliveryError
 
 _NEVER_VALID = (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema)
+# Anywhere in the cause chain, these say the request may have reached the provider: the connection was open
+# and the request on its way (or written) when it broke. http.client raises its HTTPException subclasses
+# while reading the answer (RemoteDisconnected, BadStatusLine, IncompleteRead, LineTooLong), except the
+# connection-state errors raised before a request is written.
+_AFTER_SENDING: tuple[type[BaseException], ...] = (
+    requests.ReadTimeout,
+    ReadTimeoutError,
+    ProtocolError,
+    http.client.HTTPException,
+    ConnectionResetError,
+    BrokenPipeError,
+)
+_NOT_WRITTEN: tuple[type[BaseException], ...] = (http.client.ImproperConnectionState,)
+# ... and these that nothing was sent: no connection (refused, DNS, connect timeout), or a proxy that refused
+# the CONNECT tunnel.
+_BEFORE_SENDING: tuple[type[BaseException], ...] = (
+    requests.ConnectTimeout,
+    ConnectTimeoutError,
+    DecodeError,
+    NewConnectionError,
+    ConnectionRefusedError,
+    socket.gaierror,
+)
+_TUNNEL_REFUSED = "Tunnel connection failed"
 
 
 @contextmanager
@@ -34,7 +75,7 @@ def map_request_errors(provider: str) -> Iterator[None]:
         if outcome_unknown(exc):
             raise OutcomeUnknownError(f"{provider} no answer after sending: {type(exc).__name__}") from exc
         raise TransientDeliveryError(f"{provider} timeout: {type(exc).__name__}", definite=never_sent(exc)) from exc
-    except requests.ConnectionError as exc:
+    except (requests.ConnectionError, http.client.HTTPException, ConnectionError) as exc:
         if outcome_unknown(exc):
             raise OutcomeUnknownError(f"{provider} connection dropped after sending: {type(exc).__name__}") from exc
         reason = f"{provider} connection error: {type(exc).__name__}"
@@ -45,21 +86,43 @@ def map_request_errors(provider: str) -> Iterator[None]:
         raise TransientDeliveryError(f"{provider} request error: {type(exc).__name__}") from exc
 
 
-def outcome_unknown(exc: requests.RequestException) -> bool:
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it wraps: ``__cause__``, ``__context__``, urllib3's ``reason`` and
+    ``original_error``, and exceptions passed as arguments (requests and urllib3 wrap that way)."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked: Iterable[Any] = (
+            current.__cause__,
+            current.__context__,
+            getattr(current, "reason", None),
+            getattr(current, "original_error", None),
+            *current.args,
+        )
+        stack.extend(item for item in linked if isinstance(item, BaseException))
+
+
+def outcome_unknown(exc: BaseException) -> bool:
     """True when the provider may have received the request although no answer came.
 
-    A read timeout happens only after the request was written; a ``ProtocolError`` (connection aborted,
-    remote end closed without a response) once the connection was open and the request on its way. A
-    refused connection, a DNS failure or a connect timeout happened before anything was sent.
+    The whole cause chain is read: behind a proxy urllib3 wraps a ``RemoteDisconnected`` after the request
+    in its ``ProxyError`` (requests: ``ProxyError``), without a proxy in a ``ProtocolError``; either way the
+    request was written. A refused connection, a DNS failure, a connect timeout or a proxy refusing the
+    CONNECT happened before anything was sent.
     """
-    if isinstance(exc, requests.ConnectTimeout):
+    chain = list(causes(exc))
+    if any(isinstance(e, _BEFORE_SENDING) for e in chain) or any(_TUNNEL_REFUSED in str(e) for e in chain):
         return False
-    if isinstance(exc, requests.ReadTimeout):
-        return True
-    return isinstance(exc, requests.ConnectionError) and any(isinstance(arg, ProtocolError) for arg in exc.args)
+    return any(isinstance(e, _AFTER_SENDING) and not isinstance(e, _NOT_WRITTEN) for e in chain)
 
 
-def never_sent(exc: requests.RequestException) -> bool:
+
+def never_sent(exc: BaseException) -> bool:
     """True only when the connection to the provider itself failed, so no byte of the request left.
 
     A connect timeout, or a ``ConnectionError`` whose cause is urllib3's ``ConnectTimeoutError`` or its
@@ -77,3 +140,76 @@ def never_sent(exc: requests.RequestException) -> bool:
         if isinstance(reason, ConnectTimeoutError):
             return True
     return False
+
+
+class DeadlineAdapter(HTTPAdapter):
+    """Every request through it ends within ``budget_seconds`` of starting, however the answer trickles.
+
+    Connecting and waiting for the status line share the budget (urllib3's ``Timeout(total=...)``); the
+    body is then read in pieces, each socket read bounded by what is left. Past the deadline the request
+    fails with ``ReadTimeout`` (an unknown outcome: the request was written) and its connection is dropped.
+    The caller's own ``timeout`` is ignored: the budget replaces it.
+    """
+
+    def __init__(self, *, budget_seconds: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.budget_seconds = budget_seconds
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        deadline = time.monotonic() + self.budget_seconds
+        budget: Any = Timeout(total=self.budget_seconds, connect=self.budget_seconds, read=self.budget_seconds)
+        response = super().send(request, stream=True, timeout=budget, verify=verify, cert=cert, proxies=proxies)
+        raw = response.raw
+        try:
+            body = _read_by(raw, deadline)
+        except BaseException:
+            raw.close()  # never hand a half-read connection back to the pool
+            raise
+        raw.release_conn()
+        response.raw = io.BytesIO(body)  # already decoded; ``content`` reads it from here
+        return response
+
+
+def with_deadline(session: Any, budget_seconds: float) -> Any:
+    """Mount a ``DeadlineAdapter`` on a ``requests.Session`` (for http and https); returns the session."""
+    if session is not None and hasattr(session, "mount"):
+        adapter = DeadlineAdapter(budget_seconds=budget_seconds)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+    return session
+
+
+def _read_by(raw: Any, deadline: float) -> bytes:
+    """The whole (decoded) body, or ``ReadTimeout`` once ``deadline`` (monotonic) has passed.
+
+    urllib3's errors while reading are translated as ``requests`` translates them, except that a broken
+    body is a ``ConnectionError`` (the status line came: the provider has the request), not a bare
+    ``ChunkedEncodingError``.
+    """
+    pieces: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise requests.ReadTimeout("the send deadline passed while the answer was being read")
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        if sock is not None:
+            sock.settimeout(left)
+        try:
+            piece = raw.read1(65536, decode_content=True)
+        except ReadTimeoutError as exc:
+            raise requests.ReadTimeout(exc) from exc
+        except ProtocolError as exc:
+            raise requests.ConnectionError(exc) from exc
+        except DecodeError as exc:
+            raise requests.exceptions.ContentDecodingError(exc) from exc
+        if not piece:
+            return b"".join(pieces)
+        pieces.append(piece)

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import requests
 
 from alert_worker.channels.base import Channel
-from alert_worker.channels.http import map_request_errors
+from alert_worker.channels.http import map_request_errors, with_deadline
 from alert_worker.errors import (
     ChannelNotConfiguredError,
     InvalidInputError,
@@ -152,7 +152,7 @@ class SlackChannel(Channel):
         url = self.webhook_url(message.recipient)
         text = slack_text(message.subject, message.body)
         if self._session is None:
-            self._session = self._session_factory()
+            self._session = with_deadline(self._session_factory(), self._timeout)
         with map_request_errors("slack"):
             response = self._session.post(url, json={"text": text}, timeout=self._timeout, allow_redirects=False)
         try:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import requests
 
 from alert_worker.channels.base import Channel
-from alert_worker.channels.http import map_request_errors
+from alert_worker.channels.http import map_request_errors, with_deadline
 from alert_worker.errors import (
     DeliveryError,
     InvalidInputError,
@@ -55,7 +55,6 @@ RECIPIENT_ERRORS = frozenset({21610, 21614})  # unsubscribed (STOP), not SMS-cap
 # A message in these states never reached the phone: finding one is no reason not to send again.
 NOT_SENT_STATUSES = frozenset({"failed", "undelivered", "canceled"})
 LOOKUP_LIMIT = 50
-LOOKUP_SKEW = timedelta(seconds=60)  # our database clock against Twilio's
 CONFIGURATION_ERRORS: dict[int, str] = {
     20003: "authentication failed",
     20404: "account or resource not found",
@@ -147,6 +146,7 @@ class SmsChannel(Channel):
         from twilio.rest import Client
 
         self._http = TwilioHttpClient(timeout=self._timeout, request_hooks={"response": [self._remember_retry_after]})
+        with_deadline(self._http.session, self._timeout)  # one deadline for the whole request (§7.1)
         return Client(self._settings.account_sid, self._settings.auth_token, http_client=self._http)
 
     def send(self, message: Message) -> SendReceipt:
@@ -174,12 +174,13 @@ class SmsChannel(Channel):
         """The Twilio account and sender: Twilio throttles per account and per sending number."""
         return f"{self._settings.account_sid}:{self._settings.from_number}"
 
-    def find_sent(self, message: Message, since: datetime) -> str | None:
-        """The SID of a message with this body to this number from our sender created since ``since``.
+    def find_sent(self, message: Message, *, earliest: datetime, latest: datetime) -> list[str]:
+        """SIDs of messages with this body to this number from our sender created in [earliest, latest].
 
         Twilio's ``DateSent`` filter has day granularity and skips messages still queued (no
         ``date_sent`` yet), so the newest messages to the number are listed and ``date_created`` is
-        compared here. A failed lookup raises a transient error: never resend blindly.
+        compared here. Messages that failed never reached the phone and are left out. A failed lookup
+        raises a transient error: never resend blindly.
         """
         from twilio.base.exceptions import TwilioException
 
@@ -195,15 +196,20 @@ class SmsChannel(Channel):
                 found = self._client.messages.list(to=message.recipient, from_=sender, limit=LOOKUP_LIMIT)
         except (TwilioException, requests.RequestException, ValueError) as exc:
             raise TransientDeliveryError(f"outcome_unknown: twilio lookup failed: {type(exc).__name__}") from exc
+        sids: list[str] = []
         for sent in found:
             created = getattr(sent, "date_created", None)
-            if created is None or created < since - LOOKUP_SKEW:
+            if created is None or not earliest <= created <= latest:
                 continue
             if service and getattr(sent, "messaging_service_sid", None) != service:
                 continue
+            if not service and getattr(sent, "from_", sender) != sender:
+                continue
+            if getattr(sent, "to", message.recipient) != message.recipient:
+                continue
             if getattr(sent, "body", None) == text and getattr(sent, "status", None) not in NOT_SENT_STATUSES:
-                return str(sent.sid)
-        return None
+                sids.append(str(sent.sid))
+        return sids
 
     def _classify(self, exc: Exception) -> DeliveryError:
         status = _as_int(getattr(exc, "status", None))

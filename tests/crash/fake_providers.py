@@ -1,4 +1,5 @@
-"""Loopback providers the crash suite controls: an SMTP server and a Slack-compatible webhook server.
+"""Loopback providers the crash suite controls: an SMTP server, a Slack-compatible webhook server and
+Twilio's Messages API (create and list, for the SMS unknown-outcome look-up).
 
 Both follow a per-delivery *script*: a list of behaviours for that delivery's successive send attempts
 (after the list runs out, ``ok``). Both record every message they accepted with the delivery id and a
@@ -8,7 +9,9 @@ Behaviours: ``ok`` · ``transient`` (SMTP 451 / HTTP 503) · ``permanent`` (SMTP
 the message, so the recipient is not suppressed) ·
 ``throttle:S`` (HTTP 429 with ``Retry-After: S``; SMTP 451) · ``hang:S`` (say nothing for S seconds,
 then drop the connection; nothing accepted) · ``slow:S`` (wait S seconds, then accept) ·
-``accept_drop`` (record the message as accepted, then drop the connection without answering).
+``accept_drop`` (record the message as accepted, then drop the connection without answering) · Twilio only:
+``slow_answer:S`` (accept, then send the status line and each header line S seconds apart) and
+``slow_body:S`` (accept, headers at once, then the body a byte every S seconds).
 
 The delivery id is read from the e-mail Message-ID ``<{delivery_id}.{attempt}@domain>``, else from a
 ``[[did:{delivery_id}]]`` tag anywhere in the message (the suite puts it in every subject).
@@ -25,9 +28,12 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email import message_from_bytes
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from aiosmtpd.controller import Controller
 
@@ -210,4 +216,72 @@ def running_webhook(log: ProviderLog) -> Iterator[str]:
     """A loopback Slack-compatible webhook server; yields its base URL ``http://127.0.0.1:PORT``."""
     handler = type("ScriptedWebhook", (_WebhookHandler,), {"log_book": log})
     with serving(handler, name="fake-webhook") as base_url:
+        yield base_url
+
+
+class _TwilioHandler(BaseHTTPRequestHandler):
+    log_book: ProviderLog  # set on the subclass made per server
+    messages: list[dict[str, Any]]  # every message accepted, for GET (the look-up)
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
+        text = form.get("Body", [""])[0]
+        tagged = _TAG.search(text)
+        delivery_id = tagged.group(1) if tagged else None
+        behaviour = self.log_book.next_behaviour(delivery_id)
+        kind = behaviour.split(":", 1)[0]
+        if kind == "transient":
+            self._write(b"HTTP/1.1 503 Service Unavailable", b'{"code": 20500, "status": 503}')
+            return
+        message = {"sid": f"SM{len(self.messages) + 1:032d}", "to": form["To"][0], "from": form.get("From", [""])[0],
+                   "body": text, "status": "queued", "messaging_service_sid": None,
+                   "date_created": format_datetime(datetime.now(UTC), usegmt=True)}  # fmt: skip
+        self.messages.append(message)
+        if delivery_id is not None:
+            self.log_book.record(delivery_id, "sms")
+        data = json.dumps(message).encode()
+        lines = [b"HTTP/1.1 201 CREATED", b"Content-Type: application/json", f"Content-Length: {len(data)}".encode()]
+        try:
+            if kind == "slow_answer":
+                for line in [*lines, *(f"X-Slow-{i}: 1".encode() for i in range(5))]:
+                    time.sleep(_seconds(behaviour))
+                    self.wfile.write(line + b"\r\n")
+                    self.wfile.flush()
+                self.wfile.write(b"\r\n" + data)
+            elif kind == "slow_body":
+                self.wfile.write(b"\r\n".join(lines) + b"\r\n\r\n")
+                self.wfile.flush()
+                for byte in data:
+                    time.sleep(_seconds(behaviour))
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+            else:
+                self.wfile.write(b"\r\n".join(lines) + b"\r\n\r\n" + data)
+        except OSError:
+            self.close_connection = True  # the worker gave up on the answer: the message stays accepted
+
+    def do_GET(self) -> None:
+        query = parse_qs(urlsplit(self.path).query)
+        to, sender = query.get("To", [None])[0], query.get("From", [None])[0]
+        found = [m for m in reversed(self.messages) if to in (None, m["to"]) and sender in (None, m["from"])]
+        page = {"messages": found[:50], "next_page_uri": None, "page": 0, "page_size": 50, "uri": "/x"}
+        self._write(b"HTTP/1.1 200 OK", json.dumps(page).encode())
+
+    def _write(self, status: bytes, data: bytes) -> None:
+        head = status + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(data)).encode()
+        self.wfile.write(head + b"\r\n\r\n" + data)
+
+
+@contextmanager
+def running_twilio(log: ProviderLog) -> Iterator[str]:
+    """A loopback Twilio Messages API following ``log``'s scripts; yields its base URL ``http://127.0.0.1:PORT``.
+
+    Workers reach it through ``tests.support.fake_twilio`` (their Twilio client's base URL redirected).
+    """
+    handler = type("ScriptedTwilio", (_TwilioHandler,), {"log_book": log, "messages": []})
+    with serving(handler, name="fake-twilio") as base_url:
         yield base_url

@@ -39,7 +39,7 @@ from alert_worker.rq_jobs import FAILURE_TTL_SECONDS, JOB_FUNC, job_id_for
 from alert_worker.settings import Settings
 from alert_worker.store import DeliveryStore, NewDelivery
 from alert_worker.sweep import sweep_once
-from tests.crash.fake_providers import ProviderLog, running_smtp, running_webhook, tag
+from tests.crash.fake_providers import ProviderLog, running_smtp, running_twilio, running_webhook, tag
 from tests.crash.private_services import PrivatePostgres, PrivateRedis
 from tests.support.processes import WorkerProcess as SupportWorkerProcess
 
@@ -80,6 +80,7 @@ class Cluster:
         self._stack = contextlib.ExitStack()
         self.smtp_port = 0
         self.webhook_base = ""
+        self.twilio_base = ""
 
     def __enter__(self) -> Cluster:
         try:
@@ -88,6 +89,7 @@ class Cluster:
             self.redis.start()
             self.smtp_port = self._stack.enter_context(running_smtp(self.provider))
             self.webhook_base = self._stack.enter_context(running_webhook(self.provider))
+            self.twilio_base = self._stack.enter_context(running_twilio(self.provider))
         except BaseException:
             self.close()
             raise
@@ -129,10 +131,11 @@ class WorkerProcess(SupportWorkerProcess):
         self.generation += 1
         self.started_at = time.monotonic()
         self.name = f"crash-w{self.index}-g{self.generation}-{uuid.uuid4().hex[:6]}"
+        main = [sys.executable, "-m", "tests.support.fake_twilio", self.env["CRASH_TWILIO_BASE"]]  # alert-worker
         if self.mode in ("threaded", "main"):  # the worker main: preflight, migrate, sweeper, thread pool
-            command = [sys.executable, "-m", "alert_worker", "run"]
+            command = [*main, "run"]
         elif self.mode == "forking":  # the same main with RQ's forking one-job-at-a-time Worker
-            command = [sys.executable, "-m", "alert_worker", "run", "--worker-class", "rq.worker.Worker"]
+            command = [*main, "run", "--worker-class", "rq.worker.Worker"]
         else:  # plain `rq worker alerts --with-scheduler` (job module preloaded); the harness sweeps
             command = [
                 sys.executable,
@@ -207,6 +210,10 @@ class Run:
                 "ALERTS_FROM_EMAIL": "alerts@crash.test",
                 "SLACK_WEBHOOK_HOSTS": "127.0.0.1",
                 "SLACK_WEBHOOK_URL": f"{c.webhook_base}/services/T000/B000/crashsuite",
+                "TWILIO_ACCOUNT_SID": "AC" + "c" * 32,
+                "TWILIO_AUTH_TOKEN": "crashsuite" * 3,
+                "TWILIO_FROM_NUMBER": "+15005550006",
+                "CRASH_TWILIO_BASE": c.twilio_base,  # workers' Twilio client goes there (tests.support.fake_twilio)
                 "ALERT_RECIPIENT_HASH_SECRET": HASH_SECRET,
                 "ALERT_LOG_FORMAT": "json",
                 "ALERT_SEND_TIMEOUT_SECONDS": "1",
@@ -366,6 +373,8 @@ class Run:
     def recipient(self, d: Delivery) -> str:
         if d.channel == "slack":
             return ""  # the default webhook (SLACK_WEBHOOK_URL): our fake server
+        if d.channel == "sms":  # one number per delivery, from the id's digits
+            return "+1555" + "".join(ch for ch in d.id if ch.isdigit()).rjust(7, "0")[-7:]
         return f"{d.id}@rcpt.crash.test"
 
     # -- observing -----------------------------------------------------------------------------------

@@ -283,6 +283,24 @@ def provider_hang(cluster: Cluster, scale: Scale) -> Outcome:
     return outcome
 
 
+def provider_slow_answer(cluster: Cluster, scale: Scale) -> Outcome:
+    """Twilio accepts each SMS and answers slower than the job timeout, every piece inside the send timeout
+    (headers line by line: the job timeout cuts the send off; the body byte by byte: the send deadline does).
+    Either way an unknown outcome (§7.1): the retry finds the message at Twilio. Judged: no duplicate."""
+    pace = 0.8  # between answer pieces: inside the suite's send timeout (1 s), eight past its job timeout (2 s)
+    scripts = (f"slow_answer:{pace}", f"slow_body:{pace}")
+    deliveries = [Delivery(f"q9-{i:05d}", "sms", (scripts[i % 2],)) for i in range(scale.hang_n)]
+    outcome = Outcome("provider_slow_answer")
+    with timed(outcome), Run(cluster, "s9", grace_seconds=scale.grace_seconds) as run:
+        run.produce(deliveries)
+        finished = run.wait_until_terminal(scale.deadline)
+        judge(run, outcome, finished=finished, events=[])  # no fault event: any duplicate fails the scenario
+        calls = cluster.provider.calls
+        if any(calls[d.id] != 1 for d in deliveries):
+            outcome.failures.append(f"an SMS was posted again: {sorted(calls[d.id] for d in deliveries)}")
+    return outcome
+
+
 # -- 7 ---------------------------------------------------------------------------------------------------
 def rate_limit_burst(cluster: Cluster, scale: Scale) -> Outcome:
     """A burst larger than the per-minute limit: all sent, never more than the limit in any 60 s window."""
@@ -363,6 +381,7 @@ SCENARIOS: dict[str, Callable[[Cluster, Scale], Outcome]] = {
     "redis_restart_empty": redis_restart,
     "postgres_outage": postgres_outage,
     "provider_hang": provider_hang,
+    "provider_slow_answer": provider_slow_answer,
     "rate_limit_burst": rate_limit_burst,
     "threaded_kill_in_flight": threaded_kill_in_flight,
 }

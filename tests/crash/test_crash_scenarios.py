@@ -16,6 +16,7 @@ from tests.crash.scenarios import (
     kill_at_boundaries,
     postgres_outage,
     provider_hang,
+    provider_slow_answer,
     rate_limit_burst,
     redis_restart,
     threaded_kill_in_flight,
@@ -82,6 +83,13 @@ def test_a_postgres_outage_fails_jobs_loudly_and_loses_nothing_not_even_jobs_wit
 def test_a_provider_hanging_past_the_send_timeout_is_retried_and_no_job_overruns(cluster: Cluster) -> None:
     """A hang longer than the send timeout is a transient failure; every job ends within job_timeout."""
     outcome = provider_hang(cluster, SMALL)
+    assert outcome.failures == []
+    assert (outcome.lost, outcome.duplicates) == (0, 0)
+
+
+def test_an_sms_answer_slower_than_the_job_timeout_is_looked_up_not_resent(cluster: Cluster) -> None:
+    """Cut off by the send deadline or by the job timeout: an unknown outcome, found at Twilio, one SMS each."""
+    outcome = provider_slow_answer(cluster, SMALL)
     assert outcome.failures == []
     assert (outcome.lost, outcome.duplicates) == (0, 0)
 

@@ -139,6 +139,7 @@ def test_a_delivery_killed_by_a_cold_shutdown_stays_claimable_and_the_sweeper_th
         worker_env,
         gated_sink,
         ALERT_JOB_TIMEOUT_SECONDS="5",
+        ALERT_SEND_TIMEOUT_SECONDS="4",  # below the job timeout (checked at start-up)
         ALERT_STUCK_AFTER_SECONDS="6",
         ALERT_SWEEP_GRACE_SECONDS="1",
         ALERT_SWEEP_INTERVAL_SECONDS="0.5",

@@ -100,6 +100,18 @@ def test_a_sweep_grace_below_one_second_is_refused_at_start_up(cli: InProcessCli
     assert "ALERT_SWEEP_GRACE_SECONDS must be >= 1" in event["error"]
 
 
+@pytest.mark.parametrize(("send", "job"), [("5", "5"), ("30", "10")], ids=["equal", "above"])
+def test_a_send_timeout_not_below_the_job_timeout_is_refused_at_start_up(
+    cli: InProcessCli, send: str, job: str
+) -> None:
+    """A send is one deadline inside its job (§7.1): otherwise the job timeout cuts sends off."""
+    result = cli("run", ALERT_SEND_TIMEOUT_SECONDS=send, ALERT_JOB_TIMEOUT_SECONDS=job)
+    assert result.code == 1
+    event = json.loads(_one_clear_line(result.out))
+    assert event["event"] == "configuration_invalid"
+    assert "ALERT_SEND_TIMEOUT_SECONDS must be below ALERT_JOB_TIMEOUT_SECONDS" in event["error"]
+
+
 @pytest.mark.timeout(60)
 def test_a_sweep_pass_ends_even_with_no_grace_over_more_than_one_batch(
     worker_env: dict[str, str], database_url: str, redis_client: redis.Redis

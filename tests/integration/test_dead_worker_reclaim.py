@@ -25,7 +25,8 @@ JOB_TIMEOUT = 5
 @pytest.fixture
 def settings(worker_env: dict[str, str]) -> Settings:
     return Settings.from_env(
-        {**worker_env, "ALERT_SWEEP_GRACE_SECONDS": "600", "ALERT_JOB_TIMEOUT_SECONDS": str(JOB_TIMEOUT)}
+        {**worker_env, "ALERT_SWEEP_GRACE_SECONDS": "600", "ALERT_JOB_TIMEOUT_SECONDS": str(JOB_TIMEOUT),
+         "ALERT_SEND_TIMEOUT_SECONDS": str(JOB_TIMEOUT - 1)}
     )
 
 

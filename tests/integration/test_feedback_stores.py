@@ -59,8 +59,9 @@ def test_list_filters_by_channel_and_stores_the_reason_sanitized(pool: Connectio
     assert len(store.list()) == 2
 
 
-def test_unknown_outcomes_keep_the_earliest_attempt_and_clear(pool: ConnectionPool, database_url: str) -> None:
-    """A second unknown attempt never narrows the look-up window; a delivered SMS clears it."""
+def test_unknown_outcomes_keep_the_latest_attempt_and_clear(pool: ConnectionPool, database_url: str) -> None:
+    """An attempt follows a look-up that found nothing for the one before: the latest attempt's window is
+    the one to search (§7.1); a delivered SMS clears it."""
     with psycopg.connect(database_url) as conn:
         conn.execute(
             "INSERT INTO alert_deliveries (id, channel, recipient, recipient_hash) VALUES ('d-1', 'sms', '***', 'h')"
@@ -69,7 +70,8 @@ def test_unknown_outcomes_keep_the_earliest_attempt_and_clear(pool: ConnectionPo
     outcomes = UnknownOutcomes(source=pool)
     outcomes.record("d-1", "sms", now)
     outcomes.record("d-1", "sms", now + timedelta(seconds=30))
-    assert outcomes.since("d-1") == now
+    outcomes.record("d-1", "sms", now + timedelta(seconds=10))  # a late writer never moves it back
+    assert outcomes.since("d-1") == now + timedelta(seconds=30)
     outcomes.clear("d-1")
     assert outcomes.since("d-1") is None
 

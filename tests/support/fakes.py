@@ -12,7 +12,7 @@ from typing import Any
 
 from alert_worker.channels.base import Channel
 from alert_worker.channels.email import parse_address
-from alert_worker.errors import ClaimLostError, DeliveryError, RateLimiterUnavailableError
+from alert_worker.errors import ClaimLostError, DeliveryError, MessageIdTakenError, RateLimiterUnavailableError
 from alert_worker.models import ChannelType, DeliveryRow, DeliveryStatus, Message, SendReceipt
 from alert_worker.rate_limit import Acquisition, RateDecision
 from alert_worker.store import Claim, NewDelivery
@@ -100,6 +100,10 @@ class FakeStore:
 
     def mark_delivered(self, delivery_id: str, token: str, *, attempts: int, message_id: str | None) -> float:
         found = self._fenced(delivery_id, token)
+        if message_id is not None and any(
+            other.message_id == message_id for key, other in self.rows.items() if key != delivery_id
+        ):  # the unique index on provider_message_id
+            raise MessageIdTakenError(delivery_id)
         found.row = replace(
             found.row,
             status=DeliveryStatus.DELIVERED,

@@ -398,9 +398,14 @@ class ExplodingChannel(FakeChannel):
         raise RuntimeError("a bug in a channel")
 
 
+class ExplodingPrepare(FakeChannel):
+    def prepare(self, message: Any) -> Any:
+        raise RuntimeError("a bug in a channel")
+
+
 def test_an_unexpected_error_after_the_claim_is_retried_with_the_attempt_counted_and_re_raised() -> None:
     """The job fails loudly, but the row is not left claimed for ALERT_STUCK_AFTER_SECONDS."""
-    h = Harness(ExplodingChannel())
+    h = Harness(ExplodingPrepare())
     with capture_logs() as logs, pytest.raises(RuntimeError, match="a bug in a channel"):
         h.run()
     row = h.row()
@@ -410,12 +415,24 @@ def test_an_unexpected_error_after_the_claim_is_retried_with_the_attempt_counted
     assert any(e["event"] == "delivery_crashed" for e in logs)
 
 
+def test_an_unexpected_error_inside_the_send_is_an_unknown_outcome_retried_and_re_raised() -> None:
+    """The request may have gone out (§7.1): ``outcome_unknown:``, written once, and the job still fails."""
+    h = Harness(ExplodingChannel())
+    with capture_logs() as logs, pytest.raises(RuntimeError, match="a bug in a channel"):
+        h.run()
+    row = h.row()
+    assert row.status is DeliveryStatus.PENDING and row.attempts == 1 and row.next_attempt_at is not None
+    assert h.store.rows["delivery-1"].error == "outcome_unknown: send interrupted: RuntimeError"
+    assert [f.kind for f in h.scheduler.scheduled] == ["retry"]
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["delivery_send_interrupted"]
+
+
 def test_an_unexpected_error_on_the_last_attempt_poisons_and_is_re_raised() -> None:
     h = Harness(ExplodingChannel(), max_attempts=2)
     with pytest.raises(RuntimeError):
         h.run(attempt=1)
     assert h.row().status is DeliveryStatus.POISON
-    assert h.store.rows["delivery-1"].error == "attempts_exhausted: worker_error: RuntimeError"
+    assert h.store.rows["delivery-1"].error == "attempts_exhausted: outcome_unknown: send interrupted: RuntimeError"
 
 
 def test_if_the_crash_cannot_be_recorded_the_original_error_still_propagates() -> None:

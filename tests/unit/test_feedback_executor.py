@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import fakeredis
@@ -54,9 +54,18 @@ class FakeOutcomes:
         self.started: dict[str, datetime] = {}
         self.cleared: list[str] = []
 
+        self.held: dict[str, str] = {}  # provider message id -> the delivery holding it
+        self.rival = False
+
     def record(self, delivery_id: str, channel: str, started_at: datetime | None) -> None:
         assert started_at is not None
-        self.started[delivery_id] = min(started_at, self.started.get(delivery_id, started_at))
+        self.started[delivery_id] = max(started_at, self.started.get(delivery_id, started_at))
+
+    def taken(self, delivery_id: str, message_ids: Any) -> set[str]:
+        return {m for m in message_ids if self.held.get(m, delivery_id) != delivery_id}
+
+    def rival_in_flight(self, delivery_id: str) -> bool:
+        return self.rival
 
     def since(self, delivery_id: str) -> datetime | None:
         return self.started.get(delivery_id)
@@ -91,10 +100,11 @@ class CountingMetrics(NullMetrics):
 class SmsLikeChannel(FakeChannel):
     """A fake SMS channel: any recipient, a fixed destination, and a scripted Twilio look-up."""
 
-    def __init__(self, *errors: DeliveryError, found: str | Exception | None = None) -> None:
+    def __init__(self, *errors: DeliveryError, found: str | list[str] | Exception | None = None) -> None:
         super().__init__(*errors)
         self.found = found
         self.lookups: list[datetime] = []
+        self.windows: list[tuple[datetime, datetime]] = []
 
     def prepare(self, message: Message) -> Message:
         return message
@@ -102,11 +112,14 @@ class SmsLikeChannel(FakeChannel):
     def destination(self, message: Message) -> str:
         return "AC123:+15005550006"
 
-    def find_sent(self, message: Message, since: datetime) -> str | None:
-        self.lookups.append(since)
+    def find_sent(self, message: Message, *, earliest: datetime, latest: datetime) -> list[str]:
+        self.lookups.append(earliest)
+        self.windows.append((earliest, latest))
         if isinstance(self.found, Exception):
             raise self.found
-        return self.found
+        if isinstance(self.found, list):
+            return list(self.found)
+        return [] if self.found is None else [self.found]
 
 
 class Harness:
@@ -260,7 +273,8 @@ def test_an_sms_found_at_twilio_after_an_unknown_outcome_is_delivered_without_se
     h.make_due()
     result = h.run(attempt=1, channel="sms", to="+15551234567")
     assert result["outcome"] == "delivered" and result["message_id"] == "SM42"
-    assert len(channel.sent) == 1 and channel.lookups == [started]
+    assert len(channel.sent) == 1
+    assert channel.windows == [(started - timedelta(seconds=5), started + timedelta(seconds=70))]
     assert h.outcomes.cleared == ["d-1"]
 
 

@@ -144,6 +144,21 @@ def test_the_stuck_threshold_must_exceed_the_job_timeout() -> None:
 
 
 @pytest.mark.parametrize(
+    ("send", "job", "accepted"),
+    [("59.9", "60", True), ("60", "60", False), ("61", "60", False), ("10", "5", False)],
+    ids=["below", "equal", "above", "default-send-above-a-short-job"],
+)
+def test_the_send_timeout_must_be_below_the_job_timeout(send: str, job: str, accepted: bool) -> None:
+    """One deadline for a whole send, inside its job: the job timeout never cuts a send off (§7.1)."""
+    env = {**BASE, "ALERT_SEND_TIMEOUT_SECONDS": send, "ALERT_JOB_TIMEOUT_SECONDS": job}
+    if accepted:
+        assert Settings.from_env(env).send_timeout_seconds == float(send)
+        return
+    with pytest.raises(ConfigurationError, match=r"^ALERT_SEND_TIMEOUT_SECONDS must be below ALERT_JOB_TIMEOUT_SEC"):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
     ("raw", "queues"),
     [("", ("alerts",)), ("high,alerts,high, low ", ("high", "alerts", "low")), (",,", ("alerts",))],
     ids=["default", "order-kept-duplicates-dropped", "empty-items"],

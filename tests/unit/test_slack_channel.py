@@ -85,7 +85,7 @@ def test_disallowed_slack_webhook_url_setting_is_channel_not_configured() -> Non
 
 
 def test_request_uses_the_configured_timeout(channel: SlackChannel, mocked: responses.RequestsMock) -> None:
-    """Every POST carries ``ALERT_SEND_TIMEOUT_SECONDS``."""
+    """Every POST carries ``ALERT_SEND_TIMEOUT_SECONDS`` as one total deadline (connect, answer, body)."""
     seen: list[dict[str, Any]] = []
 
     def callback(request: Any) -> tuple[int, dict[str, str], str]:
@@ -94,7 +94,7 @@ def test_request_uses_the_configured_timeout(channel: SlackChannel, mocked: resp
 
     mocked.add_callback(responses.POST, HOOK, callback=callback)
     channel.send(_message())
-    assert seen[0]["timeout"] == 4.0
+    assert seen[0]["timeout"].total == 4.0
 
 
 @pytest.mark.parametrize(

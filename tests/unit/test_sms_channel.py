@@ -67,12 +67,12 @@ def test_send_posts_the_exact_form_and_returns_the_twilio_sid(
 
 
 def test_send_uses_the_configured_timeout(mocked: responses.RequestsMock) -> None:
-    """Twilio's client has no default timeout: ours is passed to every request."""
+    """Twilio's client has no default timeout: ours is every request's total deadline."""
     sms = SmsChannel(settings=TwilioSettings(SID, TOKEN, FROM), timeout_seconds=2.5)
     seen: list[Any] = []
 
     def callback(request: Any) -> tuple[int, dict[str, str], str]:
-        seen.append(request.req_kwargs["timeout"])
+        seen.append(request.req_kwargs["timeout"].total)
         return 201, {}, '{"sid": "SM1"}'
 
     mocked.add_callback(responses.POST, URL, callback=callback)

@@ -58,24 +58,32 @@ def _list_query() -> Any:
     return matchers.query_param_matcher({"To": TO, "From": FROM, "PageSize": "50"})
 
 
+LATEST = SINCE + timedelta(seconds=70)
+
+
 @pytest.mark.parametrize(
     ("listed", "expected"),
     [
-        ([_sent("SM1")], "SM1"),
-        ([_sent("SM1", body="another alert")], None),
-        ([_sent("SM1", created=SINCE - timedelta(minutes=5))], None),
-        ([_sent("SM1", status="failed")], None),
-        ([_sent("SM1", status="queued")], "SM1"),
-        ([], None),
+        ([_sent("SM1")], ["SM1"]),
+        ([_sent("SM1", body="another alert")], []),
+        ([_sent("SM1", created=SINCE - timedelta(minutes=5))], []),
+        ([_sent("SM1", created=LATEST + timedelta(seconds=1))], []),
+        ([_sent("SM1", created=SINCE), _sent("SM2", created=LATEST)], ["SM1", "SM2"]),
+        ([{**_sent("SM1"), "from": "+15005550009"}], []),
+        ([{**_sent("SM1"), "to": "+15550000000"}], []),
+        ([_sent("SM1", status="failed")], []),
+        ([_sent("SM1", status="queued")], ["SM1"]),
+        ([], []),
     ],
-    ids=["same-body-since-then", "other-body", "older-than-the-attempt", "failed-not-sent", "still-queued", "none"],
+    ids=["same-body-in-the-window", "other-body", "before-the-window", "after-the-window", "both-window-edges",
+         "other-sender", "other-number", "failed-not-sent", "still-queued", "none"],
 )
-def test_find_sent_matches_body_sender_and_creation_time(
-    channel: SmsChannel, mocked: responses.RequestsMock, listed: list[dict[str, Any]], expected: str | None
+def test_find_sent_lists_every_message_with_our_sender_number_and_body_created_in_the_window(
+    channel: SmsChannel, mocked: responses.RequestsMock, listed: list[dict[str, Any]], expected: list[str]
 ) -> None:
-    """To and From filter at Twilio; the body, ``date_created`` and a not-failed status are checked here."""
+    """To and From filter at Twilio and are checked again here, with the body, ``date_created`` and status."""
     mocked.get(URL, json=_listed(*listed), match=[_list_query()])
-    assert channel.find_sent(_message(), SINCE) == expected
+    assert channel.find_sent(_message(), earliest=SINCE, latest=LATEST) == expected
 
 
 def test_with_a_messaging_service_the_look_up_matches_the_service_not_a_from_number(
@@ -87,7 +95,7 @@ def test_with_a_messaging_service_the_look_up_matches_the_service_not_a_from_num
     ours = {**_sent("SM-OURS"), "messaging_service_sid": service}
     theirs = {**_sent("SM-OTHER"), "messaging_service_sid": "MG" + "6" * 32}
     mocked.get(URL, json=_listed(theirs, ours), match=[matchers.query_param_matcher({"To": TO, "PageSize": "50"})])
-    assert sms.find_sent(_message(), SINCE) == "SM-OURS"
+    assert sms.find_sent(_message(), earliest=SINCE, latest=SINCE + timedelta(minutes=1)) == ["SM-OURS"]
     sms.close()
 
 
@@ -97,7 +105,7 @@ def test_a_failed_look_up_is_transient_and_never_claims_a_send(
     """Twilio unreachable: ``outcome_unknown: twilio lookup failed`` (retry later), not ``None`` (send)."""
     mocked.get(URL, body=requests.ConnectionError(f"refused {URL}"))
     with pytest.raises(TransientDeliveryError, match=r"^outcome_unknown: twilio lookup failed: ConnectionError$"):
-        channel.find_sent(_message(), SINCE)
+        channel.find_sent(_message(), earliest=SINCE, latest=SINCE + timedelta(minutes=1))
 
 
 @pytest.mark.parametrize(

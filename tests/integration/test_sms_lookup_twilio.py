@@ -1,0 +1,181 @@
+"""The SMS unknown-outcome look-up against a loopback Twilio, on the real Postgres and Redis (§7.1).
+
+A look-up may take a listed message as this delivery's only within the unknown attempt's window, never one
+another delivery holds, and only when exactly one qualifies; otherwise the SMS is sent again. Each test
+runs jobs in process (``execute_delivery_job``) against ``tests/support/fake_twilio`` over real sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from alert_worker import execute_delivery_job
+from alert_worker.errors import MessageIdTakenError
+from alert_worker.resources import open_pool
+from alert_worker.settings import Settings
+from alert_worker.store import DeliveryStore
+from tests.support.cli import InProcessCli
+from tests.support.fake_twilio import FakeTwilio, redirected_to, running_fake_twilio
+from tests.support.http_providers import TWILIO_FROM, channel_env
+
+PHONE = "+15551234567"
+ALERT = ("CRITICAL", "api-1 error rate 12%")
+TEXT = "CRITICAL: api-1 error rate 12%"
+
+
+@pytest.fixture
+def env(worker_env: dict[str, str]) -> dict[str, str]:
+    return {**worker_env, **channel_env(slack_default="", twilio_token="t" * 32),
+            "ALERT_RATE_SMS_PER_RECIPIENT_HOUR": "0", "ALERT_RATE_SMS_PER_MIN": "0"}  # fmt: skip
+
+
+@pytest.fixture
+def twilio(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Iterator[FakeTwilio]:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with running_fake_twilio() as fake, redirected_to(fake.base_url):
+        yield fake
+
+
+def _sql(database_url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        cur = conn.execute(query, args)
+        return list(cur.fetchall()) if cur.description else []
+
+
+def _make_due(database_url: str, delivery_id: str) -> None:
+    _sql(database_url, "UPDATE alert_deliveries SET next_attempt_at = now() WHERE id = %s", delivery_id)
+
+
+def _row(database_url: str, delivery_id: str) -> tuple[Any, ...]:
+    [found] = _sql(database_url, "SELECT status, provider_message_id FROM alert_deliveries WHERE id = %s", delivery_id)
+    return found
+
+
+def test_a_retry_never_takes_the_message_of_another_delivery_with_the_same_text(
+    twilio: FakeTwilio, database_url: str
+) -> None:
+    """F01: A's POST is dropped before Twilio has it (outcome unknown); B, same text, is accepted. A's retry
+    lists B's message (same body, in A's window) but B holds that SID: not found, A is sent."""
+    twilio.script.append("drop")
+    first = execute_delivery_job("a", "sms", PHONE, *ALERT)
+    assert first["error"].startswith("outcome_unknown: twilio connection dropped after sending")
+    b = execute_delivery_job("b", "sms", PHONE, *ALERT)
+    _make_due(database_url, "a")
+    retry = execute_delivery_job("a", "sms", PHONE, *ALERT, attempt=1)
+    assert retry["outcome"] == "delivered"
+    assert [m["body"] for m in twilio.accepted] == [TEXT, TEXT], "A was really sent"
+    assert retry["message_id"] != b["message_id"]
+    assert {_row(database_url, "a")[1], _row(database_url, "b")[1]} == {m["sid"] for m in twilio.accepted}
+
+
+def test_after_a_replay_days_later_the_window_has_passed_and_the_sms_is_sent(
+    twilio: FakeTwilio, database_url: str, cli: InProcessCli
+) -> None:
+    """F01b: A's unknown attempt was a day ago; a message with the same text sent today (not by any
+    delivery of ours) is outside A's window: the replayed A is sent, not marked delivered with it."""
+    twilio.script.extend(["drop"])
+    execute_delivery_job("a", "sms", PHONE, *ALERT)
+    _sql(database_url, "UPDATE alert_deliveries SET status = 'poison', poison_at = now() WHERE id = 'a'")
+    _sql(database_url, "UPDATE alert_unknown_outcomes SET attempt_started_at = attempt_started_at - interval '1 day'")
+    today = twilio.accept(to=PHONE, from_=TWILIO_FROM, body=TEXT)  # same text, someone else's message
+    assert cli("poison", "replay", "a").code == 0
+    replayed = execute_delivery_job("a", "sms", PHONE, *ALERT)
+    assert replayed["outcome"] == "delivered" and replayed["message_id"] != today["sid"]
+    assert len(twilio.accepted) == 2
+
+
+@pytest.mark.parametrize(
+    ("window_offset_seconds", "taken"),
+    [(-10, False), (0, True), (60, True), (90, False)],
+    ids=["before-start-less-5s", "at-the-start", "within-send-timeout-plus-60s", "after-the-window"],
+)
+def test_a_message_of_ours_is_found_only_inside_the_unknown_attempts_window(
+    twilio: FakeTwilio, database_url: str, window_offset_seconds: int, taken: bool
+) -> None:
+    """Window: from the unknown attempt's start less 5 s to its start + ALERT_SEND_TIMEOUT_SECONDS (5) + 60 s.
+    The attempt's start is moved instead of Twilio's clock: a message created ``offset`` s after it."""
+    twilio.script.append("drop")
+    execute_delivery_job("a", "sms", PHONE, *ALERT)
+    found = twilio.accept(to=PHONE, from_=TWILIO_FROM, body=TEXT)  # A's own message, say, listed late
+    _sql(database_url, "UPDATE alert_unknown_outcomes SET attempt_started_at = now() - make_interval(secs => %s)",
+         window_offset_seconds)  # fmt: skip
+    _make_due(database_url, "a")
+    retry = execute_delivery_job("a", "sms", PHONE, *ALERT, attempt=1)
+    assert retry["outcome"] == "delivered"
+    assert (retry["message_id"] == found["sid"]) is taken
+    assert len(twilio.accepted) == (1 if taken else 2)
+
+
+def test_two_listed_messages_that_could_be_ours_are_not_found_and_the_sms_is_sent(
+    twilio: FakeTwilio, database_url: str
+) -> None:
+    twilio.script.append("drop")
+    execute_delivery_job("a", "sms", PHONE, *ALERT)
+    twilio.accept(to=PHONE, from_=TWILIO_FROM, body=TEXT)
+    twilio.accept(to=PHONE, from_=TWILIO_FROM, body=TEXT)
+    _make_due(database_url, "a")
+    retry = execute_delivery_job("a", "sms", PHONE, *ALERT, attempt=1)
+    assert retry["outcome"] == "delivered" and len(twilio.accepted) == 3
+    assert retry["message_id"] == twilio.accepted[-1]["sid"]
+
+
+def test_a_match_while_another_delivery_of_that_text_is_in_flight_is_not_taken(
+    twilio: FakeTwilio, database_url: str
+) -> None:
+    """B (same text, same number) is mid-send: its accepted message is not yet recorded as B's, so the one
+    listed message cannot be told apart as A's. Not found: A is sent (a duplicate at worst, never a loss)."""
+    twilio.script.append("drop")
+    execute_delivery_job("a", "sms", PHONE, *ALERT)
+    _sql(database_url, "INSERT INTO alert_deliveries (id, channel, recipient, recipient_hash, status, payload) "
+         "SELECT 'b', channel, recipient, recipient_hash, 'in_progress', payload FROM alert_deliveries WHERE id = 'a'")
+    bs = twilio.accept(to=PHONE, from_=TWILIO_FROM, body=TEXT)  # B's POST accepted, B not yet recorded
+    _make_due(database_url, "a")
+    retry = execute_delivery_job("a", "sms", PHONE, *ALERT, attempt=1)
+    assert retry["outcome"] == "delivered" and retry["message_id"] != bs["sid"]
+    assert len(twilio.accepted) == 2
+
+
+def test_no_two_rows_can_hold_one_provider_message_id(database_url: str) -> None:
+    """The partial unique index: the second ``mark_delivered`` with the same SID is refused, row untouched."""
+    pool = open_pool(Settings(database_url=database_url, redis_url=""))
+    try:
+        store = DeliveryStore(pool=pool)
+        token = "00000000-0000-0000-0000-000000000001"
+        for delivery_id in ("x", "y"):
+            _sql(database_url, "INSERT INTO alert_deliveries (id, channel, recipient, recipient_hash, status, "
+                 "claim_token) VALUES (%s, 'sms', '***', 'h', 'in_progress', %s)", delivery_id, token)  # fmt: skip
+        store.mark_delivered("x", token, attempts=1, message_id="SM1")
+        with pytest.raises(MessageIdTakenError):
+            store.mark_delivered("y", token, attempts=1, message_id="SM1")
+        assert _row(database_url, "y") == ("in_progress", None)
+        store.mark_delivered("y", token, attempts=1, message_id=None)  # nulls never conflict
+    finally:
+        pool.close()
+
+
+def test_migrate_adds_the_index_to_a_database_where_two_rows_already_share_an_id(database_url: str) -> None:
+    """Idempotent, and the first delivered keeps the SID; the other says whose it is and that it may be unsent."""
+    _sql(database_url, "DROP INDEX alert_deliveries_provider_message_id_key")
+    _sql(database_url, "INSERT INTO alert_deliveries (id, channel, recipient, recipient_hash, status, "
+         "provider_message_id, delivered_at) VALUES ('b', 'sms', '***', 'h', 'delivered', 'SM1', now() - "
+         "interval '1 hour'), ('a', 'sms', '***', 'h', 'delivered', 'SM1', now())")  # fmt: skip
+    pool = open_pool(Settings(database_url=database_url, redis_url=""))
+    try:
+        DeliveryStore(pool=pool).migrate()
+        DeliveryStore(pool=pool).migrate()
+    finally:
+        pool.close()
+    rows = _sql(database_url, "SELECT id, provider_message_id, error_message FROM alert_deliveries ORDER BY id")
+    assert rows == [("a", None, "provider_message_id SM1 is also delivery b's: this delivery may never have been sent"),
+                    ("b", "SM1", None)]  # fmt: skip
+    assert _sql(database_url, "SELECT 1 FROM pg_indexes WHERE indexname = 'alert_deliveries_provider_message_id_key'")
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env: dict[str, str]) -> InProcessCli:
+    return InProcessCli(monkeypatch, capsys, env)
