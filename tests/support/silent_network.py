@@ -151,18 +151,36 @@ def database_target(database_url: str) -> tuple[str, int]:
     return str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)
 
 
+class Unavailable(Exception):
+    """No network namespace can be made here (not root, no iproute2, or the kernel refuses)."""
+
+
 @contextmanager
-def silent_link_or_skip(target: tuple[str, int]) -> Iterator[SilentLink]:
-    """A ``SilentLink`` to ``target``, removed afterwards; skips the test where namespaces cannot be made."""
+def silent_link(target: tuple[str, int]) -> Iterator[SilentLink]:
+    """A ``SilentLink`` to ``target``, removed afterwards; ``Unavailable`` where namespaces cannot be made."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("a silent network needs root and iproute2 (a network namespace), as the cluster suite")
+        raise Unavailable("a silent network needs root and iproute2 (a network namespace), as the cluster suite")
     link = SilentLink(target)
     try:
         link.open()
     except (OSError, subprocess.SubprocessError) as exc:
         link.close()
-        pytest.skip(f"cannot make a network namespace here: {exc}")
+        raise Unavailable(f"cannot make a network namespace here: {exc}") from None
     try:
         yield link
     finally:
         link.close()
+
+
+@contextmanager
+def silent_link_or_skip(target: tuple[str, int]) -> Iterator[SilentLink]:
+    """``silent_link`` for a test: skipped, with the reason, where it is unavailable."""
+    try:
+        opened = silent_link(target)
+        link = opened.__enter__()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield link
+    finally:
+        opened.__exit__(None, None, None)
