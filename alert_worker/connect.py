@@ -17,9 +17,12 @@ changes all of them:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import psycopg
 import redis
+from psycopg.conninfo import conninfo_to_dict
 from redis.connection import SSLConnection, parse_url
 from redis.sentinel import Sentinel
 
@@ -27,15 +30,49 @@ from alert_worker.errors import ConfigurationError
 from alert_worker.settings import Settings
 
 DB_CONNECT_TIMEOUT_SECONDS = 5
+KEEPALIVE_INTERVAL_SECONDS = 2
+KEEPALIVE_COUNT = 3
+TCP_USER_TIMEOUT_MARGIN_SECONDS = 5
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 # What a URL may set that a Sentinel-managed connection must not take from it: the primary's address
 # comes from Sentinel, and its connection class is chosen by ``ssl``.
 _SENTINEL_DROPPED = ("host", "port", "path", "connection_class")
 
 
+def silent_network_kwargs(settings: Settings) -> dict[str, Any]:
+    """libpq TCP keepalives and ``tcp_user_timeout``: a call on a silent peer fails (docs/contract.md §7.3).
+
+    A job timeout cannot interrupt psycopg while it waits in C on a socket, and ``statement_timeout`` is
+    enforced by the server, so on a partition (no RST, no answer) only the kernel can end the wait. With
+    ``S`` the send timeout rounded up: data unacknowledged for ``S + 5`` s (``tcp_user_timeout``) fails
+    the call; a call waiting for a reply probes after ``S`` s of silence, every 2 s, and the user timeout
+    ends it at ``S + 6`` s at the latest. Both stay within ``S + 10`` s. A slow query is not cut: the
+    server's kernel answers the probes. A parameter ``DATABASE_URL`` sets itself is kept as given.
+    """
+    send = max(1, math.ceil(settings.send_timeout_seconds))
+    wanted: dict[str, Any] = {
+        "keepalives": 1,
+        "keepalives_idle": send,
+        "keepalives_interval": KEEPALIVE_INTERVAL_SECONDS,
+        "keepalives_count": KEEPALIVE_COUNT,
+        "tcp_user_timeout": (send + TCP_USER_TIMEOUT_MARGIN_SECONDS) * 1000,
+    }
+    given = _url_parameters(settings.database_url)
+    return {key: value for key, value in wanted.items() if key not in given}
+
+
+def _url_parameters(database_url: str) -> set[str]:
+    """The libpq parameters a DSN (URL or ``key=value``) sets; none when libpq cannot parse it."""
+    try:
+        return set(conninfo_to_dict(database_url))
+    except psycopg.Error:  # the connect reports it, without this function echoing the DSN
+        return set()
+
+
 def postgres_kwargs(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for every psycopg connection the package opens (pools and plain connects)."""
     kwargs: dict[str, Any] = {"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS, "autocommit": True}
+    kwargs.update(silent_network_kwargs(settings))
     if settings.db_pooler == "pgbouncer":
         kwargs["prepare_threshold"] = None  # transaction pooling before PgBouncer 1.21: no prepared statements
     return kwargs

@@ -48,7 +48,7 @@ from alert_worker.ports import (
     SentMarksPort,
 )
 from alert_worker.retry import DeferralPolicy, RetryPolicy
-from alert_worker.sent_marks import NoSentMarks
+from alert_worker.sent_marks import NoSentMarks, kept_until_recorded
 from alert_worker.setbacks import SEND_INTERRUPTED_NOTE, Setbacks
 from alert_worker.settings import RateLimits
 from alert_worker.store import Claim, NewDelivery
@@ -225,11 +225,8 @@ class DeliveryExecutor:
             if self.close_channels:
                 channel.close()
         sent_id = receipt.message_id
-        try:
+        with kept_until_recorded(self.sent_marks, row.id, sent_id, log=log):  # a write that fails or hangs
             latency = delivery.mark_delivered(self.store, claim, log, attempts + 1, sent_id)
-        except BaseException:  # sent but not recorded: keep the acceptance where the next claim looks first
-            self.sent_marks.record(row.id, sent_id, log=log)
-            raise
         self.feedback.after_delivered(row)
         self.metrics.attempt(row.channel, Outcome.DELIVERED.value)
         self.metrics.latency(row.channel, latency)

@@ -8,7 +8,8 @@ scheduler locks, and the age of the oldest due pending delivery (one index probe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import psycopg
 import redis
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from alert_worker.connect import silent_network_kwargs
 from alert_worker.keys import RedisKeys
 from alert_worker.metrics import CHANNELS, LATENCY_BUCKETS, le_label, split_field
 from alert_worker.overview import live_workers, oldest_due_pending_seconds
@@ -177,15 +179,20 @@ def _histogram(buckets: dict[bytes, bytes], sums: dict[bytes, bytes]) -> Metric:
     return family
 
 
-def database_probe(database_url: str, *, timeout_seconds: int = 5) -> Callable[[], float | None]:
+def database_probe(
+    database_url: str, *, timeout_seconds: int = 5, network: Mapping[str, Any] | None = None
+) -> Callable[[], float | None]:
     """The oldest-due-pending query on a fresh, bounded connection per scrape.
 
     ``SET LOCAL`` (inside the transaction) so a PgBouncer in transaction mode never carries the timeout
-    over to another client's server connection.
+    over to another client's server connection. ``network``: ``connect.silent_network_kwargs``.
     """
 
     def probe() -> float | None:
-        with psycopg.connect(database_url, connect_timeout=timeout_seconds) as conn, conn.transaction():
+        with (
+            psycopg.connect(database_url, connect_timeout=timeout_seconds, **dict(network or {})) as conn,
+            conn.transaction(),
+        ):
             conn.execute(f"SET LOCAL statement_timeout = {int(timeout_seconds * 1000)}")
             return oldest_due_pending_seconds(conn)
 
@@ -204,7 +211,11 @@ def collector_for(
     return AlertCollector(
         client_factory=client_factory,
         prefix=settings.redis_key_prefix,
-        oldest_due_pending=database_probe(settings.database_url) if settings.database_url else None,
+        oldest_due_pending=(
+            database_probe(settings.database_url, network=silent_network_kwargs(settings))
+            if settings.database_url
+            else None
+        ),
         scheduler_probe=probe,
     )
 

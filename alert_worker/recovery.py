@@ -59,7 +59,9 @@ class RecoveryStatements:
         to ``pending`` with the lost attempt counted (as a stuck reclaim counts it) and its claim token
         cleared, so the old claimer can write nothing more. The grace period spaces repeated re-enqueues
         of a row; it never delays a row's first reclaim. ``FOR UPDATE SKIP LOCKED`` lets two sweepers
-        run at once without taking the same row.
+        run at once without taking the same row. ``dead`` is never NULL: a row with no ``claimed_by``
+        (``NULL = ANY(...)`` is NULL, not false) keeps the stuck threshold and must not turn
+        ``attempts`` into NULL.
         """
         cutoffs = dict(due_before or {})
         dead = self._dead_claimants(claimant_alive, dead_after_seconds) if claimant_alive else []
@@ -75,8 +77,9 @@ class RecoveryStatements:
                                               ELSE d.next_attempt_at END,
                        updated_at = now()
                   FROM (
-                       SELECT id, (status = 'in_progress' AND claimed_by = ANY(%(dead)s::text[])
-                                   AND last_attempt_at < now() - make_interval(secs => %(dead_after)s)) AS dead
+                       SELECT id, COALESCE(status = 'in_progress' AND claimed_by = ANY(%(dead)s::text[])
+                                            AND last_attempt_at < now() - make_interval(secs => %(dead_after)s),
+                                            false) AS dead
                          FROM alert_deliveries
                         WHERE (status = 'pending'
                                AND COALESCE(next_attempt_at, updated_at) < now() - make_interval(secs => %(grace)s)

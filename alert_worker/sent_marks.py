@@ -1,11 +1,12 @@
-"""Sent markers: a provider's acceptance kept in Redis when Postgres could not record it.
+"""Sent markers: a provider's acceptance kept in Redis until Postgres has recorded it.
 
-When ``channel.send`` succeeded but writing ``delivered`` failed (Postgres down, a lost reply, a lost
-claim), the row stays ``in_progress`` or goes back to ``pending`` and is claimed again later. Without a
-record of the acceptance that later claim would send the alert a second time. So the executor writes
-``<prefix>sent:<delivery id>`` (the provider's message id and the time) before it re-raises, and every
-claim reads it before any rate-limit slot or request: found means delivered with that message id, and
-nothing is sent.
+When ``channel.send`` succeeded but writing ``delivered`` fails or hangs (Postgres down, a lost reply, a
+silent network, a lost claim), the row stays ``in_progress`` or goes back to ``pending`` and is claimed
+again later. Without a record of the acceptance that later claim would send the alert a second time. So
+the executor writes ``<prefix>sent:<delivery id>`` (the provider's message id and the time) right after
+the acceptance and before the ``delivered`` write, and deletes it once that write succeeded; every claim
+reads it before any rate-limit slot or request: found means delivered with that message id, and nothing
+is sent.
 
 Every method is best effort and never raises: a marker that cannot be written or read leaves the
 delivery as it was before markers existed (it may be sent again), which is logged. The remaining bound
@@ -17,14 +18,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from alert_worker.keys import DEFAULT_PREFIX, RedisKeys
 from alert_worker.settings import Settings
+
+if TYPE_CHECKING:
+    from alert_worker.ports import SentMarksPort
 
 # Like RQ's failure_ttl: far longer than any path back to a claim (stuck reclaim, retries, deferrals,
 # an operator's replay after a week-end).
@@ -55,15 +60,15 @@ class SentMarks:
         self._ttl = ttl_seconds
         self._clock = clock
 
-    def record(self, delivery_id: str, message_id: str | None, *, log: Any) -> None:
-        """One ``SET … EX``; logs ``sent_marker_failed`` instead of raising (the caller is re-raising)."""
+    def record(self, delivery_id: str, message_id: str | None, *, log: Any) -> bool:
+        """One ``SET … EX``; whether it was kept. Logs ``sent_marker_failed`` instead of raising."""
         value = json.dumps({"message_id": message_id, "sent_at": self._clock()})
         try:
             self._client.set(self._keys.sent(delivery_id), value, ex=self._ttl)
-        except Exception as exc:  # noqa: BLE001 - the delivery's own error is the one to raise
+        except Exception as exc:  # noqa: BLE001 - the delivery goes on without it, as before markers
             log.error("sent_marker_failed", error=type(exc).__name__)
-            return
-        log.warning("sent_marker_recorded", message_id=message_id)
+            return False
+        return True
 
     def find(self, delivery_id: str, *, log: Any) -> SentMark | None:
         """The marker, or ``None`` when there is none or Redis cannot be asked (then the delivery is sent)."""
@@ -97,11 +102,28 @@ def _parse(raw: Any) -> SentMark:
     )
 
 
+@contextmanager
+def kept_until_recorded(marks: SentMarksPort, delivery_id: str, message_id: str | None, *, log: Any) -> Iterator[None]:
+    """Around the ``delivered`` write of an accepted send: the marker is written first and deleted after.
+
+    A write that fails leaves the marker and logs ``sent_marker_recorded``; one that hangs until the
+    process is stopped leaves it too. Either way the next claim finds it and sends nothing.
+    """
+    kept = marks.record(delivery_id, message_id, log=log)
+    try:
+        yield
+    except BaseException:
+        if kept:
+            log.warning("sent_marker_recorded", message_id=message_id)
+        raise
+    marks.clear(delivery_id, log=log)  # after the row says delivered; a leftover one just expires
+
+
 class NoSentMarks:
     """For executors built without Redis (unit tests of other behaviour): nothing is kept, nothing found."""
 
-    def record(self, delivery_id: str, message_id: str | None, *, log: Any) -> None:
-        pass
+    def record(self, delivery_id: str, message_id: str | None, *, log: Any) -> bool:
+        return False
 
     def find(self, delivery_id: str, *, log: Any) -> SentMark | None:
         return None

@@ -70,24 +70,36 @@ def sweep_once(
 
     ``oldest_pending_epoch`` (a query) and ``oldest_pending_gauge`` feed the metrics' oldest-pending age.
     ``claimant_alive`` (``liveness.Liveness.is_alive``) turns on the dead-worker reclaim (docs/contract.md §6.1).
+
+    A failure never ends the pass early: a claimant whose liveness cannot be read counts as alive, a
+    batch that fails is taken again without the dead-worker reclaim (pending and stuck rows still move),
+    and a row whose enqueue fails is logged and left for a later pass (its stamp spaces the retry).
     """
     seen: set[str] = set()
+    requeued = 0
     due_before = _still_queued_cutoffs(store, enqueuer)
+    alive = _assume_alive_on_error(claimant_alive) if claimant_alive is not None else None
     for _ in range(max_batches):
-        batch = store.take_overdue(
+        batch = _take_batch(
+            store,
             grace_seconds=grace_seconds,
             limit=batch_size,
             due_before=due_before,
-            claimant_alive=claimant_alive,
+            claimant_alive=alive,
             dead_after_seconds=dead_after_seconds,
         )
+        if batch is None:
+            break
         fresh = [row for row in batch if row.id not in seen]
         for row in fresh:
-            enqueuer.enqueue_recovered(row, kind="sweep")
             seen.add(row.id)
+            try:
+                enqueuer.enqueue_recovered(row, kind="sweep")
+                requeued += 1
+            except Exception as exc:  # noqa: BLE001 - one row must not stop the others
+                log.error("sweep_enqueue_failed", delivery_id=row.id, channel=row.channel, error=safe_error(exc))
         if len(batch) < batch_size or len(fresh) < len(batch):  # done, or taking rows it already took
             break
-    requeued = len(seen)
     counts = reconcile_gauges(
         store=store,
         queue_depth=queue_depth,
@@ -98,6 +110,48 @@ def sweep_once(
     depth = counts["pending"] + counts["in_progress"]
     log.info("sweep_done", requeued=requeued, queue_depth=depth, poison=counts["poison"])
     return SweepReport(requeued=requeued, queue_depth=depth, poison=counts["poison"])
+
+
+def _take_batch(
+    store: DeliveryStore,
+    *,
+    grace_seconds: int,
+    limit: int,
+    due_before: dict[str, datetime],
+    claimant_alive: Callable[[str], bool] | None,
+    dead_after_seconds: int,
+) -> list[RecoveredDelivery] | None:
+    """One ``take_overdue``; on failure once more without the dead-worker reclaim; ``None`` if that fails too."""
+    try:
+        return store.take_overdue(
+            grace_seconds=grace_seconds,
+            limit=limit,
+            due_before=due_before,
+            claimant_alive=claimant_alive,
+            dead_after_seconds=dead_after_seconds,
+        )
+    except Exception as exc:  # noqa: BLE001 - logged; the pass goes on with what still works
+        log.error("sweep_batch_failed", dead_worker_reclaim=claimant_alive is not None, error=safe_error(exc))
+    if claimant_alive is None:
+        return None
+    try:
+        return store.take_overdue(grace_seconds=grace_seconds, limit=limit, due_before=due_before)
+    except Exception as exc:  # noqa: BLE001 - as above
+        log.error("sweep_batch_failed", dead_worker_reclaim=False, error=safe_error(exc))
+        return None
+
+
+def _assume_alive_on_error(claimant_alive: Callable[[str], bool]) -> Callable[[str], bool]:
+    """``claimant_alive`` answering True (leave the row alone) when the question itself fails."""
+
+    def alive(name: str) -> bool:
+        try:
+            return claimant_alive(name)
+        except Exception as exc:  # noqa: BLE001 - one unreadable claimant must not stop the pass
+            log.error("sweep_liveness_failed", error=safe_error(exc))
+            return True
+
+    return alive
 
 
 def reconcile_gauges(

@@ -28,7 +28,7 @@ import psycopg
 import redis
 from rq import Queue, Worker
 from rq.job import Job
-from rq.registry import FailedJobRegistry, FinishedJobRegistry
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
 from alert_worker.counters import poison_count, queue_depth
 from alert_worker.liveness import Liveness
@@ -169,6 +169,7 @@ class Run:
     name: str
     workers: int = 3
     env_overrides: dict[str, str] = field(default_factory=dict)
+    worker_database_url: Callable[[str], str] | None = None  # how workers reach Postgres (the harness: directly)
     sweep_interval: float = 1.0
     grace_seconds: int = 2
     mode: str = field(default_factory=lambda: os.environ.get("CRASH_WORKER", "threaded"))
@@ -240,8 +241,9 @@ class Run:
         with closing_resources(open_job_resources(self.settings)) as res:
             DeliveryStore(pool=res.pool).migrate()
         try:
+            worker_env = {**env, "DATABASE_URL": self.worker_database_url(url)} if self.worker_database_url else env
             for i in range(self.workers):
-                proc = WorkerProcess(i, env, self.log_dir, self.mode)
+                proc = WorkerProcess(i, worker_env, self.log_dir, self.mode)
                 proc.start()
                 self._procs.append(proc)
             self._spawn(self._supervise, "crash-supervisor")
@@ -439,6 +441,14 @@ class Run:
         conn = redis.Redis.from_url(self.cluster.redis.url, socket_timeout=5)
         try:
             return set(FailedJobRegistry(queue=Queue("alerts", connection=conn)).get_job_ids())
+        finally:
+            conn.close()
+
+    def started_job_ids(self) -> set[str]:
+        """Jobs RQ says are running now."""
+        conn = redis.Redis.from_url(self.cluster.redis.url, socket_timeout=5)
+        try:
+            return set(StartedJobRegistry(queue=Queue("alerts", connection=conn)).get_job_ids())
         finally:
             conn.close()
 

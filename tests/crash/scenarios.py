@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from tests.crash.fake_providers import max_window_rate
 from tests.crash.harness import Cluster, Delivery, Event, Outcome, Run, judge, slack_available, timed
 from tests.crash.jobs import BOUNDARIES
+from tests.support.silent_network import Unavailable, silent_link
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,52 @@ def _wait_for_failed(run: Run, job_ids: set[str], *, timeout: float) -> set[str]
     return found
 
 
+# -- 5b --------------------------------------------------------------------------------------------------
+def postgres_silent(cluster: Cluster, scale: Scale) -> Outcome:
+    """The workers' network to PostgreSQL goes silent mid-burst (no RST, no answer), then heals (§7.3).
+
+    Every job running when it goes silent ends within ``ALERT_JOB_TIMEOUT_SECONDS`` + 15 s (TCP keepalives
+    and ``tcp_user_timeout`` end its Postgres call), and once the network heals every row is delivered with
+    no duplicate: a send whose ``delivered`` write hung left its sent marker. The harness itself reaches
+    Postgres directly. Needs root for the network namespace; elsewhere it is skipped, with the reason.
+    """
+    deliveries = [Delivery(f"q5-{i:05d}", _channel(i), ("slow:0.2",)) for i in range(scale.postgres_n)]
+    outcome = Outcome("postgres_silent")
+    target = ("127.0.0.1", cluster.postgres.port)
+    try:
+        link_context = silent_link(target)
+        link = link_context.__enter__()
+    except Unavailable as exc:
+        outcome.notes["skipped"] = str(exc)
+        return outcome
+    try:
+        with (
+            timed(outcome),
+            Run(cluster, "s5b", grace_seconds=scale.grace_seconds, worker_database_url=link.dsn) as run,
+        ):
+            run.produce(deliveries)
+            before = _wait_for_progress(run, 0.2)
+            running = run.started_job_ids()
+            link.silence()
+            silent_at = time.monotonic()
+            bound = run.settings.job_timeout_seconds + 15
+            while running & run.started_job_ids() and time.monotonic() - silent_at < bound + 30:
+                time.sleep(0.2)
+            outcome.notes["in_flight_at_silence"] = len(running)
+            outcome.notes["in_flight_ended_after_seconds"] = round(time.monotonic() - silent_at, 1)
+            if running & run.started_job_ids():
+                outcome.failures.append(f"a job running when Postgres went silent still ran after {bound + 30} s")
+            time.sleep(max(0.0, scale.postgres_down_seconds - (time.monotonic() - silent_at)))
+            link.heal()
+            finished = run.wait_until_terminal(scale.deadline)
+            judge(run, outcome, finished=finished, events=[])  # the sent marker leaves no duplicate to explain
+            outcome.notes["terminal_before_silence"] = before
+            outcome.notes["failed_jobs"] = len(run.failed_jobs())
+    finally:
+        link_context.__exit__(None, None, None)
+    return outcome
+
+
 # -- 6 ---------------------------------------------------------------------------------------------------
 def provider_hang(cluster: Cluster, scale: Scale) -> Outcome:
     """The provider says nothing for longer than the send timeout: transient, retried, nobody stuck."""
@@ -380,6 +427,7 @@ SCENARIOS: dict[str, Callable[[Cluster, Scale], Outcome]] = {
     "worker_kills": worker_kills,
     "redis_restart_empty": redis_restart,
     "postgres_outage": postgres_outage,
+    "postgres_silent": postgres_silent,
     "provider_hang": provider_hang,
     "provider_slow_answer": provider_slow_answer,
     "rate_limit_burst": rate_limit_burst,

@@ -15,6 +15,7 @@ from tests.crash.scenarios import (
     SMALL,
     kill_at_boundaries,
     postgres_outage,
+    postgres_silent,
     provider_hang,
     provider_slow_answer,
     rate_limit_burst,
@@ -78,6 +79,20 @@ def test_a_postgres_outage_fails_jobs_loudly_and_loses_nothing_not_even_jobs_wit
     assert outcome.notes["failed_jobs_db_error"] > 0
     assert outcome.notes["no_row_jobs"] == outcome.notes["no_row_failed_while_down"] == SMALL.orphan_n
     assert outcome.duplicates <= outcome.notes["failed_after_send"]
+
+
+@pytest.mark.parametrize("worker", ["threaded", "forking", "rq"], ids=["threaded", "forking", "plain-rq-worker"])
+def test_postgres_going_silent_mid_burst_ends_every_job_in_flight_and_loses_or_doubles_nothing(
+    cluster: Cluster, worker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No RST, no answer: jobs in flight end within the job timeout + 15 s; healed, every row delivered once."""
+    monkeypatch.setenv("CRASH_WORKER", worker)
+    outcome = postgres_silent(cluster, SMALL)
+    if "skipped" in outcome.notes:
+        pytest.skip(outcome.notes["skipped"])
+    assert outcome.failures == []
+    assert (outcome.lost, outcome.duplicates) == (0, 0)
+    assert outcome.notes["in_flight_at_silence"] > 0
 
 
 def test_a_provider_hanging_past_the_send_timeout_is_retried_and_no_job_overruns(cluster: Cluster) -> None:

@@ -152,6 +152,28 @@ def test_a_row_without_claimed_by_keeps_the_stuck_threshold(
     assert (report := sweep_pass(settings, lock_ttl_seconds=60, release_lock=True)) and report.requeued == 1
 
 
+def test_a_stuck_row_without_claimed_by_next_to_a_dead_claimant_stops_neither_reclaim(
+    settings: Settings, database_url: str, redis_client: redis.Redis, claim_as: object
+) -> None:
+    """``claimed_by = ANY(dead)`` is NULL for a row with no claimant; it must count as "not dead", never
+    turn ``attempts`` into NULL and fail the whole pass (a not-null violation every interval)."""
+    send_alert("email", "ops@example.com", "s", "b", delivery_id="n-old", settings=settings)
+    send_alert("email", "ops@example.com", "s", "b", delivery_id="n-dead", settings=settings)
+    Queue("alerts", connection=redis_client).empty()
+    claim_as("n-old", None)  # type: ignore[operator]  # a direct execute_delivery_job, or a pre-column claim
+    claim_as("n-dead", "gone")  # type: ignore[operator]
+    _registered_dead(redis_client, settings, "gone")
+    _age_claim(database_url, "n-old", settings.stuck_after_seconds + 1)
+    _age_claim(database_url, "n-dead", JOB_TIMEOUT + 1)
+
+    report = sweep_pass(settings, lock_ttl_seconds=60, release_lock=True)
+
+    assert report is not None and report.requeued == 2
+    assert _row(database_url, "n-old") == ("in_progress", 0, False, None)  # re-enqueued; its job's claim counts it
+    assert _row(database_url, "n-dead") == ("pending", 1, True, "gone")
+    assert Queue("alerts", connection=redis_client).count == 2
+
+
 def test_the_old_claimer_can_write_nothing_after_a_dead_worker_reclaim(
     settings: Settings, database_url: str, redis_client: redis.Redis, claim_as: object
 ) -> None:

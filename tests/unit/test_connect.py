@@ -123,3 +123,46 @@ def test_sentinel_with_rediss_uses_tls_to_the_primary_and_to_the_sentinels() -> 
     sentinel = pool.sentinel_manager.sentinels[0]
     assert sentinel.connection_pool.connection_class is SSLConnection
     assert sentinel.connection_pool.connection_kwargs["ssl_ca_certs"] == "/ca.pem"
+
+
+@pytest.mark.parametrize("send_timeout", ["0.1", "2", "10", "29.5"], ids=["tiny", "two", "default", "fractional"])
+def test_every_postgres_connection_fails_on_a_silent_peer_within_the_send_timeout_plus_ten_seconds(
+    send_timeout: str,
+) -> None:
+    """docs/contract.md §7.3. Unacknowledged data ends at tcp_user_timeout; a call waiting for a reply sends
+    its first probe after keepalives_idle and is ended at the first probe tick past tcp_user_timeout."""
+    kwargs = postgres_kwargs(settings(ALERT_SEND_TIMEOUT_SECONDS=send_timeout))
+    bound = float(send_timeout) + 10
+    assert kwargs["keepalives"] == 1
+    user_timeout = kwargs["tcp_user_timeout"] / 1000
+    idle, interval = kwargs["keepalives_idle"], kwargs["keepalives_interval"]
+    assert float(send_timeout) < user_timeout <= bound, "no slower than the bound, never before the send timeout"
+    ticks = [idle + k * interval for k in range(1, 100)]
+    waiting_for_a_reply = next(t for t in ticks if t >= user_timeout)
+    assert waiting_for_a_reply <= bound
+    assert idle + kwargs["keepalives_count"] * interval <= bound, "even were tcp_user_timeout ignored"
+
+
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        (
+            "postgresql://postgres@127.0.0.1/x?keepalives_idle=30&tcp_user_timeout=0",
+            {"keepalives_idle", "tcp_user_timeout"},
+        ),
+        ("host=127.0.0.1 dbname=x keepalives=0", {"keepalives"}),
+        ("postgresql://postgres@127.0.0.1/x", set()),
+    ],
+    ids=["url-query", "key-value-dsn", "none-given"],
+)
+def test_keepalive_parameters_the_database_url_sets_are_kept_as_given(url: str, kept: set[str]) -> None:
+    """psycopg lets keyword arguments override the DSN, so the package passes only what the DSN leaves out."""
+    kwargs = postgres_kwargs(settings(DATABASE_URL=url))
+    names = {"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"}
+    assert set(kwargs) & names == names - kept
+
+
+def test_a_dsn_libpq_cannot_parse_gets_every_parameter_and_is_not_echoed() -> None:
+    """The connect reports the bad DSN (with its password redacted); deriving the options never raises."""
+    kwargs = postgres_kwargs(settings(DATABASE_URL="postgresql://u:secret@h/x?nonsense=1"))
+    assert kwargs["tcp_user_timeout"] > 0

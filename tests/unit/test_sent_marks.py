@@ -116,6 +116,26 @@ def test_a_failed_delivered_write_after_an_accepted_send_leaves_a_marker_and_sti
     assert recorded["delivery_id"] == "delivery-1" and recorded["message_id"] == message_id
 
 
+def test_the_marker_is_in_redis_before_the_delivered_write_starts() -> None:
+    """A ``delivered`` write that hangs on a silent network never returns, so nothing after it runs: the
+    acceptance must already be kept when the write begins (docs/contract.md §7.3)."""
+    h = Harness()
+    seen_during_write: list[int] = []
+    write = h.store.mark_delivered
+
+    def watching(delivery_id: str, token: str, *, attempts: int, message_id: str | None) -> float:
+        seen_during_write.append(int(h.redis.exists(KEY)))
+        return write(delivery_id, token, attempts=attempts, message_id=message_id)
+
+    h.store.mark_delivered = watching  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        result = h.run()
+    assert seen_during_write == [1]
+    assert result["outcome"] == "delivered"
+    assert h.redis.exists(KEY) == 0, "deleted once the row says delivered"
+    assert "sent_marker_recorded" not in [e["event"] for e in logs], "only a write that failed is worth a warning"
+
+
 def test_a_lost_claim_on_the_delivered_write_leaves_a_marker_for_the_job_that_took_over() -> None:
     """Any exception counts: a ClaimLostError means another job holds the row and will read the marker."""
     h = Harness()
