@@ -1,6 +1,8 @@
 """What the operator commands share: printing to the console, the command error, and their connections.
 
 Output helpers never print a raw recipient, body or secret: callers pass masked rows and sanitized errors.
+Text from a delivery goes through ``show`` (or ``print_json``), which escape control characters, so an id
+or an error holding terminal escapes prints as ``\\x1b[...``, never as the escape itself.
 Connections are checked with one direct Postgres connection first, so a command fails at once with the
 reason instead of a pool timeout.
 """
@@ -16,6 +18,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
+from alert_worker.redaction import escape_controls
 from alert_worker.resources import Connections, open_job_pool, short_lived
 from alert_worker.settings import Settings
 
@@ -33,7 +36,12 @@ def err(text: str) -> None:
 
 
 def print_json(value: Any) -> None:
-    out(json.dumps(value, default=jsonable, sort_keys=True))
+    out(json_text(value, sort_keys=True))
+
+
+def json_text(value: Any, *, sort_keys: bool = False) -> str:
+    """JSON with every control character escaped: ``json`` leaves DEL (0x7f) raw; ``\\u007f`` is the same string."""
+    return json.dumps(value, default=jsonable, sort_keys=sort_keys).replace("\x7f", "\\u007f")
 
 
 def jsonable(value: Any) -> Any:
@@ -43,9 +51,10 @@ def jsonable(value: Any) -> Any:
 
 
 def show(value: Any) -> str:
+    """One value for a table or a ``label: value`` line, control characters escaped."""
     if value is None:
         return "-"
-    return value.isoformat() if isinstance(value, datetime) else str(value)
+    return value.isoformat() if isinstance(value, datetime) else escape_controls(str(value))
 
 
 def reachable_database(settings: Settings) -> None:

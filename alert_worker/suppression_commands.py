@@ -8,7 +8,6 @@ are idempotent (exit 0 either way, and say which). A recipient is hashed exactly
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -72,14 +71,17 @@ def _key(store: DeliveryStore, settings: Settings, channel: str, recipient: str)
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     with _suppressions(settings) as (suppressions, _):
         entries = suppressions.list(args.channel)
+    from alert_worker.console import json_text, show
+
     if args.json:
-        print(json.dumps([e.as_json() for e in entries]), flush=True)
+        print(json_text([e.as_json() for e in entries]), flush=True)
         return 0
     if not entries:
         print("no suppressed recipients", flush=True)
     for e in entries:
-        source = e.source_delivery_id or "operator"
-        print(f"{e.channel:<6} {e.recipient:<32} {e.created_at.isoformat()} {source}  {e.reason}", flush=True)
+        source = show(e.source_delivery_id or "operator")
+        line = f"{e.channel:<6} {show(e.recipient):<32} {e.created_at.isoformat()} {source}  {show(e.reason)}"
+        print(line, flush=True)
     return 0
 
 
