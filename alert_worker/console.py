@@ -1,8 +1,8 @@
 """What the operator commands share: printing to the console, the command error, and their connections.
 
 Output helpers never print a raw recipient, body or secret: callers pass masked rows and sanitized errors.
-Text from a delivery goes through ``show`` (or ``print_json``), which escape control characters, so an id
-or an error holding terminal escapes prints as ``\\x1b[...``, never as the escape itself.
+Text from a delivery goes through ``show`` (or ``print_json``, ASCII-only JSON), so an id or an error holding
+terminal escapes prints as ``\\x1b[...``, never as the escape itself.
 Connections are checked with one direct Postgres connection first, so a command fails at once with the
 reason instead of a pool timeout.
 """
@@ -36,12 +36,8 @@ def err(text: str) -> None:
 
 
 def print_json(value: Any) -> None:
-    out(json_text(value, sort_keys=True))
-
-
-def json_text(value: Any, *, sort_keys: bool = False) -> str:
-    """JSON with every control character escaped: ``json`` leaves DEL (0x7f) raw; ``\\u007f`` is the same string."""
-    return json.dumps(value, default=jsonable, sort_keys=sort_keys).replace("\x7f", "\\u007f")
+    """JSON as ``json`` writes it (ASCII only): every control character is already a ``\\u`` escape."""
+    out(json.dumps(value, default=jsonable, sort_keys=True))
 
 
 def jsonable(value: Any) -> Any:

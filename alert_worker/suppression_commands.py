@@ -8,6 +8,7 @@ are idempotent (exit 0 either way, and say which). A recipient is hashed exactly
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -71,10 +72,10 @@ def _key(store: DeliveryStore, settings: Settings, channel: str, recipient: str)
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     with _suppressions(settings) as (suppressions, _):
         entries = suppressions.list(args.channel)
-    from alert_worker.console import json_text, show
+    from alert_worker.console import show
 
     if args.json:
-        print(json_text([e.as_json() for e in entries]), flush=True)
+        print(json.dumps([e.as_json() for e in entries]), flush=True)
         return 0
     if not entries:
         print("no suppressed recipients", flush=True)

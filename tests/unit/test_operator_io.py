@@ -12,7 +12,7 @@ import json
 import pytest
 
 from alert_worker.cli import undecodable_argument_name
-from alert_worker.console import json_text, show
+from alert_worker.console import show
 from alert_worker.errors import ConfigurationError
 from alert_worker.redaction import escape_controls, redact_url, safe_error, url_password, url_target
 from alert_worker.settings import Settings
@@ -192,9 +192,9 @@ def test_show_keeps_none_as_a_dash_and_times_as_iso() -> None:
 
 
 def test_json_output_has_no_raw_control_character_and_reads_back_the_same() -> None:
-    """``json`` escapes C0 and non-ASCII itself; DEL it leaves raw, so ``json_text`` escapes it."""
+    """The commands' ``--json`` is ``json.dumps`` with ASCII only: controls, DEL and C1 come out as escapes."""
     value = {"id": "x\x1b[31m\x7f\x9b\u202e\r\n"}
-    text = json_text(value)
+    text = json.dumps(value)
     assert not any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in text)
     assert json.loads(text) == value
 
