@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import io
 import socket
+import sys
 import threading
 import time
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+import structlog
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
+
+log = structlog.get_logger("alert_worker.metrics")
 
 MAX_HANDLER_THREADS = 8  # concurrent HTTP handlers; Prometheus scrapes one at a time per target
 REQUEST_READ_SECONDS = 3.0  # a client has this long to send its request line and headers
@@ -90,7 +94,8 @@ class _BoundedServer(ThreadingWSGIServer):
             self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client's broken connection is not worth a traceback on stderr."""
+        """One structured line instead of socketserver's traceback on stderr (a client hung up, mostly)."""
+        log.warning("metrics_request_failed", error=type(sys.exc_info()[1]).__name__)
 
 
 class MetricsServer:
