@@ -8,6 +8,8 @@ commands) and their log lines on stderr, so ``alert-worker status ID --json | jq
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import re
 import sys
 from datetime import UTC, datetime, timedelta
@@ -143,22 +145,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _undecodable(argv: list[str]) -> str | None:
-    """The first argument that was not valid UTF-8 (Python keeps its bytes as lone surrogates)."""
-    for arg in argv:
+def _undecodable(argv: list[str]) -> list[int]:
+    """Positions of the arguments that were not valid UTF-8 (Python keeps their bytes as lone surrogates)."""
+    bad = []
+    for index, arg in enumerate(argv):
         try:
             arg.encode("utf-8")
         except UnicodeEncodeError:
-            return arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return None
+            bad.append(index)
+    return bad
+
+
+_PLACEHOLDER = "alert-worker-undecodable-argument"
+
+
+def undecodable_argument_name(argv: list[str], index: int) -> str:
+    """Which argument ``argv[index]`` is (``--body``, ``ID``, ``argument 3``), never its value (§7.6).
+
+    The arguments are parsed with every undecodable one replaced by a placeholder; the option that took the
+    placeholder names it. When that parse fails, the option written just before it (or in ``--opt=``) does.
+    """
+    arg = argv[index]
+    if arg.startswith("--") and "=" in arg and not _undecodable([arg.partition("=")[0]]):
+        return arg.partition("=")[0]
+    if arg.startswith("-"):  # an option's own name is undecodable
+        return f"argument {index + 1}"
+    clean = [_PLACEHOLDER if _undecodable([a]) else a for a in argv]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            parsed = vars(build_parser().parse_args(clean))
+    except SystemExit:
+        parsed = {}
+    for dest, value in parsed.items():
+        values = value if isinstance(value, list) else [value]
+        if _PLACEHOLDER in values:
+            option = f"--{dest.replace('_', '-')}"
+            return option if option in argv else dest.upper()
+    before = argv[index - 1] if index > 0 else ""
+    if before.startswith("-") and not _undecodable([before]) and "=" not in before:
+        return before
+    return f"argument {index + 1}"
 
 
 def main(argv: list[str] | None = None) -> int:
     """``alert-worker`` and ``python -m alert_worker``; ``entrypoint.main`` is an alias."""
     argv = sys.argv[1:] if argv is None else argv
     bad = _undecodable(argv)
-    if bad is not None:
-        print(f"alert-worker: error: argument {bad!r} is not valid UTF-8", file=sys.stderr)
+    if bad:
+        name = undecodable_argument_name(argv, bad[0])
+        print(f"alert-worker: error: {name}: not valid UTF-8 (value not shown)", file=sys.stderr)
         return 2
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -10,10 +10,26 @@ from collections.abc import Mapping
 from typing import Any
 
 from alert_worker.errors import ConfigurationError
+from alert_worker.redaction import password_misread
 
 
 def _text(env: Mapping[str, str], name: str) -> str:
     return (env.get(name) or "").strip()
+
+
+def connection_url(env: Mapping[str, str], name: str, *, authority_ends: str, first_at: bool) -> str:
+    """A DSN its driver reads as written: a password holding an unescaped '/', '?', '#' or '@' is refused.
+
+    Read otherwise, a piece of the password would become a host or a port, and the driver's error would
+    quote it (docs/contract.md §7.6). The message names the variable, never its value.
+    """
+    url = _text(env, name)
+    if password_misread(url, authority_ends=authority_ends, first_at=first_at):
+        raise ConfigurationError(
+            f"{name}: its password holds an unescaped '/', '?', '#' or '@' (or an '@' follows the host): "
+            "percent-encode them (%2F, %3F, %23, %40)"
+        )
+    return url
 
 
 def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
@@ -23,7 +39,7 @@ def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
         if not part:
             continue
         host, _, port = part.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        if not host or not port.isdecimal() or not 0 < int(port) <= 65535:
             raise ConfigurationError(f"REDIS_SENTINELS must list host:port pairs, got {part!r}")
         found.append((host.strip("[]"), int(port)))
     return tuple(found)

@@ -23,7 +23,7 @@ from alert_worker.console import (
     require_connection_settings_or_fail,
     show,
 )
-from alert_worker.redaction import safe_error, sanitize_text
+from alert_worker.redaction import safe_error, sanitize_text, url_password
 from alert_worker.resources import open_redis
 from alert_worker.settings import Settings
 from alert_worker.suppression_commands import SUPPRESSION_COMMANDS, SuppressionCommandError, held_by
@@ -136,9 +136,9 @@ def cmd_poison_list(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     out(f"{'ID':<38} {'CHANNEL':<7} {'RECIPIENT':<28} {'TRIES':>5}  {'POISONED AT':<25} ERROR")
     for r in rows:
-        error = (r["error_message"] or "-") + ("" if r["replayable"] else "  [not replayable: resolve it]")
+        error = show(r["error_message"]) + ("" if r["replayable"] else "  [not replayable: resolve it]")
         out(
-            f"{r['id']:<38} {r['channel']:<7} {r['recipient']:<28} {r['attempts']:>5}  "
+            f"{show(r['id']):<38} {show(r['channel']):<7} {show(r['recipient']):<28} {r['attempts']:>5}  "
             f"{show(r['poison_at']):<25} {error}"
         )
     return 0
@@ -163,12 +163,12 @@ def cmd_poison_replay(args: argparse.Namespace, settings: Settings) -> int:
     else:
         verb = "would replay" if result.dry_run else "replayed"
         for delivery_id in result.replayed:
-            out(f"{verb} {delivery_id}")
+            out(f"{verb} {show(delivery_id)}")
         out(f"{verb} {len(result.replayed)} deliveries")
     for delivery_id, reason in result.skipped.items():
-        err(f"skipped {delivery_id}: {reason}")
+        err(f"skipped {show(delivery_id)}: {reason}")
     for delivery_id in result.enqueue_failed:
-        err(f"{delivery_id}: back to pending but its job could not be enqueued; the sweep will enqueue it")
+        err(f"{show(delivery_id)}: back to pending but its job could not be enqueued; the sweep will enqueue it")
     return 1 if result.skipped or result.enqueue_failed else 0
 
 
@@ -191,9 +191,9 @@ def cmd_poison_resolve(args: argparse.Namespace, settings: Settings) -> int:
             if client is not None:
                 client.close()
     for delivery_id in result.resolved:
-        out(f"resolved {delivery_id}")
+        out(f"resolved {show(delivery_id)}")
     for delivery_id, reason in result.skipped.items():
-        err(f"skipped {delivery_id}: {reason}")
+        err(f"skipped {show(delivery_id)}: {reason}")
     return 1 if result.skipped else 0
 
 
@@ -265,5 +265,6 @@ def run_command(command: str, args: argparse.Namespace, settings: Settings) -> i
         err(str(exc))
         return 1
     except (psycopg.Error, redis.RedisError, OSError) as exc:
-        err(f"{command} failed: {safe_error(exc)}")
+        secrets = (url_password(settings.database_url), url_password(settings.redis_url))
+        err(f"{command} failed: {safe_error(exc, *secrets)}")
         return 1

@@ -1,6 +1,8 @@
 """What the operator commands share: printing to the console, the command error, and their connections.
 
 Output helpers never print a raw recipient, body or secret: callers pass masked rows and sanitized errors.
+Text from a delivery goes through ``show`` (or ``print_json``, ASCII-only JSON), so an id or an error holding
+terminal escapes prints as ``\\x1b[...``, never as the escape itself.
 Connections are checked with one direct Postgres connection first, so a command fails at once with the
 reason instead of a pool timeout.
 """
@@ -16,6 +18,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
+from alert_worker.redaction import escape_controls
 from alert_worker.resources import Connections, open_job_pool, short_lived
 from alert_worker.settings import Settings
 
@@ -33,6 +36,7 @@ def err(text: str) -> None:
 
 
 def print_json(value: Any) -> None:
+    """JSON as ``json`` writes it (ASCII only): every control character is already a ``\\u`` escape."""
     out(json.dumps(value, default=jsonable, sort_keys=True))
 
 
@@ -43,9 +47,10 @@ def jsonable(value: Any) -> Any:
 
 
 def show(value: Any) -> str:
+    """One value for a table or a ``label: value`` line, control characters escaped."""
     if value is None:
         return "-"
-    return value.isoformat() if isinstance(value, datetime) else str(value)
+    return value.isoformat() if isinstance(value, datetime) else escape_controls(str(value))
 
 
 def reachable_database(settings: Settings) -> None:

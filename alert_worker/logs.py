@@ -19,6 +19,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from alert_worker.redaction import escape_controls
+
 _SECRET_KEYS = frozenset({"recipient", "body", "subject", "password", "token", "auth_token", "webhook_url", "url"})
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -47,6 +49,14 @@ def _rq_job_context(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mu
         event_dict["job_id"] = found.job_id
         if "delivery_id" not in event_dict and found.delivery_id is not None:
             event_dict["delivery_id"] = found.delivery_id
+    return event_dict
+
+
+def _escape_for_terminal(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Console format only (JSON escapes anyway): a delivery id holding terminal escapes prints as ``\\x1b``."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and key != "exception":  # a traceback keeps its lines
+            event_dict[key] = escape_controls(value)
     return event_dict
 
 
@@ -88,6 +98,7 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO, *, st
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            *([_escape_for_terminal] if log_format == "console" else []),
             renderer,
         ],
     )

@@ -1,30 +1,40 @@
 """Serve the metrics as Prometheus text from the worker's parent process (``ALERT_METRICS_PORT``).
 
 Imported only by ``main()``: ``prometheus_client`` costs ~90 ms to import and a job never needs it.
-A scrape opens its own Redis client and Postgres connection (the HTTP thread shares nothing with forked
-work-horses) and reads: the counters jobs keep in Redis, the live worker registrations (§6.1), the
-scheduler locks, and the age of the oldest due pending delivery (one index probe, ``overview``).
+A scrape reads the counters jobs keep in Redis, the live worker registrations (§6.1), the scheduler locks,
+and the age of the oldest due pending delivery (one index probe, ``overview``).
+
+Scrapes take turns on one Redis client and one Postgres connection, kept across scrapes; a connection
+found broken is closed and the next scrape opens a new one (docs/contract.md §7.6). The HTTP side, bounded
+against half-sent requests, is ``metrics_http.MetricsServer``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
 import redis
 import structlog
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from alert_worker.connect import silent_network_kwargs
+from alert_worker.connect import postgres_kwargs
 from alert_worker.keys import RedisKeys
 from alert_worker.metrics import CHANNELS, LATENCY_BUCKETS, le_label, split_field
+from alert_worker.metrics_http import MetricsServer as MetricsServer  # where main() and tests find it
 from alert_worker.overview import live_workers, oldest_due_pending_seconds
 from alert_worker.settings import Settings
 
 log = structlog.get_logger("alert_worker.metrics")
+
+SCRAPE_WAIT_SECONDS = 15.0  # a scrape waits this long for the one before it, then reports the stores down
+_REDIS_UP = "1 when the metrics store (Redis) answered this scrape"
+_DATABASE_UP = "1 when Postgres answered this scrape"
 
 # (family name, help, second label) of the Redis hashes keyed "<channel>|<label>".
 _LABELLED_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
@@ -40,7 +50,11 @@ _CHANNEL_COUNTERS: tuple[tuple[str, str, str], ...] = (
 
 
 class AlertCollector(Collector):
-    """Reads Redis (and, when given, Postgres) at scrape time, with fresh connections per scrape (fork-safe)."""
+    """Reads Redis (and, when given, Postgres) at scrape time, one scrape at a time, on kept connections.
+
+    ``client_factory`` is called for the first scrape and again only after a scrape found Redis failing;
+    ``oldest_due_pending`` keeps its own connection (``DatabaseProbe``). Only the parent process scrapes.
+    """
 
     def __init__(
         self,
@@ -51,17 +65,51 @@ class AlertCollector(Collector):
         scheduler_probe: Callable[[redis.Redis], dict[str, bool]] | None = None,
     ) -> None:
         self._client_factory = client_factory
+        self._client: redis.Redis | None = None
         self._prefix = prefix
         self._keys = RedisKeys(prefix)
         self._oldest_due_pending = oldest_due_pending
         self._scheduler_probe = scheduler_probe
+        self._turn = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("alert_metrics_redis_up", "1 when the metrics store (Redis) answered this scrape")
+        if not self._turn.acquire(timeout=SCRAPE_WAIT_SECONDS):
+            log.warning("metrics_scrape_busy", waited_seconds=SCRAPE_WAIT_SECONDS)
+            return iter(self._all_down())
         try:
-            families = self._read()
-        except redis.RedisError as exc:
+            return iter(list(self._collect()))
+        finally:
+            self._turn.release()
+
+    def close(self) -> None:
+        """Close the kept connections (the server is stopping)."""
+        with self._turn:
+            self._drop_client()
+            closer = getattr(self._oldest_due_pending, "close", None)
+            if closer is not None:
+                closer()
+
+    def _all_down(self) -> list[Metric]:
+        down: list[Metric] = [GaugeMetricFamily("alert_metrics_redis_up", _REDIS_UP, value=0)]
+        if self._oldest_due_pending is not None:
+            down.append(GaugeMetricFamily("alert_metrics_database_up", _DATABASE_UP, value=0))
+        return down
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(redis.RedisError):
+                client.close()
+
+    def _collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("alert_metrics_redis_up", _REDIS_UP)
+        try:
+            if self._client is None:
+                self._client = self._client_factory()
+            families = self._read(self._client)
+        except (redis.RedisError, OSError, ValueError) as exc:
             log.warning("metrics_read_failed", error=type(exc).__name__)
+            self._drop_client()  # the next scrape opens a new client
             up.add_metric([], 0)
             yield up
         else:
@@ -73,7 +121,7 @@ class AlertCollector(Collector):
 
     def _database(self) -> Iterator[Metric]:
         assert self._oldest_due_pending is not None
-        up = GaugeMetricFamily("alert_metrics_database_up", "1 when Postgres answered this scrape")
+        up = GaugeMetricFamily("alert_metrics_database_up", _DATABASE_UP)
         try:
             age = self._oldest_due_pending()
         except (psycopg.Error, OSError) as exc:
@@ -89,23 +137,19 @@ class AlertCollector(Collector):
             value=age or 0.0,
         )
 
-    def _read(self) -> list[Metric]:
-        client = self._client_factory()
-        try:
-            keys = self._keys
-            pipe = client.pipeline(transaction=False)
-            for attr, *_ in _LABELLED_COUNTERS:
-                pipe.hgetall(getattr(keys, f"metrics_{attr}"))  # RedisKeys.metrics_attempts, ...
-            for attr, *_ in _CHANNEL_COUNTERS:
-                pipe.hgetall(getattr(keys, f"metrics_{attr}"))
-            pipe.hgetall(keys.metrics_latency_buckets)
-            pipe.hgetall(keys.metrics_latency_sum)
-            pipe.mget([keys.poison_count, keys.queue_depth])
-            replies = pipe.execute()
-            workers = live_workers(client, self._prefix)
-            schedulers = self._scheduler_probe(client) if self._scheduler_probe else None
-        finally:
-            client.close()
+    def _read(self, client: redis.Redis) -> list[Metric]:
+        keys = self._keys
+        pipe = client.pipeline(transaction=False)
+        for attr, *_ in _LABELLED_COUNTERS:
+            pipe.hgetall(getattr(keys, f"metrics_{attr}"))  # RedisKeys.metrics_attempts, ...
+        for attr, *_ in _CHANNEL_COUNTERS:
+            pipe.hgetall(getattr(keys, f"metrics_{attr}"))
+        pipe.hgetall(keys.metrics_latency_buckets)
+        pipe.hgetall(keys.metrics_latency_sum)
+        pipe.mget([keys.poison_count, keys.queue_depth])
+        replies = pipe.execute()
+        workers = live_workers(client, self._prefix)
+        schedulers = self._scheduler_probe(client) if self._scheduler_probe else None
         n = len(_LABELLED_COUNTERS)
         families: list[Metric] = [
             _counter(name, doc, ("channel", label), values)
@@ -179,24 +223,49 @@ def _histogram(buckets: dict[bytes, bytes], sums: dict[bytes, bytes]) -> Metric:
     return family
 
 
-def database_probe(
-    database_url: str, *, timeout_seconds: int = 5, network: Mapping[str, Any] | None = None
-) -> Callable[[], float | None]:
-    """The oldest-due-pending query on a fresh, bounded connection per scrape.
+class DatabaseProbe:
+    """The oldest-due-pending query on one connection kept across scrapes, each in a bounded transaction.
 
     ``SET LOCAL`` (inside the transaction) so a PgBouncer in transaction mode never carries the timeout
-    over to another client's server connection. ``network``: ``connect.silent_network_kwargs``.
+    over to another client's server connection. A connection found broken (Postgres restarted, the network
+    dropped it) is closed; a kept one is replaced at once and the query asked once more on the new one.
     """
 
-    def probe() -> float | None:
-        with (
-            psycopg.connect(database_url, connect_timeout=timeout_seconds, **dict(network or {})) as conn,
-            conn.transaction(),
-        ):
-            conn.execute(f"SET LOCAL statement_timeout = {int(timeout_seconds * 1000)}")
-            return oldest_due_pending_seconds(conn)
+    def __init__(self, database_url: str, *, timeout_seconds: int = 5, connect_kwargs: dict[str, Any] | None = None):
+        self._url = database_url
+        self._timeout = timeout_seconds
+        self._kwargs = {**(connect_kwargs or {}), "connect_timeout": timeout_seconds, "autocommit": True}
+        self._conn: psycopg.Connection[Any] | None = None
 
-    return probe
+    def __call__(self) -> float | None:
+        kept = self._conn is not None
+        try:
+            return self._query()
+        except (psycopg.Error, OSError):
+            if not (kept and self._conn is None):
+                raise
+        return self._query()  # the kept connection had broken: once more on a new one
+
+    def _query(self) -> float | None:
+        if self._conn is None:
+            self._conn = psycopg.connect(self._url, **self._kwargs)
+        conn = self._conn
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL statement_timeout = {int(self._timeout * 1000)}")
+                return oldest_due_pending_seconds(conn)
+        except (psycopg.Error, OSError):
+            if conn.closed or conn.broken:
+                self.close()
+            raise
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+database_probe = DatabaseProbe  # what ``AlertCollector`` calls for ``alert_oldest_due_pending_age_seconds``
 
 
 def collector_for(
@@ -212,7 +281,7 @@ def collector_for(
         client_factory=client_factory,
         prefix=settings.redis_key_prefix,
         oldest_due_pending=(
-            database_probe(settings.database_url, network=silent_network_kwargs(settings))
+            database_probe(settings.database_url, connect_kwargs=postgres_kwargs(settings))
             if settings.database_url
             else None
         ),
@@ -229,16 +298,3 @@ def registry_for(collector: Collector) -> CollectorRegistry:
 def render(collector: Collector) -> bytes:
     """The Prometheus text exposition (what the HTTP endpoint serves)."""
     return bytes(generate_latest(registry_for(collector)))
-
-
-class MetricsServer:
-    """``ALERT_METRICS_PORT``: a daemon HTTP thread serving ``/metrics`` from the worker's parent process."""
-
-    def __init__(self, *, collector: Collector, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104
-        self._server, self._thread = start_http_server(port, addr=addr, registry=registry_for(collector))
-        self.port = int(self._server.server_port)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)

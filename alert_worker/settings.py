@@ -6,18 +6,20 @@ start-up instead of at the first 3 a.m. alert. The variables are listed in READM
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 from alert_worker.channel_settings import SlackSettings, SmtpSettings, TwilioSettings, is_bare_address, is_loopback_host
-from alert_worker.cluster_settings import cluster_from_env
+from alert_worker.cluster_settings import cluster_from_env, connection_url
 from alert_worker.errors import ConfigurationError
 from alert_worker.models import ChannelType
 from alert_worker.redaction import redact_url
 from alert_worker.validation import is_e164
 
 DEFAULT_WORKER_THREADS, MAX_WORKER_THREADS = 8, 64  # ALERT_WORKER_THREADS, docs/contract.md §6.1
+MAX_SECONDS = 10 * 365 * 86400  # seconds are finite and below this (§7.6): Postgres refuses an inf interval
 
 
 def _text(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -39,7 +41,7 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
 
 def _worker_threads(env: Mapping[str, str]) -> int:
     raw = _text(env, "ALERT_WORKER_THREADS") or str(DEFAULT_WORKER_THREADS)
-    value = int(raw) if raw.lstrip("-").isdigit() else 0
+    value = int(raw) if raw.lstrip("-").isdecimal() else 0
     if not 1 <= value <= MAX_WORKER_THREADS:
         raise ConfigurationError(f"ALERT_WORKER_THREADS must be an integer 1..{MAX_WORKER_THREADS}, got {raw!r}")
     return value
@@ -53,8 +55,10 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float 
         value = float(raw)
     except ValueError:
         raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
-    if not value >= minimum:  # also rejects NaN
-        raise ConfigurationError(f"{name} must be >= {minimum}, got {raw}")
+    if not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a finite number, got {raw!r}")
+    if not minimum <= value <= MAX_SECONDS:
+        raise ConfigurationError(f"{name} must be between {minimum:g} and {MAX_SECONDS}, got {raw}")
     return value
 
 
@@ -70,13 +74,13 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def parse_delays(raw: str, *, name: str = "ALERT_RETRY_DELAYS") -> tuple[float, ...]:
-    """``"5,30,120"`` -> ``(5.0, 30.0, 120.0)``; every delay positive, at least one."""
+    """``"5,30,120"`` -> ``(5.0, 30.0, 120.0)``; every delay positive and finite, at least one."""
     try:
         delays = tuple(float(part) for part in raw.split(",") if part.strip())
     except ValueError:
         raise ConfigurationError(f"{name} must be comma-separated seconds, got {raw!r}") from None
-    if not delays or any(not d > 0 for d in delays):
-        raise ConfigurationError(f"{name} must list positive seconds, got {raw!r}")
+    if not delays or any(not 0 < d <= MAX_SECONDS for d in delays):  # NaN and inf fail too
+        raise ConfigurationError(f"{name} must list positive, finite seconds (at most {MAX_SECONDS}), got {raw!r}")
     return delays
 
 
@@ -186,8 +190,8 @@ class Settings:
             )
         prefix = _text(env, "ALERT_REDIS_KEY_PREFIX", "alert:") or "alert:"
         return cls(
-            database_url=_text(env, "DATABASE_URL"),
-            redis_url=_text(env, "REDIS_URL"),
+            database_url=connection_url(env, "DATABASE_URL", authority_ends="/", first_at=True),  # libpq
+            redis_url=connection_url(env, "REDIS_URL", authority_ends="/?#", first_at=False),  # urllib
             queues=parse_queues(_text(env, "RQ_QUEUES", "alerts")),
             resource_scope=scope,
             job_timeout_seconds=job_timeout,

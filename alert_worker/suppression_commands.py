@@ -83,14 +83,17 @@ def _key(store: DeliveryStore, settings: Settings, channel: str, recipient: str)
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     with _suppressions(settings) as (suppressions, _):
         entries = suppressions.list(args.channel)
+    from alert_worker.console import show
+
     if args.json:
         print(json.dumps([e.as_json() for e in entries]), flush=True)
         return 0
     if not entries:
         print("no suppressed recipients", flush=True)
     for e in entries:
-        source = e.source_delivery_id or "operator"
-        line = f"{e.channel:<6} {e.recipient_hash} {e.recipient:<32} {e.created_at.isoformat()} {source}  {e.reason}"
+        source = show(e.source_delivery_id or "operator")
+        masked, when = show(e.recipient), e.created_at.isoformat()
+        line = f"{e.channel:<6} {e.recipient_hash} {masked:<32} {when} {source}  {show(e.reason)}"
         print(line, flush=True)
     return 0
 

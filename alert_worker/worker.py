@@ -95,7 +95,8 @@ def run_worker(
         log.error(exc.event, **exc.fields)
         return 1
     except (psycopg.Error, redis.RedisError, OSError) as exc:
-        log.error("startup_failed", error=safe_error(exc, url_password(settings.database_url)))
+        secrets = (url_password(settings.database_url), url_password(settings.redis_url))
+        log.error("startup_failed", error=safe_error(exc, *secrets))
         return 1
     warn_disabled_channels(settings)
     connection = open_redis(settings)

@@ -105,3 +105,14 @@ def test_console_format_is_for_humans() -> None:
     assert "worker_started" in text and "queues=['alerts']" in text
     with pytest.raises(json.JSONDecodeError):
         json.loads(text)
+
+
+def test_console_format_prints_control_characters_escaped() -> None:
+    """A delivery id holding terminal escapes reaches a terminal as ``\\x1b[...`` (JSON escapes them anyway)."""
+    out = io.StringIO()
+    with preserved_logging():
+        configure_logging("console", stream=out)
+        structlog.get_logger().info("delivery_claimed", delivery_id="x\r\x1b[2Kfake\x07")
+    text = out.getvalue()
+    assert "delivery_id=x\\x0d\\x1b[2Kfake\\x07" in text
+    assert not any(ch in text for ch in "\r\x1b\x07")
