@@ -6,6 +6,9 @@ running cooldown. The destination (webhook URL, Twilio account + sender, SMTP ho
 a recipient is and hashed with the recipient-hash secret, so a key never shows a webhook path. Redis
 errors are logged and read as "not cooling": the rate limiter asked right after fails closed on the same
 outage.
+
+Channel pauses (``ChannelPauses``, docs/contract.md §7.7) are the same idea one level up: the provider
+refused the channel's own settings, so the whole channel waits, not one destination.
 """
 
 from __future__ import annotations
@@ -90,3 +93,56 @@ class Cooldowns:
     def count(self) -> int:
         """Active cooldowns (for ``status``); a SCAN, fine for the handful that exist at once."""
         return sum(1 for _ in self._client.scan_iter(match=self.pattern(), count=500))
+
+
+class ChannelPauses:
+    """Channels paused fleet-wide because the provider refused their own settings (docs/contract.md §7.7).
+
+    One key per channel, ``<prefix>paused:<channel>``, holding the reason for ``pause_seconds``
+    (``ALERT_CHANNEL_PAUSE_SECONDS``). While it exists no worker sends on the channel, so no thread starts
+    another login with the refused password; when it expires the next delivery tries again, and a second
+    refusal pauses the channel for another period. Redis errors are logged and read as "not paused" (the
+    rate limiter asked right after fails closed on the same outage).
+    """
+
+    def __init__(self, *, client: redis.Redis, key_prefix: str = DEFAULT_PREFIX, pause_seconds: float = 300.0) -> None:
+        self._client = client
+        self._keys = RedisKeys(key_prefix)
+        self.pause_seconds = pause_seconds
+
+    def pause(self, channel: str, reason: str) -> float:
+        """Pause ``channel`` for ``pause_seconds`` from now (a later refusal restarts the period)."""
+        ms = max(1, math.ceil(self.pause_seconds * 1000))
+        try:
+            self._client.set(self._keys.paused(channel), reason, px=ms)
+        except redis.RedisError as exc:
+            log.error("channel_pause_not_set", channel=channel, error=type(exc).__name__)
+            return 0.0
+        return ms / 1000.0
+
+    def state(self, channel: str) -> tuple[str, float] | None:
+        """(reason, seconds left) while ``channel`` is paused, else ``None``."""
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.get(self._keys.paused(channel))
+            pipe.pttl(self._keys.paused(channel))
+            reason, ttl = pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("channel_pause_unreadable", channel=channel, error=type(exc).__name__)
+            return None
+        if reason is None or int(ttl) <= 0:
+            return None
+        text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
+        return text, int(ttl) / 1000.0
+
+
+def paused_channels(client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
+    """Every paused channel and its reason (for ``status`` and ``/metrics``); one ``MGET``, raises on errors."""
+    keys = RedisKeys(prefix)
+    names = [channel.value for channel in ChannelType]
+    values = client.mget([keys.paused(name) for name in names])
+    return {
+        name: value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        for name, value in zip(names, values, strict=True)
+        if value is not None
+    }

@@ -74,6 +74,10 @@ class RedisKeys:
         """``SCAN MATCH`` for active cooldowns (they expire by TTL, so every key found is active)."""
         return f"{self.prefix}cooldown:*"
 
+    def paused(self, channel: str) -> str:
+        """A channel whose own settings the provider refused: paused fleet-wide, holds the reason (§7.7)."""
+        return f"{self.prefix}paused:{channel}"
+
     def sent(self, delivery_id: str) -> str:
         """A provider's acceptance Postgres could not record (``sent_marks``); other ids by a SHA-256 prefix."""
         if _PLAIN_ID.fullmatch(delivery_id):
