@@ -3,14 +3,15 @@
 Before a send, ``hold`` says whether the delivery must not be sent now:
 
     suppressed recipient            poison ``suppressed: <reason>``, no request
+    channel paused (§7.7)           defer to the pause's end (``channel_paused: <reason>``), no attempt used
     destination cooling down        defer to the cooldown's end like a rate-limit denial, no attempt used
     SMS whose last outcome unknown  if Twilio already has the message: delivered with its SID, no request
 
-After a failed send, ``after_failure`` starts a cooldown (``SlowDownError``), suppresses the recipient
-(``RecipientRejectedError``; never the configured default webhook, whose rejection is logged
-``default_webhook_rejected`` and poisons only its delivery) or records the unknown outcome
-(``OutcomeUnknownError``). These are side effects: a failure to record one is logged and never fails the
-delivery.
+After a failed send, ``after_failure`` pauses the channel (``ChannelMisconfiguredError``), starts a
+cooldown (``SlowDownError``), suppresses the recipient (``RecipientRejectedError``; never the configured
+default webhook, whose rejection is logged ``default_webhook_rejected`` and poisons only its delivery) or
+records the unknown outcome (``OutcomeUnknownError``). These are side effects: a failure to record one is
+logged and never fails the delivery.
 """
 
 from __future__ import annotations
@@ -21,9 +22,15 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from alert_worker.channels.base import Channel
-from alert_worker.cooldown import Cooldowns, destination_hash
+from alert_worker.cooldown import ChannelPauses, Cooldowns, destination_hash
 from alert_worker.delivery import recipient_identity
-from alert_worker.errors import DeliveryError, OutcomeUnknownError, RecipientRejectedError, SlowDownError
+from alert_worker.errors import (
+    ChannelMisconfiguredError,
+    DeliveryError,
+    OutcomeUnknownError,
+    RecipientRejectedError,
+    SlowDownError,
+)
 from alert_worker.models import ChannelType, DeliveryRow, Message
 from alert_worker.outcomes import UnknownOutcomes
 from alert_worker.redaction import mask_recipient
@@ -50,10 +57,15 @@ class NullFeedbackMetrics:
 class Hold:
     """Why a claimed delivery is not sent now."""
 
-    kind: Literal["suppressed", "cooldown", "already_sent"]
+    kind: Literal["suppressed", "paused", "cooldown", "already_sent"]
     error: str | None = None
     wait_seconds: float = 0.0
     message_id: str | None = None
+
+
+def paused_error(reason: str) -> str:
+    """The row's ``error_message`` while its channel is paused (docs/contract.md §7.7)."""
+    return f"channel_paused: {reason}"
 
 
 def cooldown_error(channel: str, wait_seconds: float) -> str:
@@ -92,6 +104,7 @@ class ProviderFeedback:
         *,
         cooldowns: Cooldowns,
         suppressions: SuppressionStore,
+        pauses: ChannelPauses | None = None,
         outcomes: UnknownOutcomes,
         hash_secret: str,
         default_webhook_url: str = "",
@@ -99,6 +112,7 @@ class ProviderFeedback:
         logger: Any = None,
     ) -> None:
         self._cooldowns = cooldowns
+        self._pauses = pauses
         self._suppressions = suppressions
         self._outcomes = outcomes
         self._secret = hash_secret
@@ -116,7 +130,8 @@ class ProviderFeedback:
 
     # -- before the send -------------------------------------------------------------------------------
     def hold(self, row: DeliveryRow, channel: Channel, message: Message) -> Hold | None:
-        """Suppression first (it ends the delivery), then the cooldown, then the unknown-outcome look-up.
+        """Suppression first (it ends the delivery), then a channel pause, then the cooldown, then the
+        unknown-outcome look-up.
 
         The look-up raises ``TransientDeliveryError`` when Twilio cannot be asked: never resend blindly.
         """
@@ -124,6 +139,9 @@ class ProviderFeedback:
         if reason is not None:
             self._metrics.suppressed(row.channel)
             return Hold(kind="suppressed", error=f"suppressed: {reason}")
+        paused = self._pauses.state(row.channel) if self._pauses is not None else None
+        if paused is not None:  # no request, so no login with settings the provider refused (§7.7)
+            return Hold(kind="paused", error=paused_error(paused[0]), wait_seconds=paused[1])
         wait = self._cooldowns.remaining(row.channel, self._destination(row, channel, message))
         if wait > 0:
             return Hold(kind="cooldown", error=cooldown_error(row.channel, wait), wait_seconds=wait)
@@ -141,7 +159,10 @@ class ProviderFeedback:
     ) -> None:
         """Start a cooldown, suppress the recipient or remember the unknown outcome; never raises."""
         try:
-            if isinstance(exc, SlowDownError):
+            if isinstance(exc, ChannelMisconfiguredError):
+                seconds = self._pauses.pause(row.channel, exc.reason) if self._pauses is not None else 0.0
+                log.error("channel_paused", reason=exc.reason, pause_seconds=round(seconds, 3))
+            elif isinstance(exc, SlowDownError):
                 seconds = self._cooldowns.start(row.channel, self._destination(row, channel, message), exc.retry_after)
                 log.warning("destination_cooldown_started", cooldown_seconds=round(seconds, 3))
             elif isinstance(exc, RecipientRejectedError) and self._is_default_webhook(row):
@@ -190,6 +211,9 @@ def build_feedback(
             max_seconds=settings.max_retry_delay_seconds,
         ),
         suppressions=SuppressionStore(source=pool),
+        pauses=ChannelPauses(
+            client=client, key_prefix=settings.redis_key_prefix, pause_seconds=settings.channel_pause_seconds
+        ),
         outcomes=UnknownOutcomes(source=pool),
         hash_secret=hash_secret,
         default_webhook_url=settings.slack.default_webhook_url,
