@@ -253,6 +253,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
             out(f"scheduler for {queue}: {'seen' if seen else 'NOT SEEN'}")
         for channel, state in result["channels"].items():
             out(f"channel {channel}: {state}")
+        for channel, verdict in result["logins"].items():
+            out(f"{channel} login: {verdict}")
         for warning in result["warnings"]:
             out(f"WARNING: {warning}")
         out("ok" if result["ok"] else "FAILED")

@@ -302,7 +302,10 @@ class EmailChannel(Channel):
         """
         try:
             smtp = self._connect()
-            _quit(smtp)
+            try:
+                smtp.ehlo_or_helo_if_needed()
+            finally:
+                _quit(smtp)
         except ChannelMisconfiguredError:
             raise
         except (smtplib.SMTPException, OSError) as exc:
