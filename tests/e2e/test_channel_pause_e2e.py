@@ -42,7 +42,8 @@ def _rows(database_url: str) -> list[tuple[str, str, int, str | None]]:
 def _queue(env: dict[str, str]) -> None:
     settings = Settings.from_env(env)
     for i in range(QUEUED):
-        send_alert("email", f"oncall{i}@example.com", "Disk full", "db-1 at 99%", delivery_id=f"p-{i:02d}", settings=settings)
+        to = f"oncall{i}@example.com"
+        send_alert("email", to, "Disk full", "db-1 at 99%", delivery_id=f"p-{i:02d}", settings=settings)
 
 
 def test_a_wrong_smtp_password_makes_one_login_for_twenty_queued_e_mails_and_poisons_none(
@@ -80,15 +81,9 @@ def test_once_the_password_is_fixed_the_paused_deliveries_flow_when_the_pause_en
     assert run_cli(["run", "--burst", "--threads", "1"], env, timeout=180).returncode == 0
     assert auth_sink.auth_commands == 2
     wait_until(lambda: not redis_client.exists("alert:paused:email"), timeout=30, what="the pause to end")
-    with psycopg.connect(database_url, autocommit=True) as conn:  # every deferral due (pause + jitter), by the database clock
-        wait_until(
-            lambda: conn.execute(
-                "SELECT count(*) FROM alert_deliveries WHERE next_attempt_at > now()"
-            ).fetchone()[0]  # type: ignore[index]
-            == 0,
-            timeout=30,
-            what="the deferred deliveries to be due",
-        )
+    not_due = "SELECT count(*) FROM alert_deliveries WHERE next_attempt_at > now()"
+    with psycopg.connect(database_url, autocommit=True) as conn:  # every deferral due (pause + jitter)
+        wait_until(lambda: conn.execute(not_due).fetchone() == (0,), timeout=30, what="the deferrals to be due")
     fixed = _env(worker_env, auth_sink, PASSWORD, ALERT_CHANNEL_PAUSE_SECONDS="2")
     done = run_cli(["run", "--burst", "--threads", "1"], fixed, timeout=180)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
