@@ -13,6 +13,7 @@ from the HTTP status and Twilio's numeric code only: Twilio's own messages quote
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -118,12 +119,28 @@ def lookup_error(exc: Exception) -> TransientDeliveryError | ChannelMisconfigure
     """
     status = _as_int(getattr(exc, "status", None))
     code = _as_int(getattr(exc, "code", None))
+    if status is None:  # a page that failed to load: TwilioException("Unable to fetch page", response)
+        status, code = _page_answer(exc)
     detail = f"HTTP {status}" if status is not None else type(exc).__name__
     if code is not None and code != status:
         detail += f" code {code}"
     if status == 401 or code in CONFIGURATION_ERRORS:
         return ChannelMisconfiguredError(f"twilio lookup refused: {detail} (configuration error)")
     return TransientDeliveryError(f"outcome_unknown: twilio lookup failed: {detail}")
+
+
+def _page_answer(exc: Exception) -> tuple[int | None, int | None]:
+    """HTTP status and Twilio code of the response a list call's ``TwilioException`` carries, if any."""
+    for arg in exc.args:
+        status = _as_int(getattr(arg, "status_code", None))
+        if status is None:
+            continue
+        try:
+            body = json.loads(str(getattr(arg, "text", "") or ""))
+        except ValueError:
+            body = None
+        return status, _as_int(body.get("code")) if isinstance(body, dict) else None
+    return None, None
 
 
 def based_http_client(base_url: str, **kwargs: Any) -> Any:

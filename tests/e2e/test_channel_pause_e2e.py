@@ -62,14 +62,16 @@ def test_a_wrong_smtp_password_makes_one_login_for_twenty_queued_e_mails_and_poi
     assert {status for _, status, _, _ in rows} == {"pending"}, "deferred, never poisoned"
     assert {attempts for _, _, attempts, _ in rows} == {0}, "no attempt used"
     assert {error for *_, error in rows} == {"channel_paused: smtp_auth_failed 535: check SMTP_USER and SMTP_PASSWORD"}
-    reason = redis_client.get("alert:paused:email")
-    assert reason is not None and reason.decode().startswith("smtp_auth_failed 535")
+    raw = redis_client.get("alert:paused:email")
+    assert isinstance(raw, bytes)
+    reason = raw.decode()
+    assert reason.startswith("smtp_auth_failed 535")
     assert 0 < redis_client.pttl("alert:paused:email") <= 300_000
     assert PASSWORD not in done.stdout + done.stderr and "wrong-password" not in done.stdout + done.stderr
     overview = run_cli(["status", "--json"], env)
-    assert json.loads(overview.stdout)["paused"] == {"email": reason.decode()}
+    assert json.loads(overview.stdout)["paused"] == {"email": reason}
     one = json.loads(run_cli(["status", "p-07", "--json"], env).stdout)
-    assert one["channel_paused"] == reason.decode() and "channel pause" in one["held_by"]
+    assert one["channel_paused"] == reason and "channel pause" in one["held_by"]
 
 
 def test_once_the_password_is_fixed_the_paused_deliveries_flow_when_the_pause_ends_without_a_replay(
