@@ -224,7 +224,7 @@ def _redis_details(settings: Settings, client: redis.Redis, result: dict[str, An
     from alert_worker.cooldown import paused_channels
 
     for channel, reason in sorted(paused_channels(client, settings.redis_key_prefix).items()):
-        warnings.append(f"channel {channel} is paused: {reason} (docs/operations.md, 'A paused channel')")
+        warnings.append(f"channel {channel} is paused: {reason} (docs/operations.md, 'A channel is paused')")
     result["scheduler"] = scheduler_locks(client, settings.queues)
     for queue, seen in result["scheduler"].items():
         if not seen:

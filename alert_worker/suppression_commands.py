@@ -135,7 +135,7 @@ def held_by(error_message: str | None, channel: str = "") -> str | None:
     if text.startswith("channel_paused: "):
         return (
             "a fleet-wide channel pause: the provider refused the channel's own settings; fix them, and the "
-            "delivery is sent when the pause ends (docs/operations.md, 'A paused channel')"
+            "delivery is sent when the pause ends (docs/operations.md, 'A channel is paused')"
         )
     if text.startswith("outcome_unknown: twilio lookup failed"):
         return "Twilio could not be asked whether the earlier attempt went out; it is asked again before any resend"
