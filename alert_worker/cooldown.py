@@ -95,14 +95,19 @@ class Cooldowns:
         return sum(1 for _ in self._client.scan_iter(match=self.pattern(), count=500))
 
 
+PROBE_SECONDS = 60.0  # one try of a paused channel's settings at a time; a probe that never tried frees it after this
+
+
 class ChannelPauses:
     """Channels paused fleet-wide because the provider refused their own settings (docs/contract.md §7.7).
 
-    One key per channel, ``<prefix>paused:<channel>``, holding the reason for ``pause_seconds``
-    (``ALERT_CHANNEL_PAUSE_SECONDS``). While it exists no worker sends on the channel, so no thread starts
-    another login with the refused password; when it expires the next delivery tries again, and a second
-    refusal pauses the channel for another period. Redis errors are logged and read as "not paused" (the
-    rate limiter asked right after fails closed on the same outage).
+    ``<prefix>paused:<channel>`` holds the reason for ``pause_seconds`` (``ALERT_CHANNEL_PAUSE_SECONDS``):
+    while it exists no worker sends on the channel, so no thread starts another login with settings the
+    provider refused. When it expires, a probation (``pause_probation``, one more period) lets exactly one
+    delivery try again (``pause_probe``, ``SET NX``); the others wait for its answer. Accepted: the
+    probation is lifted and every waiting delivery flows. Refused: the channel is paused for another
+    period. So one delivery per pause period tries the settings. Redis errors are logged and read as
+    "not paused" (the rate limiter asked right after fails closed on the same outage).
     """
 
     def __init__(self, *, client: redis.Redis, key_prefix: str = DEFAULT_PREFIX, pause_seconds: float = 300.0) -> None:
@@ -114,14 +119,41 @@ class ChannelPauses:
         """Pause ``channel`` for ``pause_seconds`` from now (a later refusal restarts the period)."""
         ms = max(1, math.ceil(self.pause_seconds * 1000))
         try:
-            self._client.set(self._keys.paused(channel), reason, px=ms)
+            pipe = self._client.pipeline(transaction=True)
+            pipe.set(self._keys.paused(channel), reason, px=ms)
+            pipe.set(self._keys.pause_probation(channel), reason, px=2 * ms)
+            pipe.delete(self._keys.pause_probe(channel))
+            pipe.execute()
         except redis.RedisError as exc:
             log.error("channel_pause_not_set", channel=channel, error=type(exc).__name__)
             return 0.0
         return ms / 1000.0
 
+    def admit(self, channel: str) -> tuple[str, float, bool] | None:
+        """``None``: send as usual. Else (reason, seconds to wait, probe): ``probe`` True means this delivery
+        is the one that tries the settings now (wait 0); False that it waits (paused, or another probes)."""
+        keys = self._keys
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.get(keys.paused(channel))
+            pipe.pttl(keys.paused(channel))
+            pipe.get(keys.pause_probation(channel))
+            reason, ttl, probation = pipe.execute()
+            if reason is not None and int(ttl) > 0:
+                return _text(reason), int(ttl) / 1000.0, False
+            if probation is None:
+                return None
+            probe_ms = max(1, math.ceil(min(PROBE_SECONDS, self.pause_seconds) * 1000))
+            if self._client.set(keys.pause_probe(channel), "1", px=probe_ms, nx=True):
+                return _text(probation), 0.0, True
+            left = int(self._client.pttl(keys.pause_probe(channel)))
+        except redis.RedisError as exc:
+            log.warning("channel_pause_unreadable", channel=channel, error=type(exc).__name__)
+            return None
+        return _text(probation), max(left, 1000) / 1000.0, False
+
     def state(self, channel: str) -> tuple[str, float] | None:
-        """(reason, seconds left) while ``channel`` is paused, else ``None``."""
+        """(reason, seconds left) while ``channel`` is paused, else ``None`` (reads only)."""
         try:
             pipe = self._client.pipeline(transaction=False)
             pipe.get(self._keys.paused(channel))
@@ -132,8 +164,21 @@ class ChannelPauses:
             return None
         if reason is None or int(ttl) <= 0:
             return None
-        text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
-        return text, int(ttl) / 1000.0
+        return _text(reason), int(ttl) / 1000.0
+
+    def probe_done(self, channel: str, *, accepted: bool) -> None:
+        """The probing delivery's answer: accepted lifts the probation; otherwise the next may probe."""
+        names = [self._keys.pause_probe(channel)]
+        if accepted:
+            names.append(self._keys.pause_probation(channel))
+        try:
+            self._client.delete(*names)
+        except redis.RedisError as exc:  # the probe key expires by itself
+            log.warning("channel_probe_not_cleared", channel=channel, error=type(exc).__name__)
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def paused_channels(client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
@@ -141,8 +186,4 @@ def paused_channels(client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> dict[s
     keys = RedisKeys(prefix)
     names = [channel.value for channel in ChannelType]
     values = client.mget([keys.paused(name) for name in names])
-    return {
-        name: value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-        for name, value in zip(names, values, strict=True)
-        if value is not None
-    }
+    return {name: _text(value) for name, value in zip(names, values, strict=True) if value is not None}

@@ -7,6 +7,9 @@ Before a send, ``hold`` says whether the delivery must not be sent now:
     destination cooling down        defer to the cooldown's end like a rate-limit denial, no attempt used
     SMS whose last outcome unknown  if Twilio already has the message: delivered with its SID, no request
 
+After a pause ends, one delivery (the probe) is let through to try the channel's settings; the others
+wait for its answer (``cooldown.ChannelPauses``).
+
 After a failed send, ``after_failure`` pauses the channel (``ChannelMisconfiguredError``), starts a
 cooldown (``SlowDownError``), suppresses the recipient (``RecipientRejectedError``; never the configured
 default webhook, whose rejection is logged ``default_webhook_rejected`` and poisons only its delivery) or
@@ -16,6 +19,7 @@ logged and never fails the delivery.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -113,6 +117,8 @@ class ProviderFeedback:
     ) -> None:
         self._cooldowns = cooldowns
         self._pauses = pauses
+        self._probes: set[str] = set()  # deliveries trying a paused channel's settings (one fleet-wide)
+        self._lock = threading.Lock()  # one ProviderFeedback may serve every thread of a worker
         self._suppressions = suppressions
         self._outcomes = outcomes
         self._secret = hash_secret
@@ -139,9 +145,14 @@ class ProviderFeedback:
         if reason is not None:
             self._metrics.suppressed(row.channel)
             return Hold(kind="suppressed", error=f"suppressed: {reason}")
-        paused = self._pauses.state(row.channel) if self._pauses is not None else None
+        paused = self._pauses.admit(row.channel) if self._pauses is not None else None
         if paused is not None:  # no request, so no login with settings the provider refused (§7.7)
-            return Hold(kind="paused", error=paused_error(paused[0]), wait_seconds=paused[1])
+            reason, wait, probe = paused
+            if not probe:
+                return Hold(kind="paused", error=paused_error(reason), wait_seconds=wait)
+            with self._lock:
+                self._probes.add(row.id)  # this delivery tries the settings for the whole fleet
+            self._log.info("channel_pause_probe", delivery_id=row.id, channel=row.channel)
         wait = self._cooldowns.remaining(row.channel, self._destination(row, channel, message))
         if wait > 0:
             return Hold(kind="cooldown", error=cooldown_error(row.channel, wait), wait_seconds=wait)
@@ -157,12 +168,17 @@ class ProviderFeedback:
     def after_failure(
         self, row: DeliveryRow, channel: Channel, message: Message, exc: DeliveryError, *, log: Any
     ) -> None:
-        """Start a cooldown, suppress the recipient or remember the unknown outcome; never raises."""
+        """Pause the channel, start a cooldown, suppress the recipient or remember the unknown outcome;
+        never raises."""
         try:
+            probing = self._probe_ended(row)
             if isinstance(exc, ChannelMisconfiguredError):
                 seconds = self._pauses.pause(row.channel, exc.reason) if self._pauses is not None else 0.0
                 log.error("channel_paused", reason=exc.reason, pause_seconds=round(seconds, 3))
-            elif isinstance(exc, SlowDownError):
+                return
+            if probing and self._pauses is not None:  # no verdict on the settings: the next delivery tries
+                self._pauses.probe_done(row.channel, accepted=False)
+            if isinstance(exc, SlowDownError):
                 seconds = self._cooldowns.start(row.channel, self._destination(row, channel, message), exc.retry_after)
                 log.warning("destination_cooldown_started", cooldown_seconds=round(seconds, 3))
             elif isinstance(exc, RecipientRejectedError) and self._is_default_webhook(row):
@@ -191,7 +207,17 @@ class ProviderFeedback:
         raw = str((row.payload or {}).get("recipient") or "")
         return raw.strip() in SLACK_DEFAULT_RECIPIENTS or row.recipient_hash == self._default_webhook_hash
 
+    def _probe_ended(self, row: DeliveryRow) -> bool:
+        with self._lock:
+            if row.id not in self._probes:
+                return False
+            self._probes.discard(row.id)
+            return True
+
     def after_delivered(self, row: DeliveryRow) -> None:
+        if self._probe_ended(row) and self._pauses is not None:  # the settings work again: lift the probation
+            self._pauses.probe_done(row.channel, accepted=True)
+            self._log.warning("channel_resumed", delivery_id=row.id, channel=row.channel)
         if row.channel == "sms":
             try:
                 self._outcomes.clear(row.id)

@@ -452,3 +452,51 @@ def test_a_channel_paused_past_the_deferral_budget_is_poisoned_with_the_reason(h
     result = h.run()
     assert result["outcome"] == "poisoned" and "channel_paused" in result["error"]
     assert h.channel.sent == []
+
+
+def _pause_ended(h: Harness) -> None:
+    """The pause key's TTL ran out; the probation (one more period) is still there."""
+    h.redis.delete("alert:paused:email")
+    h.store.clock.now = max(f.row.next_attempt_at for f in h.store.rows.values() if f.row.next_attempt_at)
+
+
+def test_after_a_pause_exactly_one_delivery_tries_the_settings_and_a_refusal_pauses_again(h: Harness) -> None:
+    """One login per pause period: the first delivery after the pause probes, the rest wait for its answer."""
+    for _ in range(2):
+        h.channel.errors.append(ChannelMisconfiguredError(AUTH_REFUSED))
+    for i in range(5):
+        h.run(f"d-{i}")
+    assert len(h.channel.sent) == 1
+    _pause_ended(h)
+    results = [h.run(f"d-{i}", attempt=0) for i in range(5)]
+    assert len(h.channel.sent) == 2, "one probe, refused"
+    assert [r["outcome"] for r in results] == ["retry_scheduled"] * 5
+    assert h.pauses.state("email") is not None, "paused for another period"
+
+
+def test_while_one_delivery_probes_the_others_wait_for_its_answer(h: Harness) -> None:
+    h.pauses.pause("email", AUTH_REFUSED)
+    h.redis.delete("alert:paused:email")
+    assert h.pauses.admit("email") == (AUTH_REFUSED, 0.0, True)  # another worker's delivery is probing
+    result = h.run()
+    assert result["outcome"] == "retry_scheduled" and result["error"] == f"channel_paused: {AUTH_REFUSED}"
+    assert h.channel.sent == []
+    assert 1 <= h.scheduler.scheduled[-1].delay_seconds <= 66, "until the probe's answer: a minute, plus jitter"
+
+
+def test_an_accepted_probe_lifts_the_probation_and_the_waiting_deliveries_flow(h: Harness) -> None:
+    h.pauses.pause("email", AUTH_REFUSED)
+    h.redis.delete("alert:paused:email")
+    assert h.run("d-1")["outcome"] == "delivered"
+    assert not h.redis.exists("alert:pause_probation:email") and not h.redis.exists("alert:pause_probe:email")
+    assert [h.run(f"d-{i}")["outcome"] for i in range(2, 5)] == ["delivered"] * 3
+
+
+def test_a_probe_failing_for_another_reason_lets_the_next_delivery_probe(h: Harness) -> None:
+    """A timeout says nothing about the settings: the probe is freed, the probation stays."""
+    h.pauses.pause("email", AUTH_REFUSED)
+    h.redis.delete("alert:paused:email")
+    h.channel.errors.append(TransientDeliveryError("smtp_timeout"))
+    assert h.run("d-1")["outcome"] == "retry_scheduled"
+    assert not h.redis.exists("alert:pause_probe:email") and h.redis.exists("alert:pause_probation:email")
+    assert h.run("d-2")["outcome"] == "delivered"
