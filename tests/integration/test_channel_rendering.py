@@ -1,5 +1,6 @@
-"""What a person receives, end to end through ``execute_delivery_job`` on real Postgres and Redis: Slack
-Block Kit and internationalized e-mail addresses (issue 20 points 16 and 17)."""
+"""What a person reads, end to end through ``execute_delivery_job`` on real Postgres and Redis: Slack
+Block Kit, internationalized e-mail addresses, and ``status ID`` on an unknown outcome (issue 20 points 16, 17
+and 8)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import json
 from collections.abc import Iterator
 
 import pytest
+import requests
 
 from alert_worker import execute_delivery_job
+from tests.support.cli import InProcessCli
 from tests.support.http_providers import MockedProviders, channel_env, mocked_providers
 from tests.support.smtp import SmtpSink
 
@@ -59,3 +62,27 @@ def test_a_utf8_local_part_is_no_longer_refused(providers: MockedProviders, smtp
     result = execute_delivery_job("em-2", "email", "jöhn@example.com", "Disk full", "db-1 at 99%")
     assert result["outcome"] == "delivered", result
     assert smtp_sink.accepted[0].rcpt_tos == ["jöhn@example.com"]
+
+
+@pytest.mark.parametrize(
+    ("channel", "to", "says"),
+    [("slack", "default", "posted again"), ("sms", "+15551234567", "Twilio is asked")],
+    ids=["slack", "sms"],
+)
+def test_status_explains_an_unknown_outcome_for_the_delivery_s_own_channel(
+    providers: MockedProviders,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    worker_env: dict[str, str],
+    channel: str,
+    to: str,
+    says: str,
+) -> None:
+    """Only SMS is looked up before a resend; a Slack delivery's status no longer says it is."""
+    replies = providers.slack_replies if channel == "slack" else providers.twilio_replies
+    replies.append(requests.ReadTimeout("no answer"))
+    assert execute_delivery_job("u-1", channel, to, "Disk full", "db-1")["outcome"] == "retry_scheduled"
+    env = {**worker_env, **channel_env(slack_default=SLACK_DEFAULT, twilio_token="t" * 32)}
+    view = json.loads(InProcessCli(monkeypatch, capsys, env)("status", "u-1", "--json").out)
+    assert view["last_error"].startswith("outcome_unknown:")
+    assert says in view["held_by"] and ("Twilio" in view["held_by"]) is (channel == "sms")
