@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 
+DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
+
 
 def is_bare_address(text: str) -> bool:
     """``user@domain`` and nothing else: the one test of whether e-mail has a sender (check, start-up, job)."""
@@ -29,6 +31,7 @@ class SmtpSettings:
     password: str = field(repr=False)
     from_address: str
     security: str  # starttls | ssl | none
+    ca_file: str = ""  # SMTP_CA_FILE: PEM bundle trusted besides the default store, for this connection only
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -59,6 +62,7 @@ class TwilioSettings:
     account_sid: str
     auth_token: str = field(repr=False)
     from_number: str
+    api_base_url: str = DEFAULT_TWILIO_API_BASE_URL  # TWILIO_API_BASE_URL: staging or a provider mock
 
     @property
     def missing(self) -> tuple[str, ...]:

@@ -110,9 +110,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if row is None:
         raise CommandFailed(f"no delivery with id {args.id!r}")
     view = {label: row[column] for label, column in _STATUS_FIELDS}
-    holder = held_by(row["error_message"])
+    holder = held_by(row["error_message"], str(row["channel"]))
     if holder is not None:  # provider feedback (§6.2): which rule holds it and what to do
         view["held_by"] = holder
+    paused = _channel_pause(settings, str(row["channel"]))
+    if paused is not None:  # §7.7: the channel waits for its settings to be fixed
+        view["channel_paused"] = paused
     if args.json:
         print_json(view)
     else:
@@ -120,6 +123,22 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         for label, value in view.items():
             out(f"{label + ':':<{width}} {show(value)}")
     return 0
+
+
+def _channel_pause(settings: Settings, channel: str) -> str | None:
+    """The reason the channel is paused, if it is; Redis unreachable or unset: shown as unknown."""
+    from alert_worker.cooldown import paused_channels
+
+    if not settings.redis_url:
+        return None
+    try:
+        client = open_redis(settings)
+        try:
+            return paused_channels(client, settings.redis_key_prefix).get(channel)
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError):
+        return "unknown (Redis did not answer)"
 
 
 def cmd_poison_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -234,6 +253,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
             out(f"scheduler for {queue}: {'seen' if seen else 'NOT SEEN'}")
         for channel, state in result["channels"].items():
             out(f"channel {channel}: {state}")
+        for channel, verdict in result["logins"].items():
+            out(f"{channel} login: {verdict}")
         for warning in result["warnings"]:
             out(f"WARNING: {warning}")
         out("ok" if result["ok"] else "FAILED")

@@ -6,6 +6,9 @@ running cooldown. The destination (webhook URL, Twilio account + sender, SMTP ho
 a recipient is and hashed with the recipient-hash secret, so a key never shows a webhook path. Redis
 errors are logged and read as "not cooling": the rate limiter asked right after fails closed on the same
 outage.
+
+Channel pauses (``ChannelPauses``, docs/contract.md §7.7) are the same idea one level up: the provider
+refused the channel's own settings, so the whole channel waits, not one destination.
 """
 
 from __future__ import annotations
@@ -90,3 +93,97 @@ class Cooldowns:
     def count(self) -> int:
         """Active cooldowns (for ``status``); a SCAN, fine for the handful that exist at once."""
         return sum(1 for _ in self._client.scan_iter(match=self.pattern(), count=500))
+
+
+PROBE_SECONDS = 60.0  # one try of a paused channel's settings at a time; a probe that never tried frees it after this
+
+
+class ChannelPauses:
+    """Channels paused fleet-wide because the provider refused their own settings (docs/contract.md §7.7).
+
+    ``<prefix>paused:<channel>`` holds the reason for ``pause_seconds`` (``ALERT_CHANNEL_PAUSE_SECONDS``):
+    while it exists no worker sends on the channel, so no thread starts another login with settings the
+    provider refused. When it expires, a probation (``pause_probation``, one more period) lets exactly one
+    delivery try again (``pause_probe``, ``SET NX``); the others wait for its answer. Accepted: the
+    probation is lifted and every waiting delivery flows. Refused: the channel is paused for another
+    period. So one delivery per pause period tries the settings. Redis errors are logged and read as
+    "not paused" (the rate limiter asked right after fails closed on the same outage).
+    """
+
+    def __init__(self, *, client: redis.Redis, key_prefix: str = DEFAULT_PREFIX, pause_seconds: float = 300.0) -> None:
+        self._client = client
+        self._keys = RedisKeys(key_prefix)
+        self.pause_seconds = pause_seconds
+
+    def pause(self, channel: str, reason: str) -> float:
+        """Pause ``channel`` for ``pause_seconds`` from now (a later refusal restarts the period)."""
+        ms = max(1, math.ceil(self.pause_seconds * 1000))
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.set(self._keys.paused(channel), reason, px=ms)
+            pipe.set(self._keys.pause_probation(channel), reason, px=2 * ms)
+            pipe.delete(self._keys.pause_probe(channel))
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.error("channel_pause_not_set", channel=channel, error=type(exc).__name__)
+            return 0.0
+        return ms / 1000.0
+
+    def admit(self, channel: str) -> tuple[str, float, bool] | None:
+        """``None``: send as usual. Else (reason, seconds to wait, probe): ``probe`` True means this delivery
+        is the one that tries the settings now (wait 0); False that it waits (paused, or another probes)."""
+        keys = self._keys
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.get(keys.paused(channel))
+            pipe.pttl(keys.paused(channel))
+            pipe.get(keys.pause_probation(channel))
+            reason, ttl, probation = pipe.execute()
+            if reason is not None and int(ttl) > 0:
+                return _text(reason), int(ttl) / 1000.0, False
+            if probation is None:
+                return None
+            probe_ms = max(1, math.ceil(min(PROBE_SECONDS, self.pause_seconds) * 1000))
+            if self._client.set(keys.pause_probe(channel), "1", px=probe_ms, nx=True):
+                return _text(probation), 0.0, True
+            left = int(self._client.pttl(keys.pause_probe(channel)))
+        except redis.RedisError as exc:
+            log.warning("channel_pause_unreadable", channel=channel, error=type(exc).__name__)
+            return None
+        return _text(probation), max(left, 1000) / 1000.0, False
+
+    def state(self, channel: str) -> tuple[str, float] | None:
+        """(reason, seconds left) while ``channel`` is paused, else ``None`` (reads only)."""
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.get(self._keys.paused(channel))
+            pipe.pttl(self._keys.paused(channel))
+            reason, ttl = pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("channel_pause_unreadable", channel=channel, error=type(exc).__name__)
+            return None
+        if reason is None or int(ttl) <= 0:
+            return None
+        return _text(reason), int(ttl) / 1000.0
+
+    def probe_done(self, channel: str, *, accepted: bool) -> None:
+        """The probing delivery's answer: accepted lifts the probation; otherwise the next may probe."""
+        names = [self._keys.pause_probe(channel)]
+        if accepted:
+            names.append(self._keys.pause_probation(channel))
+        try:
+            self._client.delete(*names)
+        except redis.RedisError as exc:  # the probe key expires by itself
+            log.warning("channel_probe_not_cleared", channel=channel, error=type(exc).__name__)
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def paused_channels(client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
+    """Every paused channel and its reason (for ``status`` and ``/metrics``); one ``MGET``, raises on errors."""
+    keys = RedisKeys(prefix)
+    names = [channel.value for channel in ChannelType]
+    values = client.mget([keys.paused(name) for name in names])
+    return {name: _text(value) for name, value in zip(names, values, strict=True) if value is not None}

@@ -9,6 +9,7 @@
     │   └── PermanentDeliveryError  poison now (4xx, SMTP 5xx, invalid recipient)
     │       ├── InvalidInputError       the job's arguments cannot be sent on any attempt
     │       ├── RecipientRejectedError  a permanent answer about the recipient (suppression list)
+    │       ├── ChannelMisconfiguredError the channel's own settings are refused: pause it (§7.7)
     │       └── ChannelNotConfiguredError
     ├── ClaimLostError              another job reclaimed the row; this job must stop writing
     ├── MessageIdTakenError         another delivery holds this provider message id (unique in Postgres)
@@ -71,6 +72,18 @@ class OutcomeUnknownError(TransientDeliveryError):
 
 class RecipientRejectedError(PermanentDeliveryError):
     """The provider said this recipient can never receive (unsubscribed, no such user, channel gone)."""
+
+
+class ChannelMisconfiguredError(PermanentDeliveryError):
+    """The provider refused the channel's own settings (credentials, TLS mode, account, sender).
+
+    Nothing was sent (``definite``). The channel is paused for the whole fleet (docs/contract.md §7.7):
+    the delivery is deferred, never poisoned, and so is every other one on the channel until the pause
+    ends. ``reason`` is short and names the refusal (``smtp_auth_failed 535``).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, definite=True)
 
 
 class InvalidInputError(PermanentDeliveryError):

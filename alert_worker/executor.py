@@ -25,6 +25,7 @@ from alert_worker import delivery
 from alert_worker.channels.base import Channel
 from alert_worker.delivery import DeliveryRequest
 from alert_worker.errors import (
+    ChannelMisconfiguredError,
     ClaimLostError,
     ConfigurationError,
     DeliveryError,
@@ -34,7 +35,7 @@ from alert_worker.errors import (
     RateLimiterUnavailableError,
     TransientDeliveryError,
 )
-from alert_worker.feedback import Feedback, Hold, NoFeedback
+from alert_worker.feedback import Feedback, Hold, NoFeedback, paused_error
 from alert_worker.models import ChannelType, DeliveryResult, DeliveryStatus, Message, Outcome, make_result
 from alert_worker.ports import (
     DeliveryMetrics,
@@ -70,6 +71,7 @@ class DeliveryExecutor:
     hash_secret: str
     default_webhook_url: str = ""  # SLACK_WEBHOOK_URL: what "" and "default" stand for in a Slack identity
     max_defer_seconds: float = 3600.0
+    channel_pause_seconds: float = 300.0  # ALERT_CHANNEL_PAUSE_SECONDS: how long a refused channel waits (§7.7)
     metrics: DeliveryMetrics = field(default_factory=NullMetrics)
     rand: Callable[[], float] = random.random
     feedback: Feedback = field(default_factory=NoFeedback)  # suppression, cooldowns, unknown outcomes (§6.2)
@@ -215,6 +217,8 @@ class DeliveryExecutor:
             except DeliveryError as exc:
                 self.feedback.after_failure(row, channel, message, exc, log=log)
                 self.limiter.after_failure(decision, exc, log=log)  # a definite failure gives its slots back
+                if isinstance(exc, ChannelMisconfiguredError):  # the channel is paused: wait with it (§7.7)
+                    return self._paused(claim, log, attempts, exc.reason, self.channel_pause_seconds, request.queue)
                 return self.setbacks.failed(claim, log, attempts + 1, exc, request.queue)
             except Exception as exc:  # the job timeout (or a bug) cut the send off: the provider may have it
                 cut = OutcomeUnknownError(f"send interrupted: {type(exc).__name__}")
@@ -240,12 +244,20 @@ class DeliveryExecutor:
         row = claim.row
         try:
             hold: Hold | None = self.feedback.hold(row, channel, message)
-        except DeliveryError as exc:  # the unknown-outcome look-up could not ask the provider
-            return self.setbacks.failed(claim, log, attempts + 1, exc, queue)
+        except ChannelMisconfiguredError as exc:  # the look-up was refused for the account's own settings
+            self.feedback.after_failure(row, channel, message, exc, log=log)
+            return self._paused(claim, log, attempts, exc.reason, self.channel_pause_seconds, queue)
+        except DeliveryError as exc:  # the unknown-outcome look-up could not ask: nothing was sent
+            return self._lookup_failed(claim, log, attempts, exc, queue)
         if hold is None:
             return None
         if hold.kind == "suppressed":
             return self.setbacks.poison(claim, log, attempts, hold.error or "suppressed")
+        if hold.kind == "paused":
+            self.metrics.throttled(row.channel, "channel_paused")
+            return self.setbacks.defer(
+                claim, log, attempts, hold.wait_seconds, "channel_paused", queue, error=hold.error
+            )
         if hold.kind == "cooldown":
             self.metrics.throttled(row.channel, "cooldown")
             return self.setbacks.defer(claim, log, attempts, hold.wait_seconds, "cooldown", queue, error=hold.error)
@@ -254,6 +266,20 @@ class DeliveryExecutor:
         except MessageIdTakenError:  # another delivery recorded that message meanwhile: not ours, send (§7.1)
             log.warning("provider_lookup_match_taken", message_id=hold.message_id)
             return None
+
+    def _paused(
+        self, claim: Claim, log: Any, attempts: int, reason: str, wait_seconds: float, queue: str
+    ) -> DeliveryResult:
+        """This attempt found the channel's settings refused: deferred with the channel, no attempt used."""
+        error = paused_error(reason)
+        return self.setbacks.defer(claim, log, attempts, wait_seconds, "channel_paused", queue, error=error)
+
+    def _lookup_failed(self, claim: Claim, log: Any, attempts: int, exc: DeliveryError, queue: str) -> DeliveryResult:
+        """A failed unknown-outcome look-up sent nothing: defer (no attempt used), backing off like retries."""
+        delays = self.retry_policy.delays
+        wait = max(exc.retry_after or 0.0, delays[min(claim.row.deferrals + 1, len(delays)) - 1])
+        log.warning("delivery_lookup_failed", error=exc.reason)
+        return self.setbacks.defer(claim, log, attempts, wait, "lookup_failed", queue, error=exc.reason)
 
     def _already_sent(
         self, claim: Claim, log: Any, attempts: int, message_id: str | None, *, source: str

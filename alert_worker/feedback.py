@@ -3,18 +3,23 @@
 Before a send, ``hold`` says whether the delivery must not be sent now:
 
     suppressed recipient            poison ``suppressed: <reason>``, no request
+    channel paused (§7.7)           defer to the pause's end (``channel_paused: <reason>``), no attempt used
     destination cooling down        defer to the cooldown's end like a rate-limit denial, no attempt used
     SMS whose last outcome unknown  if Twilio has it (§7.1 window, one match): delivered with its SID, no request
 
-After a failed send, ``after_failure`` starts a cooldown (``SlowDownError``), suppresses the recipient
-(``RecipientRejectedError``; never the configured default webhook, whose rejection is logged
-``default_webhook_rejected`` and poisons only its delivery) or records the unknown outcome
-(``OutcomeUnknownError``). These are side effects: a failure to record one is logged and never fails the
-delivery.
+After a pause ends, one delivery (the probe) is let through to try the channel's settings; the others
+wait for its answer (``cooldown.ChannelPauses``).
+
+After a failed send, ``after_failure`` pauses the channel (``ChannelMisconfiguredError``), starts a
+cooldown (``SlowDownError``), suppresses the recipient (``RecipientRejectedError``; never the configured
+default webhook, whose rejection is logged ``default_webhook_rejected`` and poisons only its delivery) or
+records the unknown outcome (``OutcomeUnknownError``). These are side effects: a failure to record one is
+logged and never fails the delivery.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -22,9 +27,15 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from alert_worker.channels.base import Channel
-from alert_worker.cooldown import Cooldowns, destination_hash
+from alert_worker.cooldown import ChannelPauses, Cooldowns, destination_hash
 from alert_worker.delivery import recipient_identity
-from alert_worker.errors import DeliveryError, OutcomeUnknownError, RecipientRejectedError, SlowDownError
+from alert_worker.errors import (
+    ChannelMisconfiguredError,
+    DeliveryError,
+    OutcomeUnknownError,
+    RecipientRejectedError,
+    SlowDownError,
+)
 from alert_worker.models import ChannelType, DeliveryRow, Message
 from alert_worker.outcomes import UnknownOutcomes
 from alert_worker.redaction import mask_recipient
@@ -54,10 +65,15 @@ class NullFeedbackMetrics:
 class Hold:
     """Why a claimed delivery is not sent now."""
 
-    kind: Literal["suppressed", "cooldown", "already_sent"]
+    kind: Literal["suppressed", "paused", "cooldown", "already_sent"]
     error: str | None = None
     wait_seconds: float = 0.0
     message_id: str | None = None
+
+
+def paused_error(reason: str) -> str:
+    """The row's ``error_message`` while its channel is paused (docs/contract.md §7.7)."""
+    return f"channel_paused: {reason}"
 
 
 def cooldown_error(channel: str, wait_seconds: float) -> str:
@@ -96,6 +112,7 @@ class ProviderFeedback:
         *,
         cooldowns: Cooldowns,
         suppressions: SuppressionStore,
+        pauses: ChannelPauses | None = None,
         outcomes: UnknownOutcomes,
         hash_secret: str,
         default_webhook_url: str = "",
@@ -104,6 +121,9 @@ class ProviderFeedback:
         send_timeout_seconds: float = 10.0,
     ) -> None:
         self._cooldowns = cooldowns
+        self._pauses = pauses
+        self._probes: set[str] = set()  # deliveries trying a paused channel's settings (one fleet-wide)
+        self._lock = threading.Lock()  # one ProviderFeedback may serve every thread of a worker
         self._suppressions = suppressions
         self._outcomes = outcomes
         self._secret = hash_secret
@@ -122,7 +142,8 @@ class ProviderFeedback:
 
     # -- before the send -------------------------------------------------------------------------------
     def hold(self, row: DeliveryRow, channel: Channel, message: Message) -> Hold | None:
-        """Suppression first (it ends the delivery), then the cooldown, then the unknown-outcome look-up.
+        """Suppression first (it ends the delivery), then a channel pause, then the cooldown, then the
+        unknown-outcome look-up.
 
         The look-up raises ``TransientDeliveryError`` when Twilio cannot be asked: never resend blindly.
         """
@@ -130,6 +151,14 @@ class ProviderFeedback:
         if reason is not None:
             self._metrics.suppressed(row.channel)
             return Hold(kind="suppressed", error=f"suppressed: {reason}")
+        paused = self._pauses.admit(row.channel) if self._pauses is not None else None
+        if paused is not None:  # no request, so no login with settings the provider refused (§7.7)
+            reason, wait, probe = paused
+            if not probe:
+                return Hold(kind="paused", error=paused_error(reason), wait_seconds=wait)
+            with self._lock:
+                self._probes.add(row.id)  # this delivery tries the settings for the whole fleet
+            self._log.info("channel_pause_probe", delivery_id=row.id, channel=row.channel)
         wait = self._cooldowns.remaining(row.channel, self._destination(row, channel, message))
         if wait > 0:
             return Hold(kind="cooldown", error=cooldown_error(row.channel, wait), wait_seconds=wait)
@@ -166,8 +195,16 @@ class ProviderFeedback:
     def after_failure(
         self, row: DeliveryRow, channel: Channel, message: Message, exc: DeliveryError, *, log: Any
     ) -> None:
-        """Start a cooldown, suppress the recipient or remember the unknown outcome; never raises."""
+        """Pause the channel, start a cooldown, suppress the recipient or remember the unknown outcome;
+        never raises."""
         try:
+            probing = self._probe_ended(row)
+            if isinstance(exc, ChannelMisconfiguredError):
+                seconds = self._pauses.pause(row.channel, exc.reason) if self._pauses is not None else 0.0
+                log.error("channel_paused", reason=exc.reason, pause_seconds=round(seconds, 3))
+                return
+            if probing and self._pauses is not None:  # no verdict on the settings: the next delivery tries
+                self._pauses.probe_done(row.channel, accepted=False)
             if isinstance(exc, SlowDownError):
                 seconds = self._cooldowns.start(row.channel, self._destination(row, channel, message), exc.retry_after)
                 log.warning("destination_cooldown_started", cooldown_seconds=round(seconds, 3))
@@ -197,7 +234,17 @@ class ProviderFeedback:
         raw = str((row.payload or {}).get("recipient") or "")
         return raw.strip() in SLACK_DEFAULT_RECIPIENTS or row.recipient_hash == self._default_webhook_hash
 
+    def _probe_ended(self, row: DeliveryRow) -> bool:
+        with self._lock:
+            if row.id not in self._probes:
+                return False
+            self._probes.discard(row.id)
+            return True
+
     def after_delivered(self, row: DeliveryRow) -> None:
+        if self._probe_ended(row) and self._pauses is not None:  # the settings work again: lift the probation
+            self._pauses.probe_done(row.channel, accepted=True)
+            self._log.warning("channel_resumed", delivery_id=row.id, channel=row.channel)
         if row.channel == "sms":
             try:
                 self._outcomes.clear(row.id)
@@ -217,6 +264,9 @@ def build_feedback(
             max_seconds=settings.max_retry_delay_seconds,
         ),
         suppressions=SuppressionStore(source=pool),
+        pauses=ChannelPauses(
+            client=client, key_prefix=settings.redis_key_prefix, pause_seconds=settings.channel_pause_seconds
+        ),
         outcomes=UnknownOutcomes(source=pool),
         hash_secret=hash_secret,
         default_webhook_url=settings.slack.default_webhook_url,

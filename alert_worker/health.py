@@ -144,8 +144,51 @@ def run_check(settings: Settings) -> dict[str, Any]:
         finally:
             client.close()
     result["channels"] = channel_states(settings)
-    result["ok"] = result["database"] == "ok" and result["redis"] == "ok"
+    result["logins"] = check_provider_logins(settings, warnings)
+    refused = any(verdict.startswith("refused") for verdict in result["logins"].values())
+    result["ok"] = result["database"] == "ok" and result["redis"] == "ok" and not refused
     return result
+
+
+def check_provider_logins(settings: Settings, warnings: list[str]) -> dict[str, str]:
+    """Log in where a channel is configured, sending nothing (docs/contract.md §7.7).
+
+    E-mail: connect, EHLO, STARTTLS or SSL as configured, AUTH when SMTP_USER is set, QUIT. SMS: one
+    ``GET /2010-04-01/Accounts/<SID>.json``. ``refused: ...`` when the provider refuses the settings (check
+    fails), ``unreachable: ...`` when it cannot be asked (a warning: the settings may still be right).
+    """
+    from alert_worker.errors import ChannelMisconfiguredError, DeliveryError
+
+    missing = settings.missing_channel_settings()
+    verdicts: dict[str, str] = {}
+    for channel in (ChannelType.EMAIL, ChannelType.SMS):
+        if channel in missing:
+            continue
+        try:
+            _login(channel, settings)
+        except ChannelMisconfiguredError as exc:
+            verdicts[channel.value] = f"refused: {exc.reason}"
+        except DeliveryError as exc:
+            verdicts[channel.value] = f"unreachable: {exc.reason}"
+            warnings.append(f"{channel.value}: the provider could not be asked ({exc.reason})")
+        else:
+            verdicts[channel.value] = "ok"
+    return verdicts
+
+
+def _login(channel: ChannelType, settings: Settings) -> None:
+    if channel is ChannelType.EMAIL:
+        from alert_worker.channels.email import EmailChannel
+
+        EmailChannel(settings=settings.smtp, timeout_seconds=settings.send_timeout_seconds).check_login()
+        return
+    from alert_worker.channels.sms import SmsChannel
+
+    sms = SmsChannel(settings=settings.twilio, timeout_seconds=settings.send_timeout_seconds)
+    try:
+        sms.check_account()
+    finally:
+        sms.close()
 
 
 def _probe(probe: Any, settings: Settings, url: str, variable: str) -> str:
@@ -178,6 +221,10 @@ def _redis_details(settings: Settings, client: redis.Redis, result: dict[str, An
             f"Redis maxmemory-policy is {policy}, not noeviction: Redis may evict queued jobs and rate-limit "
             "keys (the sweep recovers lost jobs, but late)"
         )
+    from alert_worker.cooldown import paused_channels
+
+    for channel, reason in sorted(paused_channels(client, settings.redis_key_prefix).items()):
+        warnings.append(f"channel {channel} is paused: {reason} (docs/operations.md, 'A channel is paused')")
     result["scheduler"] = scheduler_locks(client, settings.queues)
     for queue, seen in result["scheduler"].items():
         if not seen:

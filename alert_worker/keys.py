@@ -74,6 +74,18 @@ class RedisKeys:
         """``SCAN MATCH`` for active cooldowns (they expire by TTL, so every key found is active)."""
         return f"{self.prefix}cooldown:*"
 
+    def paused(self, channel: str) -> str:
+        """A channel whose own settings the provider refused: paused fleet-wide, holds the reason (§7.7)."""
+        return f"{self.prefix}paused:{channel}"
+
+    def pause_probation(self, channel: str) -> str:
+        """After a pause ends: only the delivery holding ``pause_probe`` may try the settings (holds the reason)."""
+        return f"{self.prefix}pause_probation:{channel}"
+
+    def pause_probe(self, channel: str) -> str:
+        """Taken (``SET NX``) by the one delivery that tries a channel's settings again after its pause."""
+        return f"{self.prefix}pause_probe:{channel}"
+
     def sent(self, delivery_id: str) -> str:
         """A provider's acceptance Postgres could not record (``sent_marks``); other ids by a SHA-256 prefix."""
         if _PLAIN_ID.fullmatch(delivery_id):

@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from alert_worker.connect import postgres_kwargs
+from alert_worker.cooldown import paused_channels
 from alert_worker.keys import RedisKeys
 from alert_worker.metrics import CHANNELS, LATENCY_BUCKETS, le_label, split_field
 from alert_worker.metrics_http import MetricsServer as MetricsServer  # where main() and tests find it
@@ -149,6 +150,7 @@ class AlertCollector(Collector):
         pipe.mget([keys.poison_count, keys.queue_depth])
         replies = pipe.execute()
         workers = live_workers(client, self._prefix)
+        paused = paused_channels(client, self._prefix)
         schedulers = self._scheduler_probe(client) if self._scheduler_probe else None
         n = len(_LABELLED_COUNTERS)
         families: list[Metric] = [
@@ -175,6 +177,12 @@ class AlertCollector(Collector):
                 value=sum(w.in_flight for w in workers),
             ),
         ]
+        pause = GaugeMetricFamily(
+            "alert_channel_paused", "1 while the channel is paused: its settings were refused", labels=["channel"]
+        )
+        for channel in CHANNELS:
+            pause.add_metric([channel], 1 if channel in paused else 0)
+        families.append(pause)
         if schedulers is not None:
             held = GaugeMetricFamily(
                 "alert_scheduler_lock_held", "1 when an RQ scheduler holds the queue's lock", labels=["queue"]

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import redis
 
+from alert_worker.cooldown import paused_channels
 from alert_worker.keys import RedisKeys
 
 STATUSES: tuple[str, ...] = ("pending", "in_progress", "delivered", "failed", "poison")
@@ -66,9 +67,10 @@ class Overview:
     workers: list[WorkerInfo]
     scheduler: dict[str, bool]
     estimated: frozenset[str] = field(default_factory=frozenset)
+    paused: dict[str, str] = field(default_factory=dict)  # channel -> reason (docs/contract.md §7.7)
 
     def as_json(self) -> dict[str, Any]:
-        """Exactly the §6.4 object."""
+        """The §6.4 object, with ``paused`` (§7.7): each paused channel and its reason."""
         return {
             "deliveries": self.deliveries,
             "oldest_due_pending_seconds": self.oldest_due_pending_seconds,
@@ -77,6 +79,7 @@ class Overview:
             "suppressions": self.suppressions,
             "workers": [{"name": w.name, "threads": w.threads, "in_flight": w.in_flight} for w in self.workers],
             "scheduler": self.scheduler,
+            "paused": self.paused,
         }
 
 
@@ -186,6 +189,7 @@ def collect_overview(
         workers=live_workers(redis_client, prefix),
         scheduler=scheduler_probe(list(queues)),
         estimated=frozenset(ESTIMATED_STATUSES) if estimated else frozenset(),
+        paused=paused_channels(redis_client, prefix),
     )
 
 
@@ -211,6 +215,10 @@ def render_text(view: Overview) -> str:
         lines.append("  (~ planner estimate: the table is large; every other count is exact)")
     lines.append(f"oldest due pending: {_age(view.oldest_due_pending_seconds)}")
     lines.append(f"poison: {view.poison}   cooldowns: {view.cooldowns}   suppressions: {view.suppressions}")
+    lines.extend(
+        f"PAUSED {channel}: {reason} (its deliveries wait; see docs/operations.md)"
+        for channel, reason in sorted(view.paused.items())
+    )
     busy = sum(w.in_flight for w in view.workers)
     threads = sum(w.threads for w in view.workers)
     lines.append(f"workers: {len(view.workers)} live, {busy}/{threads} threads busy")

@@ -8,16 +8,28 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from urllib.parse import urlsplit
 
-from alert_worker.channel_settings import SlackSettings, SmtpSettings, TwilioSettings, is_bare_address, is_loopback_host
+from alert_worker.channel_settings import (
+    DEFAULT_TWILIO_API_BASE_URL,
+    SlackSettings,
+    SmtpSettings,
+    TwilioSettings,
+    is_bare_address,
+    is_loopback_host,
+)
 from alert_worker.cluster_settings import cluster_from_env, connection_url
 from alert_worker.errors import ConfigurationError
 from alert_worker.models import ChannelType
 from alert_worker.redaction import redact_url
 from alert_worker.validation import is_e164
 
+TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+TWILIO_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
 DEFAULT_WORKER_THREADS, MAX_WORKER_THREADS = 8, 64  # ALERT_WORKER_THREADS, docs/contract.md §6.1
 MAX_SECONDS = 10 * 365 * 86400  # seconds are finite and below this (§7.6): Postgres refuses an inf interval
 
@@ -131,6 +143,7 @@ class Settings:
     max_retry_delay_seconds: float = 3600.0
     max_defer_seconds: float = 3600.0
     cooldown_seconds: float = 30.0  # a provider's "slow down" without Retry-After (docs/contract.md §6.2)
+    channel_pause_seconds: float = 300.0  # a channel whose own settings were refused (docs/contract.md §7.7)
     send_timeout_seconds: float = 10.0
     sweep_grace_seconds: int = 60
     sweep_interval_seconds: float = 30.0
@@ -201,6 +214,7 @@ class Settings:
             max_retry_delay_seconds=_float(env, "ALERT_MAX_RETRY_DELAY", 3600.0, minimum=1.0),
             max_defer_seconds=_float(env, "ALERT_MAX_DEFER_SECONDS", 3600.0, minimum=0.0),
             cooldown_seconds=_float(env, "ALERT_COOLDOWN_SECONDS", 30.0, minimum=1.0),
+            channel_pause_seconds=_float(env, "ALERT_CHANNEL_PAUSE_SECONDS", 300.0, minimum=1.0),
             send_timeout_seconds=send_timeout,
             sweep_grace_seconds=_sweep_grace(env),
             sweep_interval_seconds=_float(env, "ALERT_SWEEP_INTERVAL_SECONDS", 30.0, minimum=0.1),
@@ -228,9 +242,10 @@ class Settings:
             smtp=_smtp_from_env(env),
             slack=_slack_from_env(env),
             twilio=TwilioSettings(
-                account_sid=_text(env, "TWILIO_ACCOUNT_SID"),
+                account_sid=_twilio_account(env),
                 auth_token=_text(env, "TWILIO_AUTH_TOKEN"),
                 from_number=_twilio_from(env),
+                api_base_url=_twilio_base_url(env),
             ),
         )
 
@@ -270,7 +285,19 @@ def _smtp_from_env(env: Mapping[str, str]) -> SmtpSettings:
         password=env.get("SMTP_PASSWORD", ""),
         from_address=_text(env, "ALERTS_FROM_EMAIL") or user,
         security=security,
+        ca_file=_ca_file(env),
     )
+
+
+def _ca_file(env: Mapping[str, str]) -> str:
+    """``SMTP_CA_FILE``: a PEM bundle the SMTP connection trusts besides the default store; it must load."""
+    path = _text(env, "SMTP_CA_FILE")
+    if path:
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=path)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConfigurationError(f"SMTP_CA_FILE cannot be loaded as a PEM bundle: {type(exc).__name__}") from None
+    return path
 
 
 def _slack_from_env(env: Mapping[str, str]) -> SlackSettings:
@@ -283,11 +310,43 @@ def _slack_from_env(env: Mapping[str, str]) -> SlackSettings:
     )
 
 
+def _twilio_account(env: Mapping[str, str]) -> str:
+    """Twilio's documented shape, ``AC`` and 32 hex digits, checked at start-up (docs/contract.md §7.7)."""
+    sid = _text(env, "TWILIO_ACCOUNT_SID")
+    if sid and not TWILIO_ACCOUNT_SID.fullmatch(sid):
+        raise ConfigurationError("TWILIO_ACCOUNT_SID must be AC followed by 32 hexadecimal digits")
+    return sid
+
+
 def _twilio_from(env: Mapping[str, str]) -> str:
     number = _text(env, "TWILIO_FROM_NUMBER")
-    if number and not is_e164(number) and not number.startswith("MG"):
-        raise ConfigurationError("TWILIO_FROM_NUMBER must be an E.164 number (+ and 8-15 digits)")
+    if number and not is_e164(number) and not TWILIO_SERVICE_SID.fullmatch(number):
+        raise ConfigurationError(
+            "TWILIO_FROM_NUMBER must be an E.164 number (+ and 8-15 digits) or a Messaging Service SID "
+            "(MG followed by 32 hexadecimal digits)"
+        )
     return number
+
+
+def _twilio_base_url(env: Mapping[str, str]) -> str:
+    """``TWILIO_API_BASE_URL``: scheme and host (and port) only; every Twilio request goes there."""
+    raw = _text(env, "TWILIO_API_BASE_URL", DEFAULT_TWILIO_API_BASE_URL) or DEFAULT_TWILIO_API_BASE_URL
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path.strip("/")
+        or parts.query
+        or parts.fragment
+        or parts.username
+    ):
+        raise ConfigurationError("TWILIO_API_BASE_URL must be http(s)://host[:port] with no path")
+    return raw.rstrip("/")
 
 
 __all__ = [

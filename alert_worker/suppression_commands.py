@@ -120,15 +120,30 @@ def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def held_by(error_message: str | None) -> str | None:
+# What happens after an attempt with no answer, per channel: only SMS can be looked up at the provider.
+UNKNOWN_OUTCOME_NEXT = {
+    "sms": "an attempt with no answer: Twilio is asked for the message before any resend",
+    "email": "an attempt with no answer: it is sent again (same Message-ID, so a mailbox may fold a duplicate)",
+    "slack": "an attempt with no answer: it is posted again (a duplicate message is possible)",
+}
+
+
+def held_by(error_message: str | None, channel: str = "") -> str | None:
     """For ``status ID``: which provider-feedback rule holds the delivery, and what the operator can do."""
     text = error_message or ""
     if text.startswith("suppressed: "):
         return "the suppression list: lift it with `alert-worker suppression remove`, then `poison replay`"
     if text.startswith("rate_limited: cooldown"):
         return "a fleet-wide cooldown (the provider asked to slow down); it resumes by itself"
+    if text.startswith("channel_paused: "):
+        return (
+            "a fleet-wide channel pause: the provider refused the channel's own settings; fix them, and the "
+            "delivery is sent when the pause ends (docs/operations.md, 'A channel is paused')"
+        )
+    if text.startswith("outcome_unknown: twilio lookup failed"):
+        return "Twilio could not be asked whether the earlier attempt went out; it is asked again before any resend"
     if text.startswith("outcome_unknown:"):
-        return "an attempt with no answer: SMS is looked up at Twilio before any resend"
+        return UNKNOWN_OUTCOME_NEXT.get(channel, "an attempt with no answer: it is tried again")
     return None
 
 

@@ -135,6 +135,7 @@ def build_executor(settings: Settings, resources: JobResources) -> DeliveryExecu
         hash_secret=secret,
         default_webhook_url=settings.slack.default_webhook_url,
         max_defer_seconds=settings.max_defer_seconds,
+        channel_pause_seconds=settings.channel_pause_seconds,
         metrics=metrics,
         feedback=build_feedback(settings, resources.pool, resources.redis, hash_secret=secret, metrics=metrics),
         sent_marks=build_sent_marks(settings, resources.redis),

@@ -26,6 +26,7 @@ import functools
 import hashlib
 import re
 import smtplib
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -40,8 +41,15 @@ from io import BytesIO
 from typing import Any
 
 from alert_worker.channels.base import Channel
-from alert_worker.channels.smtp_errors import classify_smtp_error, classify_smtp_reply, has_no_reply
+from alert_worker.channels.smtp_errors import (
+    classify_smtp_error,
+    classify_smtp_reply,
+    connect_misconfiguration,
+    has_no_reply,
+    session_misconfiguration,
+)
 from alert_worker.errors import (
+    ChannelMisconfiguredError,
     ChannelNotConfiguredError,
     InvalidInputError,
     OutcomeUnknownError,
@@ -65,14 +73,24 @@ KEEP_IDLE_SECONDS = 30.0  # a kept SMTP connection idle longer than this is clos
 
 @functools.lru_cache(maxsize=8)
 def default_tls_context(ca_file: str | None = None) -> ssl.SSLContext:
-    """Built once per process: loading the CA bundle costs ~20 ms, too much to pay per job."""
-    return ssl.create_default_context(cafile=ca_file)
+    """Built once per process: loading the CA bundle costs ~20 ms, too much to pay per job.
+
+    ``ca_file`` (``SMTP_CA_FILE``) is added to the default trust store, never instead of it.
+    """
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
 
 
 def preload(settings: SmtpSettings) -> None:
     """Build what is per process before a preloading parent forks: the TLS context, only if TLS is used."""
     if settings.security in TLS_SECURITIES:
-        default_tls_context()
+        _tls_context_for(settings)
+
+
+def _tls_context_for(settings: SmtpSettings) -> ssl.SSLContext:
+    return default_tls_context(settings.ca_file) if settings.ca_file else default_tls_context()
 
 
 def header_safe_subject(subject: str) -> str:
@@ -118,18 +136,32 @@ def serialize(mail: EmailMessage, *, international: bool) -> bytes:
 
 
 def parse_address(recipient: str) -> Address:
-    """Exactly one bare address (``user@domain``), checked by the standard library."""
+    """Exactly one bare address (``user@domain``), checked by the standard library.
+
+    An internationalized domain comes back in its ASCII form (``xn--…``, the ``idna`` codec), which every
+    server accepts; a non-ASCII local part is kept (it needs SMTPUTF8, checked when sending).
+    """
     if not recipient or len(recipient) > MAX_EMAIL_ADDRESS_CHARS:
         raise InvalidInputError("invalid_recipient: expected one e-mail address")
     if any(ch in recipient for ch in ",;\r\n"):
         raise InvalidInputError("invalid_recipient: expected exactly one e-mail address")
+    local, _, domain = recipient.rpartition("@")
     try:
-        address = Address(addr_spec=recipient)
+        ascii_domain = domain if domain.isascii() else domain.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise InvalidInputError("invalid_recipient: not a valid e-mail domain") from exc
+    # The standard library refuses a non-ASCII local part; its syntax is checked with each such character
+    # standing in as a letter (RFC 6531 allows UTF-8 wherever an atom allows a letter).
+    shape = "".join(ch if ch.isascii() else "a" for ch in local)
+    try:
+        address = Address(addr_spec=f"{shape}@{ascii_domain}")
     except (HeaderParseError, ValueError, IndexError, TypeError) as exc:  # HeaderParseError is no ValueError
         raise InvalidInputError("invalid_recipient: not a valid e-mail address") from exc
-    if not address.username or not address.domain or address.addr_spec != recipient:
+    if not address.username or not address.domain or address.addr_spec != f"{shape}@{ascii_domain}":
         raise InvalidInputError("invalid_recipient: not a valid e-mail address")
-    return address
+    if any(not ch.isascii() and (not ch.isprintable() or ch.isspace()) for ch in local):
+        raise InvalidInputError("invalid_recipient: not a valid e-mail address")
+    return address if local.isascii() else Address(username=local, domain=ascii_domain)
 
 
 class _BodyTracking(smtplib.SMTP):
@@ -169,7 +201,7 @@ class EmailChannel(Channel):
         settings: SmtpSettings,
         timeout_seconds: float,
         tls_context: ssl.SSLContext | None = None,
-        tls_context_factory: Callable[[], ssl.SSLContext] = default_tls_context,
+        tls_context_factory: Callable[[], ssl.SSLContext] | None = None,
         keep_open: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -180,7 +212,8 @@ class EmailChannel(Channel):
         self._kept_since = 0.0
         self._timeout = timeout_seconds
         self._tls_context = tls_context
-        self._tls_context_factory = tls_context_factory  # asked only when TLS is used
+        # asked only when TLS is used; by default the process's context with SMTP_CA_FILE added
+        self._tls_context_factory = tls_context_factory or (lambda: _tls_context_for(settings))
         self._from: Address | None = None
         # An invalid from-address is reported per delivery as channel_not_configured: a constructor
         # runs inside the job and must not crash it.
@@ -210,24 +243,73 @@ class EmailChannel(Channel):
         return mail
 
     def _connect(self) -> _BodyTracking:
+        """Connect, greet, STARTTLS and log in as configured; a refusal of the settings themselves raises
+        ``ChannelMisconfiguredError`` (the channel is paused, docs/contract.md §7.7)."""
         s = self._settings
         context: ssl.SSLContext | None = None
         if s.security in TLS_SECURITIES:
             context = self._tls_context or self._tls_context_factory()
         smtp: _BodyTracking
-        if s.security == "ssl":
-            smtp = _TrackedSMTPSSL(s.host, s.port, timeout=self._timeout, context=context)
-        else:
-            smtp = _TrackedSMTP(s.host, s.port, timeout=self._timeout)
+        try:
+            if s.security == "ssl":
+                smtp = _TrackedSMTPSSL(s.host, s.port, timeout=self._timeout, context=context)
+            else:
+                smtp = _TrackedSMTP(s.host, s.port, timeout=self._timeout)
+        except (smtplib.SMTPException, OSError) as exc:
+            refused = connect_misconfiguration(exc, s.security, self._speaks_tls)
+            if refused is None:
+                raise
+            raise refused from exc
         try:
             if s.security == "starttls":
                 smtp.starttls(context=context)
             if s.login:
                 smtp.login(s.user, s.password)
-        except BaseException:
+        except (smtplib.SMTPException, OSError) as exc:
             smtp.close()  # a refused STARTTLS or login must not leak the socket
+            refused = session_misconfiguration(exc)
+            if refused is None:
+                raise
+            raise refused from exc
+        except BaseException:
+            smtp.close()
             raise
         return smtp
+
+    def _speaks_tls(self) -> bool:
+        """Whether the server opens with a TLS handshake (SMTPS), asked on a new connection.
+
+        Used only after a plain connection got no greeting within the send timeout: an SMTPS port waits
+        for our ClientHello as we wait for its 220. Certificates are not checked: only the protocol is asked.
+        """
+        probe = ssl.create_default_context()
+        probe.check_hostname = False
+        probe.verify_mode = ssl.CERT_NONE
+        try:
+            with (
+                socket.create_connection((self._settings.host, self._settings.port), timeout=self._timeout) as raw,
+                probe.wrap_socket(raw, server_hostname=self._settings.host),
+            ):
+                return True
+        except (OSError, ValueError):
+            return False
+
+    def check_login(self) -> None:
+        """``alert-worker check``: connect, STARTTLS/SSL as configured, AUTH, QUIT; no mail.
+
+        Raises ``ChannelMisconfiguredError`` when the settings are refused, another ``DeliveryError`` when
+        the server cannot be reached or answers otherwise.
+        """
+        try:
+            smtp = self._connect()
+            try:
+                smtp.ehlo_or_helo_if_needed()
+            finally:
+                _quit(smtp)
+        except ChannelMisconfiguredError:
+            raise
+        except (smtplib.SMTPException, OSError) as exc:
+            raise classify_smtp_error(exc) from exc
 
     def destination(self, message: Message) -> str:
         """The SMTP server: a 421 or 4.7.x throttles the whole relay, not one mailbox."""
@@ -249,8 +331,8 @@ class EmailChannel(Channel):
 
     def send(self, message: Message) -> SendReceipt:
         mail = self.build(message)
-        sender, recipient = str(mail["From"].addresses[0].addr_spec), message.recipient
-        international = not (sender + recipient).isascii()
+        sender, recipient = str(mail["From"].addresses[0].addr_spec), str(mail["To"].addresses[0].addr_spec)
+        international = not (sender + recipient).isascii()  # a non-ASCII local part; domains are ASCII here
         options = ("SMTPUTF8", "BODY=8BITMIME") if international else ()
         smtp: _BodyTracking | None = None
         try:
@@ -261,7 +343,11 @@ class EmailChannel(Channel):
             try:
                 smtp.ehlo_or_helo_if_needed()
                 if international and not smtp.has_extn("smtputf8"):
-                    raise smtplib.SMTPNotSupportedError("SMTPUTF8 is needed for this address")
+                    raise PermanentDeliveryError(
+                        "smtp_smtputf8_unsupported: the address has a non-ASCII local part and the SMTP server "
+                        "does not offer SMTPUTF8",
+                        definite=True,
+                    )
                 smtp.sendmail(sender, [recipient], data, mail_options=options)
                 keep = self._keep_open
             finally:
@@ -270,6 +356,9 @@ class EmailChannel(Channel):
                 else:
                     _quit(smtp)
         except (smtplib.SMTPException, OSError, UnicodeError) as exc:
+            refused = None if getattr(smtp, "body_written", False) else session_misconfiguration(exc)
+            if refused is not None:  # e.g. 530 authentication required, said to MAIL FROM
+                raise refused from exc
             if getattr(smtp, "body_written", False) and has_no_reply(exc):
                 raise OutcomeUnknownError(f"smtp no reply after end of DATA: {type(exc).__name__}") from exc
             error = classify_smtp_error(exc, echoes=(message.subject, message.body), sender=sender)

@@ -1,4 +1,8 @@
-"""Slack incoming webhooks over ``requests``: one POST of ``{"text": ...}`` per delivery.
+"""Slack incoming webhooks over ``requests``: one POST of Block Kit per delivery.
+
+The subject is a ``header`` block (plain text: a ``*`` or ``_`` in it is shown as typed), the body one or
+more mrkdwn ``section`` blocks, and ``text`` (subject, newline, body) the notification fallback; all
+within Slack's documented limits (``slack_blocks``).
 
 The recipient is a webhook URL, or empty / ``default`` for ``SLACK_WEBHOOK_URL``. Before any request
 the URL passes the SSRF guard (docs/contract.md §4): exact host match against ``SLACK_WEBHOOK_HOSTS``, ``https``
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -34,7 +39,10 @@ from alert_worker.retry import parse_retry_after
 from alert_worker.settings import SlackSettings, is_loopback_host
 from alert_worker.validation import fit_body
 
-MAX_SLACK_TEXT_CHARS = 40_000
+MAX_SLACK_TEXT_CHARS = 40_000  # the message's text (the fallback); the body fits 14 sections of 3,000
+MAX_HEADER_CHARS = 150  # Block Kit: a header block's plain_text
+MAX_SECTION_CHARS = 3_000  # Block Kit: a section block's text object
+MAX_BLOCKS = 50  # Block Kit: blocks in one message
 DEFAULT_RECIPIENTS = ("", "default")
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 # The error words Slack documents for incoming webhooks; anything else is reduced to the status code.
@@ -105,12 +113,49 @@ def _escaped_len(text: str) -> int:
 def _head(subject: str, body: str) -> str:
     if not subject:
         return ""
-    return f"*{_escape(subject)}*\n" if body else f"*{_escape(subject)}*"
+    return f"{_escape(subject)}\n" if body else _escape(subject)
 
 
 def slack_text(subject: str, body: str) -> str:
-    """``*subject*`` + newline + body, escaped; either part may be empty."""
+    """The message's ``text``, Slack's notification fallback: subject, newline, body, escaped.
+
+    No ``*subject*`` markup: a ``*`` in the subject would break it. The blocks carry the formatting.
+    """
     return _head(subject, body) + _escape(body)
+
+
+def _chunks(body: str, limit: int) -> list[str]:
+    """``body`` escaped, in pieces of at most ``limit`` characters, cut at a newline where one is near
+    the end of a piece and never inside an escape (``&amp;``): each piece is escaped on its own."""
+    pieces: list[str] = []
+    rest = body
+    while rest:
+        size, taken = 0, 0
+        for ch in rest:
+            cost = _escaped_len(ch)
+            if size + cost > limit:
+                break
+            size += cost
+            taken += 1
+        cut = rest.rfind("\n", 0, taken) + 1 if taken < len(rest) else taken
+        if cut <= taken // 2:  # no newline in the second half of the piece: cut at the limit
+            cut = taken
+        pieces.append(_escape(rest[:cut]))
+        rest = rest[cut:]
+    return [piece for piece in pieces if piece.strip()]
+
+
+def slack_blocks(subject: str, body: str) -> list[dict[str, Any]]:
+    """Block Kit within Slack's documented limits: a ``header`` block (plain text, at most 150 characters,
+    so no markup can break it) for the subject, then ``section`` blocks (mrkdwn, at most 3,000 characters
+    each, escaped) for the body; at most 50 blocks."""
+    blocks: list[dict[str, Any]] = []
+    if subject:
+        header = subject if len(subject) <= MAX_HEADER_CHARS else subject[: MAX_HEADER_CHARS - 1] + "…"
+        blocks.append({"type": "header", "text": {"type": "plain_text", "text": header, "emoji": False}})
+    for piece in _chunks(body, MAX_SECTION_CHARS)[: MAX_BLOCKS - len(blocks)]:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": piece}})
+    return blocks
 
 
 class SlackChannel(Channel):
@@ -154,7 +199,8 @@ class SlackChannel(Channel):
         if self._session is None:
             self._session = with_deadline(self._session_factory(), self._timeout)
         with map_request_errors("slack"):
-            response = self._session.post(url, json={"text": text}, timeout=self._timeout, allow_redirects=False)
+            payload = {"text": text, "blocks": slack_blocks(message.subject, message.body)}
+            response = self._session.post(url, json=payload, timeout=self._timeout, allow_redirects=False)
         try:
             return self._receipt(response)
         finally:

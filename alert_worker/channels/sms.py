@@ -7,12 +7,13 @@ from the HTTP status and Twilio's numeric code only: Twilio's own messages quote
 ``str()`` of a ``requests`` exception quotes the URL.
 
     HTTP 429 / code 20429, 21611 queue full, 5xx, timeouts    transient (Retry-After honoured)
-    20003 authentication, 20404, 21212 invalid From            permanent, marked as a configuration error
+    HTTP 401, 20003 authentication, 20404, 21212 invalid From  the channel's settings: SMS paused (§7.7)
     21211, 21408, 21606, 21610, 21612, 21614, 21635, other 4xx permanent
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 from datetime import datetime
@@ -20,9 +21,11 @@ from typing import Any
 
 import requests
 
+from alert_worker.channel_settings import DEFAULT_TWILIO_API_BASE_URL
 from alert_worker.channels.base import Channel
 from alert_worker.channels.http import map_request_errors, with_deadline
 from alert_worker.errors import (
+    ChannelMisconfiguredError,
     DeliveryError,
     InvalidInputError,
     PermanentDeliveryError,
@@ -82,9 +85,13 @@ def sms_text(subject: str, body: str) -> str:
 def classify_twilio(
     status: int | None, code: int | None, *, retry_after: float | None = None
 ) -> TransientDeliveryError | PermanentDeliveryError:
-    """One Twilio error answer -> our error; the reason carries the code and a fixed description."""
+    """One Twilio error answer -> our error; the reason carries the code and a fixed description.
+
+    An answer refusing the account's own settings (HTTP 401, 20003, 20404, 21212) is
+    ``ChannelMisconfiguredError``: the SMS channel is paused (docs/contract.md §7.7).
+    """
     if code in CONFIGURATION_ERRORS:
-        return PermanentDeliveryError(f"twilio {code} {CONFIGURATION_ERRORS[code]} (configuration error)")
+        return ChannelMisconfiguredError(f"twilio {code} {CONFIGURATION_ERRORS[code]} (configuration error)")
     if code in TRANSIENT_ERRORS:
         return TransientDeliveryError(f"twilio {code} {TRANSIENT_ERRORS[code]}", retry_after=retry_after)
     if status == 429 or code == 20429:
@@ -97,10 +104,56 @@ def classify_twilio(
     if code in TWILIO_ERRORS:
         return PermanentDeliveryError(f"twilio {code} {TWILIO_ERRORS[code]}")
     if status == 401:
-        return PermanentDeliveryError(f"twilio {code or status} authentication failed (configuration error)")
+        return ChannelMisconfiguredError(f"twilio {code or status} authentication failed (configuration error)")
     if code and code != status:
         return PermanentDeliveryError(f"twilio {code} rejected (HTTP {status})")
     return PermanentDeliveryError(f"twilio {status} rejected")
+
+
+def lookup_error(exc: Exception) -> TransientDeliveryError | ChannelMisconfiguredError:
+    """A failed unknown-outcome look-up: it sent nothing, so the delivery waits without using an attempt.
+
+    The reason names Twilio's HTTP status and code (``twilio lookup failed: HTTP 500``); an answer refusing
+    the account's own settings (401, 20003, 20404) pauses the channel like the same answer to a send.
+    """
+    status = _as_int(getattr(exc, "status", None))
+    code = _as_int(getattr(exc, "code", None))
+    if status is None:  # a page that failed to load: TwilioException("Unable to fetch page", response)
+        status, code = _page_answer(exc)
+    detail = f"HTTP {status}" if status is not None else type(exc).__name__
+    if code is not None and code != status:
+        detail += f" code {code}"
+    if status == 401 or code in CONFIGURATION_ERRORS:
+        return ChannelMisconfiguredError(f"twilio lookup refused: {detail} (configuration error)")
+    return TransientDeliveryError(f"outcome_unknown: twilio lookup failed: {detail}")
+
+
+def _page_answer(exc: Exception) -> tuple[int | None, int | None]:
+    """HTTP status and Twilio code of the response a list call's ``TwilioException`` carries, if any."""
+    for arg in exc.args:
+        status = _as_int(getattr(arg, "status_code", None))
+        if status is None:
+            continue
+        try:
+            body = json.loads(str(getattr(arg, "text", "") or ""))
+        except ValueError:
+            body = None
+        return status, _as_int(body.get("code")) if isinstance(body, dict) else None
+    return None, None
+
+
+def based_http_client(base_url: str, **kwargs: Any) -> Any:
+    """A ``TwilioHttpClient`` sending every request to ``base_url`` (``TWILIO_API_BASE_URL``) instead of
+    ``https://api.twilio.com``: sends, look-ups and ``check`` alike. Built on first use (twilio is heavy)."""
+    from twilio.http.http_client import TwilioHttpClient
+
+    class BasedHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio ships no type hints here
+        def request(self, method: str, url: str, *args: Any, **kw: Any) -> Any:
+            if url.startswith(DEFAULT_TWILIO_API_BASE_URL + "/"):
+                url = base_url + url[len(DEFAULT_TWILIO_API_BASE_URL) :]
+            return super().request(method, url, *args, **kw)
+
+    return BasedHttpClient(**kwargs)
 
 
 def _as_int(value: Any) -> int | None:
@@ -142,12 +195,33 @@ class SmsChannel(Channel):
         """Imported and built on first use: most jobs never send an SMS."""
         if self._client_factory is not None:
             return self._client_factory()
-        from twilio.http.http_client import TwilioHttpClient
         from twilio.rest import Client
 
-        self._http = TwilioHttpClient(timeout=self._timeout, request_hooks={"response": [self._remember_retry_after]})
+        self._http = based_http_client(
+            self._settings.api_base_url,
+            timeout=self._timeout,
+            request_hooks={"response": [self._remember_retry_after]},
+        )
         with_deadline(self._http.session, self._timeout)  # one deadline for the whole request (§7.1)
         return Client(self._settings.account_sid, self._settings.auth_token, http_client=self._http)
+
+    def check_account(self) -> None:
+        """``alert-worker check``: one ``GET /2010-04-01/Accounts/<SID>.json``; sends nothing.
+
+        Raises ``ChannelMisconfiguredError`` when Twilio refuses the credentials or the account, another
+        ``DeliveryError`` when it cannot be asked.
+        """
+        from twilio.base.exceptions import TwilioException
+
+        if self._client is None:
+            self._client = self._build_client()
+        try:
+            with map_request_errors("twilio"):
+                self._client.api.v2010.accounts(self._settings.account_sid).fetch()
+        except TwilioException as exc:
+            raise self._classify(exc) from exc
+        except ValueError as exc:  # an answer that is not JSON
+            raise TransientDeliveryError("twilio unexpected response (not JSON)") from exc
 
     def send(self, message: Message) -> SendReceipt:
         from twilio.base.exceptions import TwilioException
@@ -180,7 +254,8 @@ class SmsChannel(Channel):
         Twilio's ``DateSent`` filter has day granularity and skips messages still queued (no
         ``date_sent`` yet), so the newest messages to the number are listed and ``date_created`` is
         compared here. Messages that failed never reached the phone and are left out. A failed lookup
-        raises a transient error: never resend blindly.
+        raises a transient error naming Twilio's answer (``lookup_error``): never resend blindly; the
+        executor defers the delivery without using an attempt.
         """
         from twilio.base.exceptions import TwilioException
 
@@ -194,7 +269,9 @@ class SmsChannel(Channel):
                 found = self._client.messages.list(to=message.recipient, limit=LOOKUP_LIMIT)
             else:
                 found = self._client.messages.list(to=message.recipient, from_=sender, limit=LOOKUP_LIMIT)
-        except (TwilioException, requests.RequestException, ValueError) as exc:
+        except TwilioException as exc:
+            raise lookup_error(exc) from exc
+        except (requests.RequestException, ValueError) as exc:
             raise TransientDeliveryError(f"outcome_unknown: twilio lookup failed: {type(exc).__name__}") from exc
         sids: list[str] = []
         for sent in found:

@@ -1,5 +1,9 @@
 """SMTP replies and exceptions -> our errors, once (``classify_smtp_error``).
 
+Answers that refuse the channel's own settings (``session_misconfiguration``, ``connect_misconfiguration``:
+wrong credentials, AUTH required, a TLS mode the server does not speak, an untrusted certificate) are
+``ChannelMisconfiguredError``: the channel is paused, its deliveries deferred (docs/contract.md §7.7).
+
 Authentication failures with a 5xx code, refused sender or recipient with a 5xx code and every other 5xx
 are permanent (only a ``recipient_gone`` reply to RCPT TO suppresses the recipient); 4xx replies (``454
 4.7.0`` temporary AUTH failure included), replies smtplib could not parse (code -1), timeouts, refused
@@ -14,8 +18,10 @@ from __future__ import annotations
 import re
 import smtplib
 import ssl
+from collections.abc import Callable
 
 from alert_worker.errors import (
+    ChannelMisconfiguredError,
     DeliveryError,
     PermanentDeliveryError,
     RecipientRejectedError,
@@ -158,3 +164,62 @@ def classify_smtp_error(exc: BaseException, *, echoes: tuple[str, ...] = (), sen
 def has_no_reply(exc: BaseException) -> bool:
     """A timeout or a disconnect, not an SMTP reply: the server may or may not have queued the message."""
     return _smtp_reply(exc) is None and isinstance(exc, smtplib.SMTPServerDisconnected | TimeoutError | OSError)
+
+
+# OpenSSL's words for "the peer did not answer with TLS" (a plain-text greeting read as a TLS record).
+_NOT_TLS_REASONS = frozenset(
+    {"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE"}
+)
+_UNTRUSTED = "smtp_tls_verify_failed: the server certificate is not trusted (see SMTP_CA_FILE)"
+
+
+def session_misconfiguration(exc: BaseException) -> ChannelMisconfiguredError | None:
+    """An SMTP answer, before the message body, that refuses the channel's settings; else ``None``.
+
+    535/534/530 and any other 5xx to AUTH (``smtp_auth_failed``), 530 to MAIL FROM (authentication or
+    STARTTLS required), no STARTTLS or no AUTH offered while the settings ask for it, an untrusted
+    certificate. A 4xx to AUTH (``454 4.7.0`` temporary failure) is no refusal of the settings.
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ChannelMisconfiguredError(_UNTRUSTED)
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        if 500 <= exc.smtp_code <= 599:
+            return ChannelMisconfiguredError(f"smtp_auth_failed {exc.smtp_code}: check SMTP_USER and SMTP_PASSWORD")
+        return None
+    if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code == 530:
+        if "starttls" in _reply_text(exc.smtp_error).lower():
+            return ChannelMisconfiguredError("smtp_tls_required 530: the server wants STARTTLS (SMTP_SECURITY)")
+        return ChannelMisconfiguredError("smtp_auth_required 530: the server wants SMTP_USER and SMTP_PASSWORD")
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        text = str(exc).lower()
+        if "starttls" in text:
+            return ChannelMisconfiguredError("smtp_starttls_unsupported: the server offers no STARTTLS (SMTP_SECURITY)")
+        if "auth" in text:
+            return ChannelMisconfiguredError("smtp_auth_unsupported: the server offers no AUTH (SMTP_USER)")
+        return None
+    if type(exc) is smtplib.SMTPException and "authentication method" in str(exc).lower():
+        return ChannelMisconfiguredError("smtp_auth_unsupported: no AUTH mechanism in common with the server")
+    return None
+
+
+def connect_misconfiguration(
+    exc: BaseException, security: str, speaks_tls: Callable[[], bool]
+) -> ChannelMisconfiguredError | None:
+    """A connection whose TLS mode does not match the server's, or whose certificate is untrusted.
+
+    ``SMTP_SECURITY=ssl`` against a plain server: OpenSSL reads the ``220`` greeting as a TLS record
+    (``WRONG_VERSION_NUMBER``). ``none``/``starttls`` against SMTPS: no greeting comes (the server waits for
+    our handshake) and smtplib reports a disconnect after the timeout; ``speaks_tls`` then asks the port.
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ChannelMisconfiguredError(_UNTRUSTED)
+    if security == "ssl" and isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None) in _NOT_TLS_REASONS:
+        return ChannelMisconfiguredError(
+            "smtp_tls_mismatch: SMTP_SECURITY=ssl but the server answers in plain text (use starttls or none)"
+        )
+    timed_out = any(isinstance(link, TimeoutError) for link in _chain(exc)[1:])
+    if security != "ssl" and isinstance(exc, smtplib.SMTPServerDisconnected) and timed_out and speaks_tls():
+        return ChannelMisconfiguredError(
+            f"smtp_tls_mismatch: SMTP_SECURITY={security} but the server speaks TLS at connect (use ssl)"
+        )
+    return None

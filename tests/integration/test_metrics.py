@@ -174,3 +174,14 @@ def test_an_unreachable_postgres_shows_as_database_down_not_as_nothing_due(redis
     assert found[("alert_metrics_database_up", ())] == 0
     assert ("alert_oldest_due_pending_age_seconds", ()) not in found
     assert found[("alert_metrics_redis_up", ())] == 1
+
+
+def test_the_channel_paused_gauge_is_one_for_each_paused_channel(
+    redis_client: redis.Redis, collector: AlertCollector
+) -> None:
+    """§7.7: ``alert_channel_paused{channel}`` is 1 while the channel's pause key exists, 0 otherwise."""
+    redis_client.set("alert:paused:sms", "twilio 20003 authentication failed (configuration error)", ex=300)
+    found = samples(render(collector).decode())
+    assert found[("alert_channel_paused", (("channel", "sms"),))] == 1
+    assert found[("alert_channel_paused", (("channel", "email"),))] == 0
+    assert found[("alert_channel_paused", (("channel", "slack"),))] == 0

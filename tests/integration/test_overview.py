@@ -90,7 +90,9 @@ def test_status_json_prints_exactly_the_contract_object(worker_env: dict[str, st
         "suppressions",
         "workers",
         "scheduler",
+        "paused",
     }
+    assert data["paused"] == {}
     assert data["deliveries"] == EXPECTED_DELIVERIES
     assert data["workers"] == [{"name": "w-live", "threads": 8, "in_flight": 2}]
     assert data["scheduler"] == {"alerts": True, "bulk": False}
@@ -104,3 +106,13 @@ def test_status_on_an_empty_system_says_nothing_is_due_and_no_scheduler(worker_e
     assert "oldest due pending: none due" in done.stdout
     assert "workers: 0 live, 0/0 threads busy" in done.stdout
     assert "scheduler for alerts: NO SCHEDULER" in done.stdout
+
+
+def test_status_shows_a_paused_channel_and_its_reason(worker_env: dict[str, str], redis_client: redis.Redis) -> None:
+    """§7.7: the overview (text and --json) names the paused channel and the provider's refusal."""
+    redis_client.set("alert:paused:email", "smtp_auth_failed 535: check SMTP_USER and SMTP_PASSWORD", ex=300)
+    done = run_cli(["status", "--json"], worker_env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["paused"] == {"email": "smtp_auth_failed 535: check SMTP_USER and SMTP_PASSWORD"}
+    text = run_cli(["status"], worker_env)
+    assert "PAUSED email: smtp_auth_failed 535" in text.stdout

@@ -40,6 +40,7 @@ class SmtpSink:
     data_replies: deque[str] = field(default_factory=deque)
     rcpt_replies: deque[str] = field(default_factory=deque)
     data_calls: int = 0
+    auth_commands: int = 0  # AUTH exchanges the server judged (smtplib tries PLAIN, then LOGIN)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any) -> str:
@@ -68,8 +69,10 @@ class SmtpSink:
             return [m for m in self.accepted if address in m.rcpt_tos]
 
 
-def _authenticator(user: str, password: str) -> Any:
+def _authenticator(user: str, password: str, sink: SmtpSink) -> Any:
     def check(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+        with sink.lock:
+            sink.auth_commands += 1
         ok = (
             isinstance(auth_data, LoginPassword)
             and auth_data.login.decode() == user
@@ -97,7 +100,7 @@ def running_smtp_sink(
         kwargs.update(tls_context=starttls_context, require_starttls=True)
     if login is not None:
         kwargs.update(
-            authenticator=_authenticator(*login),
+            authenticator=_authenticator(*login, sink),
             # aiosmtpd only knows about STARTTLS: with implicit TLS it would refuse AUTH if TLS were required.
             auth_require_tls=starttls_context is not None,
         )

@@ -12,8 +12,9 @@ import requests
 from structlog.testing import capture_logs
 from urllib3.exceptions import ProtocolError
 
-from alert_worker.cooldown import Cooldowns, destination_hash
+from alert_worker.cooldown import ChannelPauses, Cooldowns, destination_hash
 from alert_worker.errors import (
+    ChannelMisconfiguredError,
     DeliveryError,
     OutcomeUnknownError,
     PermanentDeliveryError,
@@ -131,6 +132,7 @@ class Harness:
         self.limiter = FakeLimiter()
         self.scheduler = RecordingScheduler()
         self.cooldowns = Cooldowns(client=self.redis, default_seconds=30.0)
+        self.pauses = ChannelPauses(client=self.redis, pause_seconds=300.0)
         self.suppressions = FakeSuppressions()
         self.outcomes = FakeOutcomes()
         self.metrics = CountingMetrics()
@@ -146,8 +148,10 @@ class Harness:
             hash_secret=SECRET,
             metrics=self.metrics,
             rand=lambda: 0.5,
+            channel_pause_seconds=300.0,
             feedback=ProviderFeedback(
                 cooldowns=self.cooldowns,
+                pauses=self.pauses,
                 suppressions=self.suppressions,  # type: ignore[arg-type]
                 outcomes=self.outcomes,  # type: ignore[arg-type]
                 hash_secret=SECRET,
@@ -299,18 +303,45 @@ def test_a_replayed_sms_after_an_unknown_outcome_is_still_looked_up() -> None:
     assert channel.sent == []
 
 
-def test_a_failed_look_up_retries_later_instead_of_sending_blindly() -> None:
-    """Twilio cannot be asked: no send, a transient retry with the attempt counted."""
-    lookup_down = TransientDeliveryError("outcome_unknown: twilio lookup failed: ConnectionError")
-    channel = SmsLikeChannel(OutcomeUnknownError("twilio no answer after sending: ReadTimeout"), found=lookup_down)
+@pytest.mark.parametrize(
+    ("lookup_error", "named"),
+    [
+        (TransientDeliveryError("outcome_unknown: twilio lookup failed: HTTP 500"), "HTTP 500"),
+        (TransientDeliveryError("outcome_unknown: twilio lookup failed: HTTP 404 code 20404"), "HTTP 404"),
+        (TransientDeliveryError("outcome_unknown: twilio lookup failed: ConnectionError"), "ConnectionError"),
+    ],
+    ids=["http-500", "http-404", "connection-error"],
+)
+def test_a_failed_look_up_defers_without_using_an_attempt_and_names_the_answer(
+    lookup_error: TransientDeliveryError, named: str
+) -> None:
+    """Twilio cannot be asked: nothing is sent and nothing was sent, so no attempt is used (issue 20 point 7)."""
+    channel = SmsLikeChannel(OutcomeUnknownError("twilio no answer after sending: ReadTimeout"), found=lookup_error)
+    h = Harness(channel)
+    h.run(channel="sms", to="+15551234567")
+    for round_ in range(1, 4):  # again and again: never poisoned for the look-up alone, attempts never grow
+        h.make_due()
+        result = h.run(attempt=1, channel="sms", to="+15551234567")
+        assert result["outcome"] == "retry_scheduled" and named in result["error"]
+        assert result["error"].startswith("outcome_unknown: twilio lookup failed")
+        row = h.store.get("d-1")
+        assert row is not None and row.attempts == 1 and row.deferrals == round_
+    assert len(channel.sent) == 1 and len(channel.lookups) == 3
+
+
+def test_a_look_up_refused_for_the_account_pauses_sms_and_defers_without_an_attempt() -> None:
+    """A 401 to the look-up is the account's settings: the channel is paused like after a refused send."""
+    refused = ChannelMisconfiguredError("twilio lookup refused: HTTP 401 code 20003 (configuration error)")
+    channel = SmsLikeChannel(OutcomeUnknownError("twilio no answer after sending: ReadTimeout"), found=refused)
     h = Harness(channel)
     h.run(channel="sms", to="+15551234567")
     h.make_due()
     result = h.run(attempt=1, channel="sms", to="+15551234567")
-    assert result["outcome"] == "retry_scheduled" and result["error"].startswith("outcome_unknown: twilio lookup")
-    assert len(channel.sent) == 1
+    assert result["outcome"] == "retry_scheduled"
+    assert result["error"] == f"channel_paused: {refused.reason}"
+    assert h.pauses.state("sms") is not None and h.pauses.state("email") is None
     row = h.store.get("d-1")
-    assert row is not None and row.attempts == 2
+    assert row is not None and row.attempts == 1
 
 
 def test_e_mail_after_an_unknown_outcome_just_retries_without_a_look_up(h: Harness) -> None:
@@ -382,3 +413,104 @@ def test_an_outcome_is_unknown_only_when_the_request_may_have_been_sent(exc: Exc
     from alert_worker.channels.http import outcome_unknown
 
     assert outcome_unknown(exc) is unknown  # type: ignore[arg-type]
+
+
+# -- channel pause (docs/contract.md §7.7) ----------------------------------------------------------------
+AUTH_REFUSED = "smtp_auth_failed 535: check SMTP_USER and SMTP_PASSWORD"
+
+
+def test_a_refused_setting_pauses_the_channel_and_defers_the_delivery_that_found_it(h: Harness) -> None:
+    """Not poisoned: deferred by the pause, no attempt counted, the reason on the row and in the pause key."""
+    h.channel.errors.append(ChannelMisconfiguredError(AUTH_REFUSED))
+    result = h.run()
+    assert result["outcome"] == "retry_scheduled" and result["error"] == f"channel_paused: {AUTH_REFUSED}"
+    row = h.store.get("d-1")
+    assert row is not None and row.status is DeliveryStatus.PENDING and row.attempts == 0
+    assert h.store.rows["d-1"].error == "channel_paused: smtp_auth_failed 535: check SMTP_USER and SMTP_PASSWORD"
+    state = h.pauses.state("email")
+    assert state is not None and state[0] == AUTH_REFUSED and 299 < state[1] <= 300
+    assert 300 <= h.scheduler.scheduled[-1].delay_seconds <= 330  # the pause, plus the deferral's jitter
+    assert len(h.channel.sent) == 1  # the one attempt that found it
+
+
+def test_while_a_channel_is_paused_its_deliveries_wait_without_a_request_or_an_attempt(h: Harness) -> None:
+    """Twenty deliveries behind a refused password: one attempt, nineteen deferrals, nothing poisoned."""
+    h.channel.errors.append(ChannelMisconfiguredError(AUTH_REFUSED))
+    results = [h.run(f"d-{i}") for i in range(20)]
+    assert len(h.channel.sent) == 1
+    assert {r["outcome"] for r in results} == {"retry_scheduled"}
+    assert {r["error"] for r in results} == {f"channel_paused: {AUTH_REFUSED}"}
+    assert all(found.row.attempts == 0 for found in h.store.rows.values())
+    assert h.limiter.calls[1:] == []  # a held delivery takes no rate-limit slot
+
+
+def test_a_pause_holds_only_its_own_channel(h: Harness) -> None:
+    h.pauses.pause("sms", "twilio 20003 authentication failed (configuration error)")
+    assert h.run()["outcome"] == "delivered"
+
+
+def test_when_the_pause_ends_the_deferred_delivery_is_sent_without_a_replay(h: Harness) -> None:
+    """Fixing the setting is enough: the row is still pending and its next run sends it."""
+    h.channel.errors.append(ChannelMisconfiguredError(AUTH_REFUSED))
+    h.run()
+    h.redis.delete("alert:paused:email")  # the pause's TTL ran out
+    h.make_due()
+    result = h.run(attempt=0)
+    assert result["outcome"] == "delivered" and len(h.channel.sent) == 2
+
+
+def test_a_channel_paused_past_the_deferral_budget_is_poisoned_with_the_reason(h: Harness) -> None:
+    """ALERT_MAX_DEFER_SECONDS bounds the wait as for any deferral."""
+    h.executor.max_defer_seconds = 100.0  # shorter than the 300 s pause
+    h.pauses.pause("email", AUTH_REFUSED)
+    result = h.run()
+    assert result["outcome"] == "poisoned" and "channel_paused" in result["error"]
+    assert h.channel.sent == []
+
+
+def _pause_ended(h: Harness) -> None:
+    """The pause key's TTL ran out; the probation (one more period) is still there."""
+    h.redis.delete("alert:paused:email")
+    h.store.clock.now = max(f.row.next_attempt_at for f in h.store.rows.values() if f.row.next_attempt_at)
+
+
+def test_after_a_pause_exactly_one_delivery_tries_the_settings_and_a_refusal_pauses_again(h: Harness) -> None:
+    """One login per pause period: the first delivery after the pause probes, the rest wait for its answer."""
+    for _ in range(2):
+        h.channel.errors.append(ChannelMisconfiguredError(AUTH_REFUSED))
+    for i in range(5):
+        h.run(f"d-{i}")
+    assert len(h.channel.sent) == 1
+    _pause_ended(h)
+    results = [h.run(f"d-{i}", attempt=0) for i in range(5)]
+    assert len(h.channel.sent) == 2, "one probe, refused"
+    assert [r["outcome"] for r in results] == ["retry_scheduled"] * 5
+    assert h.pauses.state("email") is not None, "paused for another period"
+
+
+def test_while_one_delivery_probes_the_others_wait_for_its_answer(h: Harness) -> None:
+    h.pauses.pause("email", AUTH_REFUSED)
+    h.redis.delete("alert:paused:email")
+    assert h.pauses.admit("email") == (AUTH_REFUSED, 0.0, True)  # another worker's delivery is probing
+    result = h.run()
+    assert result["outcome"] == "retry_scheduled" and result["error"] == f"channel_paused: {AUTH_REFUSED}"
+    assert h.channel.sent == []
+    assert 1 <= h.scheduler.scheduled[-1].delay_seconds <= 66, "until the probe's answer: a minute, plus jitter"
+
+
+def test_an_accepted_probe_lifts_the_probation_and_the_waiting_deliveries_flow(h: Harness) -> None:
+    h.pauses.pause("email", AUTH_REFUSED)
+    h.redis.delete("alert:paused:email")
+    assert h.run("d-1")["outcome"] == "delivered"
+    assert not h.redis.exists("alert:pause_probation:email") and not h.redis.exists("alert:pause_probe:email")
+    assert [h.run(f"d-{i}")["outcome"] for i in range(2, 5)] == ["delivered"] * 3
+
+
+def test_a_probe_failing_for_another_reason_lets_the_next_delivery_probe(h: Harness) -> None:
+    """A timeout says nothing about the settings: the probe is freed, the probation stays."""
+    h.pauses.pause("email", AUTH_REFUSED)
+    h.redis.delete("alert:paused:email")
+    h.channel.errors.append(TransientDeliveryError("smtp_timeout"))
+    assert h.run("d-1")["outcome"] == "retry_scheduled"
+    assert not h.redis.exists("alert:pause_probe:email") and h.redis.exists("alert:pause_probation:email")
+    assert h.run("d-2")["outcome"] == "delivered"

@@ -6,8 +6,10 @@ import fakeredis
 import pytest
 import redis
 
+from alert_worker.cooldown import ChannelPauses, paused_channels
 from alert_worker.metrics import retry_reason
 from alert_worker.overview import Overview, WorkerInfo, cooldown_count, live_workers, render_text
+from alert_worker.suppression_commands import held_by
 
 
 @pytest.fixture
@@ -71,7 +73,9 @@ def test_the_json_is_exactly_the_contract_object() -> None:
         "suppressions",
         "workers",
         "scheduler",
+        "paused",
     ]
+    assert data["paused"] == {}
     assert data["workers"] == [{"name": "w-1", "threads": 8, "in_flight": 3}]
     assert data["scheduler"] == {"alerts": True, "bulk": False}
 
@@ -85,6 +89,38 @@ def test_the_screen_answers_stuck_failing_and_alive_in_one_look() -> None:
     assert "scheduler for bulk: NO SCHEDULER" in text
     assert "~" in text.splitlines()[3] and "~" not in text.splitlines()[1], "only estimated rows are marked"
     assert len(text.splitlines()) <= 24, "one screen"
+
+
+def test_a_paused_channel_is_shown_with_its_reason() -> None:
+    """§7.7: the overview names each paused channel and why, in the JSON and on the screen."""
+    view = _view(paused={"email": "smtp_auth_failed 535: check SMTP_USER and SMTP_PASSWORD"})
+    assert view.as_json()["paused"] == {"email": "smtp_auth_failed 535: check SMTP_USER and SMTP_PASSWORD"}
+    assert "PAUSED email: smtp_auth_failed 535" in render_text(view)
+    assert "PAUSED" not in render_text(_view())
+
+
+def test_paused_channels_are_read_under_the_prefix_only(client: redis.Redis) -> None:
+    ChannelPauses(client=client, key_prefix="alert:", pause_seconds=300).pause("sms", "twilio 20003 refused")
+    client.set("staging:paused:email", "other fleet")
+    assert paused_channels(client, "alert:") == {"sms": "twilio 20003 refused"}
+    assert 0 < client.pttl("alert:paused:sms") <= 300_000
+
+
+@pytest.mark.parametrize(
+    ("channel", "says"),
+    [("sms", "Twilio is asked"), ("email", "Message-ID"), ("slack", "posted again")],
+    ids=["sms", "email", "slack"],
+)
+def test_status_explains_an_unknown_outcome_for_the_delivery_s_own_channel(channel: str, says: str) -> None:
+    """Issue 20 point 8: only SMS is looked up; e-mail and Slack say what really happens next."""
+    text = held_by("outcome_unknown: no answer after sending", channel)
+    assert text is not None and says in text
+    assert ("Twilio" in text) is (channel == "sms")
+
+
+def test_status_names_a_failed_look_up_and_a_channel_pause() -> None:
+    assert "Twilio could not be asked" in (held_by("outcome_unknown: twilio lookup failed: HTTP 500", "sms") or "")
+    assert "channel pause" in (held_by("channel_paused: smtp_auth_failed 535", "email") or "")
 
 
 def test_nothing_due_reads_as_none_due() -> None:

@@ -73,7 +73,7 @@ def test_from_address_falls_back_to_the_smtp_user_and_login_needs_both() -> None
             {
                 "SMTP_HOST": "mx",
                 "ALERTS_FROM_EMAIL": "a@example.org",
-                "TWILIO_ACCOUNT_SID": "AC1",
+                "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
                 "TWILIO_AUTH_TOKEN": "t",
             },
             {ChannelType.SMS: ("TWILIO_FROM_NUMBER",)},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,15 @@ import requests
 import responses
 from responses import matchers
 
-from alert_worker.channels.slack import MAX_SLACK_TEXT_CHARS, SlackChannel, slack_text
+from alert_worker.channels.slack import (
+    MAX_BLOCKS,
+    MAX_HEADER_CHARS,
+    MAX_SECTION_CHARS,
+    MAX_SLACK_TEXT_CHARS,
+    SlackChannel,
+    slack_blocks,
+    slack_text,
+)
 from alert_worker.errors import (
     ChannelNotConfiguredError,
     PermanentDeliveryError,
@@ -49,12 +58,12 @@ def mocked() -> Iterator[responses.RequestsMock]:
 
 
 def _json(text: str) -> Any:
-    return matchers.json_params_matcher({"text": text}, strict_match=True)
+    return matchers.json_params_matcher({"text": text}, strict_match=False)  # and "blocks", checked below
 
 
 def test_send_posts_exact_json_and_returns_no_message_id(channel: SlackChannel, mocked: responses.RequestsMock) -> None:
-    """``{"text": "*subject*\\nbody"}`` to the webhook; ``200 ok`` is delivered, Slack gives no id."""
-    mocked.post(HOOK, body="ok", status=200, match=[_json("*Disk full*\ndb-1 at 97%")])
+    """``{"text": "subject\\nbody", "blocks": [...]}`` to the webhook; ``200 ok`` is delivered, no id."""
+    mocked.post(HOOK, body="ok", status=200, match=[_json("Disk full\ndb-1 at 97%")])
     receipt = channel.send(channel.prepare(_message()))
     assert receipt.message_id is None
 
@@ -64,7 +73,7 @@ def test_empty_or_default_recipient_posts_to_slack_webhook_url(
     channel: SlackChannel, mocked: responses.RequestsMock, recipient: str
 ) -> None:
     """An empty or ``default`` recipient means ``SLACK_WEBHOOK_URL``."""
-    mocked.post(DEFAULT_HOOK, body="ok", match=[_json("*Disk full*\ndb-1 at 97%")])
+    mocked.post(DEFAULT_HOOK, body="ok", match=[_json("Disk full\ndb-1 at 97%")])
     channel.send(channel.prepare(_message(recipient=recipient)))
 
 
@@ -100,15 +109,17 @@ def test_request_uses_the_configured_timeout(channel: SlackChannel, mocked: resp
 @pytest.mark.parametrize(
     ("subject", "body", "text"),
     [
-        ("Disk full", "db-1", "*Disk full*\ndb-1"),
+        ("Disk full", "db-1", "Disk full\ndb-1"),
         ("", "db-1", "db-1"),
-        ("Disk full", "", "*Disk full*"),
-        ("a<b>&c", "<!channel> <https://x|y>", "*a&lt;b&gt;&amp;c*\n&lt;!channel&gt; &lt;https://x|y&gt;"),
+        ("Disk full", "", "Disk full"),
+        ("a<b>&c", "<!channel> <https://x|y>", "a&lt;b&gt;&amp;c\n&lt;!channel&gt; &lt;https://x|y&gt;"),
+        ("*urgent* db", "x", "*urgent* db\nx"),
     ],
-    ids=["subject-and-body", "body-only", "subject-only", "escapes-mentions-and-links"],
+    ids=["subject-and-body", "body-only", "subject-only", "escapes-mentions-and-links", "stars-left-alone"],
 )
-def test_text_is_bold_subject_newline_body_escaped(subject: str, body: str, text: str) -> None:
-    """Empty parts leave no stray markup; ``& < >`` are escaped so an alert cannot ping ``@channel``."""
+def test_the_fallback_text_is_subject_newline_body_escaped(subject: str, body: str, text: str) -> None:
+    """Empty parts leave no stray newline; ``& < >`` are escaped so an alert cannot ping ``@channel``; no
+    ``*subject*`` wrapping for a ``*`` in the subject to break (the header block carries the subject)."""
     assert slack_text(subject, body) == text
 
 
@@ -124,7 +135,7 @@ def test_over_long_text_is_truncated_below_40000_with_marker(channel: SlackChann
 
 def test_text_at_exactly_the_limit_is_not_truncated(channel: SlackChannel) -> None:
     """40,000 characters fit: no marker."""
-    body = "y" * (MAX_SLACK_TEXT_CHARS - len("*S*\n"))
+    body = "y" * (MAX_SLACK_TEXT_CHARS - len("S\n"))
     assert channel.prepare(_message(subject="S", body=body)).body == body
 
 
@@ -150,10 +161,24 @@ SLACK_ANSWERS = [
     (204, "", None, PermanentDeliveryError, "slack 204 unexpected response", None),
 ]
 SLACK_IDS = [
-    "429-retry-after", "500-rollup_error", "502-html", "503-retry-after", "408", "400-invalid_payload",
-    "400-no_text", "403-invalid_token", "403-action_prohibited", "404-no_service", "404-channel_not_found",
-    "410-channel_is_archived", "404-unknown-body-not-echoed", "401-unknown-word", "301-redirect", "302-redirect",
-    "200-not-ok", "204-empty",
+    "429-retry-after",
+    "500-rollup_error",
+    "502-html",
+    "503-retry-after",
+    "408",
+    "400-invalid_payload",
+    "400-no_text",
+    "403-invalid_token",
+    "403-action_prohibited",
+    "404-no_service",
+    "404-channel_not_found",
+    "410-channel_is_archived",
+    "404-unknown-body-not-echoed",
+    "401-unknown-word",
+    "301-redirect",
+    "302-redirect",
+    "200-not-ok",
+    "204-empty",
 ]
 
 
@@ -172,7 +197,7 @@ def test_slack_answer_is_classified(
     headers = {"Retry-After": retry_after} if retry_after else {}
     if 300 <= status < 400:
         headers["Location"] = "https://evil.example/steal"
-    mocked.post(HOOK, body=body, status=status, headers=headers, match=[_json("*Disk full*\ndb-1 at 97%")])
+    mocked.post(HOOK, body=body, status=status, headers=headers, match=[_json("Disk full\ndb-1 at 97%")])
     with pytest.raises(error) as caught:
         channel.send(_message())
     assert type(caught.value) is error
@@ -186,8 +211,10 @@ def test_slack_answer_is_classified(
     [
         (requests.ConnectTimeout(f"connect timeout {HOOK}"), "slack timeout: ConnectTimeout"),
         (requests.ReadTimeout(f"read timeout {HOOK}"), "outcome_unknown: slack no answer after sending: ReadTimeout"),
-        (requests.ConnectionError(f"Max retries exceeded with url: {SECRET_PATH}"),
-         "slack connection error: ConnectionError"),
+        (
+            requests.ConnectionError(f"Max retries exceeded with url: {SECRET_PATH}"),
+            "slack connection error: ConnectionError",
+        ),
         (requests.exceptions.SSLError(f"bad handshake {HOOK}"), "slack connection error: SSLError"),
         (requests.exceptions.ChunkedEncodingError(f"broken {HOOK}"), "slack request error: ChunkedEncodingError"),
     ],
@@ -230,3 +257,52 @@ def test_one_session_per_job_created_lazily_and_closed(mocked: responses.Request
 def test_slack_is_enabled_without_a_default_webhook() -> None:
     """A recipient may carry its own webhook, so Slack never counts as missing settings."""
     assert SlackSettings("", ("hooks.slack.com",)).missing == ()
+
+
+# -- Block Kit (issue 20 point 16) ------------------------------------------------------------------------
+def test_the_subject_is_a_plain_text_header_so_stars_in_it_are_shown_as_typed() -> None:
+    """``*urgent*`` was posted as ``**urgent* …*``: a plain_text header has no markup to break."""
+    blocks = slack_blocks("*urgent* disk_full on db-1", "db-1 at 99%")
+    header = {"type": "plain_text", "text": "*urgent* disk_full on db-1", "emoji": False}
+    assert blocks[0] == {"type": "header", "text": header}
+    assert blocks[1] == {"type": "section", "text": {"type": "mrkdwn", "text": "db-1 at 99%"}}
+
+
+def test_a_subject_longer_than_the_header_limit_is_cut_with_a_marker() -> None:
+    [header] = slack_blocks("s" * 400, "")
+    assert len(header["text"]["text"]) == MAX_HEADER_CHARS and header["text"]["text"].endswith("…")
+
+
+def test_the_body_is_escaped_in_its_sections_so_it_cannot_mention_the_channel() -> None:
+    [section] = slack_blocks("", "<!channel> & <https://x|y>")
+    assert section["text"]["text"] == "&lt;!channel&gt; &amp; &lt;https://x|y&gt;"
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["y" * 39_990, "&" * 7_990, "line of text\n" * 3_000, "<" * 3_001],
+    ids=["plain", "every-char-escaped-5x", "many-lines", "one-past-a-section"],
+)
+def test_a_long_body_is_split_into_sections_within_slack_s_limits(body: str) -> None:
+    """Each section at most 3,000 characters as sent (escaped), no escape cut in two, at most 50 blocks,
+    and the sections together are the whole escaped body."""
+    blocks = slack_blocks("Disk full", body)
+    sections = [b["text"]["text"] for b in blocks[1:]]
+    assert len(blocks) <= MAX_BLOCKS and all(b["type"] == "section" for b in blocks[1:])
+    assert all(0 < len(text) <= MAX_SECTION_CHARS for text in sections)
+    unescaped = [text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&") for text in sections]
+    assert "".join(unescaped) == body, "nothing lost, and every escape whole within its section"
+
+
+def test_a_multi_line_body_is_cut_at_a_line_end() -> None:
+    body = ("x" * 99 + "\n") * 60  # 6,000 characters: two sections
+    sections = [b["text"]["text"] for b in slack_blocks("", body)]
+    assert len(sections) == 2 and all(text.endswith("\n") for text in sections)
+
+
+def test_send_posts_the_blocks_with_the_text_as_fallback(channel: SlackChannel, mocked: responses.RequestsMock) -> None:
+    mocked.post(HOOK, body="ok")
+    channel.send(_message(subject="*urgent*", body="db-1 <at> 99%"))
+    sent = json.loads(mocked.calls[0].request.body or b"{}")
+    assert sent["text"] == "*urgent*\ndb-1 &lt;at&gt; 99%"
+    assert sent["blocks"] == slack_blocks("*urgent*", "db-1 <at> 99%")

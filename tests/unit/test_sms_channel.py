@@ -12,6 +12,7 @@ from responses import matchers
 
 from alert_worker.channels.sms import MAX_SMS_UNITS, SmsChannel, check_e164, classify_twilio, sms_text
 from alert_worker.errors import (
+    ChannelMisconfiguredError,
     InvalidInputError,
     PermanentDeliveryError,
     RecipientRejectedError,
@@ -160,8 +161,8 @@ TWILIO_ANSWERS = [
     (400, 21606, None, PermanentDeliveryError, "twilio 21606 'From' number cannot send", None),
     (400, 21635, None, PermanentDeliveryError, "twilio 21635 'To' number is a landline", None),
     (400, 21999, None, PermanentDeliveryError, "twilio 21999 rejected (HTTP 400)", None),
-    (404, 20404, None, PermanentDeliveryError, "twilio 20404 account or resource not found (configuration", None),
-    (401, 20003, None, PermanentDeliveryError, "twilio 20003 authentication failed (configuration error)", None),
+    (404, 20404, None, ChannelMisconfiguredError, "twilio 20404 account or resource not found (configuration", None),
+    (401, 20003, None, ChannelMisconfiguredError, "twilio 20003 authentication failed (configuration error)", None),
     (403, None, None, PermanentDeliveryError, "twilio 403 rejected", None),
 ]
 TWILIO_IDS = [
@@ -235,8 +236,8 @@ def test_timeouts_and_connection_errors_are_transient_without_the_url(
 
 @pytest.mark.parametrize(
     ("status", "code", "expected"),
-    [(429, 20429, SlowDownError), (401, 20003, PermanentDeliveryError), (503, 503, TransientDeliveryError),
-     (400, 21610, RecipientRejectedError), (401, None, PermanentDeliveryError), (400, 21611, TransientDeliveryError),
+    [(429, 20429, SlowDownError), (401, 20003, ChannelMisconfiguredError), (503, 503, TransientDeliveryError),
+     (400, 21610, RecipientRejectedError), (401, None, ChannelMisconfiguredError), (400, 21611, TransientDeliveryError),
      (429, 21611, TransientDeliveryError)],
     ids=["throttled", "auth", "5xx", "unsubscribed", "401-without-code", "21611-queue-full", "21611-on-429"],
 )
