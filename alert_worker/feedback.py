@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from alert_worker.channels.base import Channel
-from alert_worker.cooldown import Cooldowns, destination_hash
+from alert_worker.cooldown import Cooldowns, destination_hash, mask_destination
 from alert_worker.delivery import recipient_identity
 from alert_worker.errors import DeliveryError, OutcomeUnknownError, RecipientRejectedError, SlowDownError
 from alert_worker.models import ChannelType, DeliveryRow, Message
@@ -30,7 +30,7 @@ from alert_worker.redaction import mask_recipient
 from alert_worker.settings import Settings
 from alert_worker.side_effects import SIDE_EFFECT_ERRORS
 from alert_worker.suppression import ConnectionSource, SuppressionStore
-from alert_worker.validation import SLACK_DEFAULT_RECIPIENTS
+from alert_worker.validation import SLACK_DEFAULT_RECIPIENTS, normalize_recipient
 
 
 class FeedbackMetrics(Protocol):
@@ -142,7 +142,9 @@ class ProviderFeedback:
         """Start a cooldown, suppress the recipient or remember the unknown outcome; never raises."""
         try:
             if isinstance(exc, SlowDownError):
-                seconds = self._cooldowns.start(row.channel, self._destination(row, channel, message), exc.retry_after)
+                shown = mask_destination(row.channel, channel.destination(message))
+                dest = self._destination(row, channel, message)
+                seconds = self._cooldowns.start(row.channel, dest, exc.retry_after, shown=shown)
                 log.warning("destination_cooldown_started", cooldown_seconds=round(seconds, 3))
             elif isinstance(exc, RecipientRejectedError) and self._is_default_webhook(row):
                 log.error("default_webhook_rejected", reason=exc.reason, detail="SLACK_WEBHOOK_URL is not suppressed")
@@ -151,7 +153,7 @@ class ProviderFeedback:
                 added = self._suppressions.add(
                     channel=row.channel,
                     rhash=row.recipient_hash,
-                    masked=mask_recipient(row.channel, recipient),
+                    masked=mask_recipient(row.channel, normalize_recipient(ChannelType(row.channel), recipient)),
                     reason=exc.reason,
                     source_delivery_id=row.id,
                 )

@@ -56,11 +56,13 @@ def add_suppression_parser(sub: Subcommands) -> None:
 
 @contextmanager
 def _suppressions(settings: Settings) -> Iterator[tuple[SuppressionStore, DeliveryStore]]:
+    from alert_worker.console import reachable_database
     from alert_worker.resources import open_job_pool
     from alert_worker.store import DeliveryStore
 
     if not settings.database_url:
         raise SuppressionCommandError("DATABASE_URL is not set")
+    reachable_database(settings)  # one direct connection first: fail in about a second with one line
     pool = open_job_pool(settings)
     try:
         yield SuppressionStore(source=pool), DeliveryStore(pool=pool)
@@ -88,9 +90,21 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if not entries:
         print("no suppressed recipients", flush=True)
-    for e in entries:
-        source = e.source_delivery_id or "operator"
-        line = f"{e.channel:<6} {e.recipient_hash} {e.recipient:<32} {e.created_at.isoformat()} {source}  {e.reason}"
+        return 0
+    from alert_worker.console import show, table
+
+    cells = [
+        (
+            e.channel,
+            e.recipient_hash,
+            show(e.recipient),
+            show(e.created_at),
+            show(e.source_delivery_id or "operator"),
+            show(e.reason),
+        )
+        for e in entries
+    ]
+    for line in table(("CHANNEL", "HASH", "RECIPIENT", "CREATED AT", "SOURCE", "REASON"), cells):
         print(line, flush=True)
     return 0
 

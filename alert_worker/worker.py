@@ -80,7 +80,7 @@ def run_worker(
     """
     from alert_worker.threaded_worker import ThreadPoolWorker, resolve_threads
 
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level, rq_level=settings.rq_log_level)
     try:
         threads = resolve_threads(settings, threads)
     except ValueError as exc:
