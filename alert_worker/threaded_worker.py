@@ -33,11 +33,12 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import BaseWorker, WorkerStatus
+from rq.worker_registration import REDIS_WORKER_KEYS as RQ_WORKERS_KEY
 
 from alert_worker.channels import build_channel
 from alert_worker.channels.kept import ThreadChannels, kept_channels
 from alert_worker.connect import bounded_postgres_kwargs
-from alert_worker.liveness import Registration, alive_ttl_for
+from alert_worker.liveness import Registration, alive_ttl_for, worker_name
 from alert_worker.resources import JobResources, open_redis, shared_job_resources
 from alert_worker.settings import MAX_WORKER_THREADS, Settings
 
@@ -99,6 +100,7 @@ class ThreadPoolWorker(BaseWorker):
         # RQ raises its connection's socket timeout to worker_ttl - 5 (its blocking dequeue); job threads use
         # that connection for RQ's bookkeeping, so keep it near a minute instead of RQ's default seven.
         kwargs.setdefault("worker_ttl", RQ_WORKER_TTL_SECONDS)
+        kwargs.setdefault("name", worker_name())  # host.pid.random: placeable, unlike RQ's random hex
         super().__init__(queues, **kwargs)
         if not 1 <= threads <= MAX_THREADS:
             raise ValueError(f"threads must be 1..{MAX_THREADS}, got {threads}")
@@ -131,6 +133,7 @@ class ThreadPoolWorker(BaseWorker):
             threads=self.threads,
             in_flight=lambda: self._in_flight,
             alive_ttl_seconds=alive_ttl_for(self.settings.job_timeout_seconds),
+            after_beat=self.register_again_if_forgotten,
         )
         try:
             self._registration.start()
@@ -289,6 +292,16 @@ class ThreadPoolWorker(BaseWorker):
                     self._slots.notify_all()
                 if idle:
                     self._mark_idle()
+
+    def register_again_if_forgotten(self) -> None:
+        """Redis lost RQ's registration (FLUSHDB, a failover to an empty replica) while this worker runs:
+        register again, so ``rq info``, rq-dashboard and exporters see it. Checked at every liveness beat."""
+        if self._stopping.is_set() or self.connection.sismember(RQ_WORKERS_KEY, self.key):
+            return
+        self.connection.delete(self.key)  # a heartbeat may have left a partial hash; register_birth needs none
+        self.register_birth()  # type: ignore[no-untyped-call]
+        self.set_state(WorkerStatus.BUSY if self._in_flight else WorkerStatus.IDLE)
+        log.warning("worker_registered_again", worker=self.name, detail="RQ's worker registration was gone")
 
     def _mark_idle(self) -> None:  # the last job in flight ended: the worker is idle for rq info
         try:

@@ -30,6 +30,7 @@ from alert_worker.health import (
     require_connection_settings,
     warn_disabled_channels,
 )
+from alert_worker.liveness import worker_name
 from alert_worker.logs import configure_logging
 from alert_worker.preload import preload_process
 from alert_worker.redaction import safe_error, url_password
@@ -123,7 +124,7 @@ def run_worker(
         if worker_class is None:
             worker = ThreadPoolWorker(queues, connection=connection, settings=settings, threads=threads)
         else:
-            worker = cls(queues, connection=connection, log_job_description=False)
+            worker = cls(queues, connection=connection, log_job_description=False, name=worker_name())
         log.info(
             "worker_started",
             queues=list(settings.queues),
