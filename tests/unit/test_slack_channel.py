@@ -150,10 +150,24 @@ SLACK_ANSWERS = [
     (204, "", None, PermanentDeliveryError, "slack 204 unexpected response", None),
 ]
 SLACK_IDS = [
-    "429-retry-after", "500-rollup_error", "502-html", "503-retry-after", "408", "400-invalid_payload",
-    "400-no_text", "403-invalid_token", "403-action_prohibited", "404-no_service", "404-channel_not_found",
-    "410-channel_is_archived", "404-unknown-body-not-echoed", "401-unknown-word", "301-redirect", "302-redirect",
-    "200-not-ok", "204-empty",
+    "429-retry-after",
+    "500-rollup_error",
+    "502-html",
+    "503-retry-after",
+    "408",
+    "400-invalid_payload",
+    "400-no_text",
+    "403-invalid_token",
+    "403-action_prohibited",
+    "404-no_service",
+    "404-channel_not_found",
+    "410-channel_is_archived",
+    "404-unknown-body-not-echoed",
+    "401-unknown-word",
+    "301-redirect",
+    "302-redirect",
+    "200-not-ok",
+    "204-empty",
 ]
 
 
@@ -186,8 +200,10 @@ def test_slack_answer_is_classified(
     [
         (requests.ConnectTimeout(f"connect timeout {HOOK}"), "slack timeout: ConnectTimeout"),
         (requests.ReadTimeout(f"read timeout {HOOK}"), "outcome_unknown: slack no answer after sending: ReadTimeout"),
-        (requests.ConnectionError(f"Max retries exceeded with url: {SECRET_PATH}"),
-         "slack connection error: ConnectionError"),
+        (
+            requests.ConnectionError(f"Max retries exceeded with url: {SECRET_PATH}"),
+            "slack connection error: ConnectionError",
+        ),
         (requests.exceptions.SSLError(f"bad handshake {HOOK}"), "slack connection error: SSLError"),
         (requests.exceptions.ChunkedEncodingError(f"broken {HOOK}"), "slack request error: ChunkedEncodingError"),
     ],

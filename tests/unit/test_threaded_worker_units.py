@@ -187,3 +187,16 @@ def test_the_worker_is_marked_idle_only_when_no_job_is_in_flight() -> None:
     worker._in_flight = 0
     worker.set_state(WorkerStatus.IDLE)
     assert conn.hget(worker.key, "state") == b"idle"
+
+
+def test_a_worker_name_carries_host_and_pid_and_is_unique() -> None:
+    """``<host>.<pid>.<6 hex>``: placeable by an operator; two names from one process still differ."""
+    import os
+    import socket
+
+    from alert_worker.liveness import worker_name
+
+    first, second = worker_name(), worker_name()
+    host, pid, tail = first.split(".")
+    assert (host, pid) == (socket.gethostname().split(".")[0], str(os.getpid())) and len(tail) == 6
+    assert first != second
