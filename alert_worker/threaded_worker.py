@@ -304,6 +304,8 @@ class ThreadPoolWorker(BaseWorker):
         log.warning("worker_registered_again", worker=self.name, detail="RQ's worker registration was gone")
 
     def _mark_idle(self) -> None:  # the last job in flight ended: the worker is idle for rq info
+        if self.get_state() == WorkerStatus.SUSPENDED:  # `rq suspend` was seen: rq info keeps saying so
+            return
         try:
             self.set_state(WorkerStatus.IDLE)
         except (redis.RedisError, OSError) as exc:
