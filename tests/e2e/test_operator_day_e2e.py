@@ -44,6 +44,11 @@ def _rq_worker_names(redis_client: redis.Redis) -> list[str]:
     return sorted(w.name for w in Worker.all(connection=redis_client))
 
 
+def _rq_state(redis_client: redis.Redis, name: str) -> str:
+    """What ``rq info`` shows, read afresh (a ``Worker`` object caches its state)."""
+    return (redis_client.hget(f"rq:worker:{name}", "state") or b"").decode()
+
+
 def _two_free_neighbours() -> int:
     """A base port whose next two ports are free (instances 1 and 2 of the template)."""
     for _ in range(50):
@@ -109,13 +114,13 @@ def test_rq_suspend_stops_the_worker_taking_jobs_after_the_one_that_ends_its_wai
     settings = Settings.from_env(worker_env)
     with worker_process(["run", "--threads", "2"], worker_env) as worker:
         wait_until(lambda: len(_rq_worker_names(redis_client)) == 1, timeout=90, what=f"rq info:\n{worker.text()}")
-        [rq_worker] = Worker.all(connection=redis_client)
-        wait_until(lambda: rq_worker.get_state() == "idle", timeout=60, what="the worker waiting for a job")
+        [name] = _rq_worker_names(redis_client)
+        wait_until(lambda: _rq_state(redis_client, name) == "idle", timeout=60, what="the worker waiting for a job")
         suspend(redis_client)
         send_alert("email", "ops@example.com", "s", "b", delivery_id="first", settings=settings)
         wait_until(lambda: _status(database_url, "first") == "delivered", timeout=60, what="the job ending the wait")
         wait_until(  # within a dequeue timeout (45 s) when "first" came within a second of the previous check
-            lambda: rq_worker.get_state() == "suspended", timeout=90, what=f"RQ's suspended state:\n{worker.text()}"
+            lambda: _rq_state(redis_client, name) == "suspended", timeout=90, what=f"rq info's state:\n{worker.text()}"
         )
         send_alert("email", "ops@example.com", "s", "b", delivery_id="held", settings=settings)
         with pytest.raises(AssertionError):  # suspended: not taken for 5 s (a bounded wait for a non-event)
