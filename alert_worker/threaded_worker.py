@@ -48,7 +48,8 @@ MAX_THREADS = MAX_WORKER_THREADS  # docs/contract.md §6.1: 1..64
 RQ_WORKER_TTL_SECONDS = 60
 _DRAIN_MARGIN_SECONDS = 30.0
 _HEARTBEAT_EVERY_SECONDS = 5.0  # past the job timeout: the death penalty has fired by then
-_SUSPENSION_CHECK_EVERY_SECONDS = 1.0  # `rq suspend` takes effect within this
+_SUSPENSION_CHECK_EVERY_SECONDS = 1.0  # between back-to-back jobs; after a dequeue that waited, always
+_QUICK_DEQUEUE_SECONDS = 0.1
 
 
 def resolve_threads(settings: Settings, override: int | None = None) -> int:
@@ -117,6 +118,7 @@ class ThreadPoolWorker(BaseWorker):
         self._pool_threads: list[threading.Thread] = []
         self._last_beat = -_HEARTBEAT_EVERY_SECONDS
         self._last_suspension_check = -_SUSPENSION_CHECK_EVERY_SECONDS
+        self._dequeue_started = 0.0
 
     @property
     def in_flight(self) -> int:
@@ -221,9 +223,12 @@ class ThreadPoolWorker(BaseWorker):
         super().heartbeat(timeout, pipeline)
 
     def check_for_suspension(self, burst: bool) -> None:
-        """RQ asks Redis on every loop, i.e. per job, on the one dequeue thread: at most once a second here."""
+        """RQ asks Redis on every loop, i.e. per job, on the one dequeue thread: at most once a second while
+        jobs come back to back. After a dequeue that waited (an idle worker, or one waiting for a free thread)
+        it always asks, so a worker that took one job after `rq suspend` takes no second one."""
         now = time.monotonic()
-        if now - self._last_suspension_check < _SUSPENSION_CHECK_EVERY_SECONDS:
+        back_to_back = now - self._dequeue_started < _QUICK_DEQUEUE_SECONDS
+        if back_to_back and now - self._last_suspension_check < _SUSPENSION_CHECK_EVERY_SECONDS:
             return
         self._last_suspension_check = now
         super().check_for_suspension(burst)
@@ -232,6 +237,8 @@ class ThreadPoolWorker(BaseWorker):
         """RQ marks the worker idle before every dequeue (a round trip per job): skipped while jobs run in
         other threads, as the worker is busy; the thread ending the last job in flight marks it idle."""
         self._asked_state = state  # RQ's SIGTERM handler: idle (dequeuing) breaks the blocking dequeue at once
+        if state == WorkerStatus.IDLE:  # RQ asks for idle as each dequeue starts
+            self._dequeue_started = time.monotonic()
         if pipeline is None and state == WorkerStatus.IDLE and self._in_flight > 0:
             return
         super().set_state(state, pipeline)

@@ -165,11 +165,28 @@ def test_the_suspension_check_asks_redis_at_most_once_a_second() -> None:
     from rq.exceptions import StopRequested
     from rq.suspension import suspend
 
+    from rq.worker import WorkerStatus
+
+    worker, conn = _fake_worker()
+    worker.set_state(WorkerStatus.IDLE)  # a dequeue starts and returns at once: jobs back to back
+    worker.check_for_suspension(burst=True)
+    suspend(conn)
+    worker.set_state(WorkerStatus.IDLE)
+    worker.check_for_suspension(burst=True)  # within the second: not asked again
+    worker._last_suspension_check -= 1.0
+    with pytest.raises(StopRequested):
+        worker.check_for_suspension(burst=True)
+
+
+def test_after_a_dequeue_that_waited_the_suspension_is_always_checked() -> None:
+    """An idle worker blocked in the dequeue takes the first job after `rq suspend`, then no second one."""
+    from rq.exceptions import StopRequested
+    from rq.suspension import suspend
+
     worker, conn = _fake_worker()
     worker.check_for_suspension(burst=True)
     suspend(conn)
-    worker.check_for_suspension(burst=True)  # within the second: not asked again
-    worker._last_suspension_check -= 1.0
+    worker._dequeue_started -= 5.0  # the dequeue that just returned had waited
     with pytest.raises(StopRequested):
         worker.check_for_suspension(burst=True)
 
