@@ -164,7 +164,6 @@ def test_the_suspension_check_asks_redis_at_most_once_a_second() -> None:
     """RQ checks `rq suspend` before every dequeue; here a suspension is seen within a second, not per job."""
     from rq.exceptions import StopRequested
     from rq.suspension import suspend
-
     from rq.worker import WorkerStatus
 
     worker, conn = _fake_worker()
