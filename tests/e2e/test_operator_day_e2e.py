@@ -101,7 +101,7 @@ def test_a_worker_is_named_by_host_and_pid_and_registers_again_after_redis_lost_
         wait_until(
             lambda: _rq_worker_names(redis_client) == [name], timeout=60, what=f"re-registration:\n{worker.text()}"
         )
-        assert "worker_registered_again" in worker.text()
+        wait_until(lambda: "worker_registered_again" in worker.text(), timeout=30, what="the log line saying so")
         settings = Settings.from_env(env)
         send_alert("email", "ops@example.com", "s", "b", delivery_id="after-flush", settings=settings)
         wait_until(lambda: _status(database_url, "after-flush") == "delivered", timeout=60, what="a delivery")
