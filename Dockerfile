@@ -11,7 +11,7 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin alert
 
 WORKDIR /app
 # requirements.txt ends with "-e .": the package source must be present before installing.
-COPY requirements.txt setup.cfg pyproject.toml README.md ./
+COPY requirements.txt requirements.lock setup.cfg pyproject.toml README.md ./
 COPY alert_worker ./alert_worker
 RUN pip install -r requirements.txt
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from alert_worker import __version__
 from alert_worker.errors import ConfigurationError
 from alert_worker.logs import configure_logging
 from alert_worker.settings import Settings
@@ -52,6 +53,15 @@ def _positive(raw: str) -> int:
     return value
 
 
+def _threads(raw: str) -> int:
+    """``--threads``: not an integer is a usage error (exit 2); an integer outside 1..64 is refused at
+    start-up like ``ALERT_WORKER_THREADS`` (exit 1, one logged reason: docs/contract.md §6.1)."""
+    try:
+        return int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads must be an integer 1..64, got {raw!r}") from None
+
+
 def _worker_class(raw: str) -> type[Any]:
     """An importable RQ worker class, e.g. ``rq.worker.SimpleWorker``; checked before anything starts."""
     from alert_worker.worker import load_worker_class  # loads rq: only when the option is given
@@ -73,7 +83,7 @@ def _run_options(parser: argparse.ArgumentParser, *, default: Any) -> None:
         "--worker-class", type=_worker_class, default=default, help="RQ worker class, e.g. rq.worker.SimpleWorker"
     )
     parser.add_argument(
-        "--threads", type=int, default=default, help="deliveries at once, 1-64 (default ALERT_WORKER_THREADS or 8)"
+        "--threads", type=_threads, default=default, help="deliveries at once, 1-64 (default ALERT_WORKER_THREADS or 8)"
     )
 
 
@@ -82,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="alert-worker",
         description="Deliver alerts by e-mail, Slack and SMS from RQ jobs. With no command: run the worker.",
     )
+    parser.add_argument("--version", action="version", version=f"alert-worker {__version__}")
     _run_options(parser, default=None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -121,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Move poisoned deliveries back to pending with attempts 0 and enqueue each once. "
         "Replaying again before they fail again does nothing.",
     )
+    replay.set_defaults(replay_parser=replay)  # its own usage line on a usage error found after parsing
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("ids", nargs="*", default=[], metavar="ID")
     which.add_argument("--all", action="store_true", help="every replayable poisoned delivery (see filters)")
@@ -135,6 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="re-enqueue overdue and stuck deliveries once (for cron/systemd timers)")
     sweep.add_argument("--json", action="store_true", help="print JSON")
     add_suppression_parser(sub)
+    cooldown = sub.add_parser("cooldown", help="list or end fleet-wide cooldowns (a provider asked to slow down)")
+    csub = cooldown.add_subparsers(dest="cooldown_command", metavar="ACTION", required=True)
+    clist = csub.add_parser("list", help="running cooldowns: channel, hash, masked destination, seconds left")
+    clist.add_argument("--channel", choices=["email", "slack", "sms"])
+    clist.add_argument("--json", action="store_true", help="print a JSON array")
+    clear = csub.add_parser("clear", help="end cooldowns now, so held deliveries go at their next try (idempotent)")
+    clear.add_argument("--channel", required=True, choices=["email", "slack", "sms"])
+    target = clear.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--to", help="the destination: a Slack webhook URL or 'default', SMTP host:port, Twilio ACCOUNT_SID:+FROM"
+    )
+    target.add_argument("--hash", help="the destination hash `cooldown list` prints")
+    target.add_argument("--all", action="store_true", help="every cooldown of the channel")
     check = sub.add_parser(
         "check",
         help="check Postgres, Redis, the scheduler and channels; exit 0 when both answer",
@@ -199,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = args.command or "run"
     if getattr(args, "poison_command", None) == "replay" and args.ids and (args.channel or args.since):
-        parser.error("--channel and --since go with --all, not with IDs")
+        args.replay_parser.error("--channel and --since go with --all, not with IDs")
     is_worker = command == "run"
     try:
         settings = Settings.from_env()
@@ -211,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         from alert_worker.worker import run_worker
 
         return run_worker(settings, burst=bool(args.burst), worker_class=args.worker_class, threads=args.threads)
-    configure_logging(settings.log_format, stream=sys.stderr)
+    configure_logging(settings.log_format, settings.log_level, stream=sys.stderr, rq_level=settings.rq_log_level)
     from alert_worker.commands import run_command
 
     return run_command(command, args, settings)

@@ -7,6 +7,7 @@ code. Nothing printed here contains a raw recipient, subject, body or secret.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable
 
 import psycopg
@@ -22,6 +23,7 @@ from alert_worker.console import (
     reachable_database,
     require_connection_settings_or_fail,
     show,
+    table,
 )
 from alert_worker.redaction import safe_error, sanitize_text, url_password
 from alert_worker.resources import open_redis
@@ -45,6 +47,10 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     from alert_worker.producer import QueueFullError, send_alert
 
+    refused = _recipient_refused(args.channel, args.to, settings)
+    if refused is not None:
+        err(f"--to refused, nothing was created: {refused}")
+        return 2
     require_connection_settings_or_fail(settings)
     reachable_database(settings)
     try:
@@ -72,6 +78,19 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _recipient_refused(channel: str, recipient: str, settings: Settings) -> str | None:
+    """Why the job would poison this recipient unsent (its shape, the Slack host), or ``None``."""
+    from alert_worker.channels import check_recipient
+    from alert_worker.errors import InvalidInputError
+    from alert_worker.models import ChannelType
+
+    try:
+        check_recipient(ChannelType(channel), recipient, settings)
+    except InvalidInputError as exc:
+        return exc.reason
+    return None
+
+
 _STATUS_COLUMNS = (
     *("id", "status", "channel", "recipient", "attempts", "deferrals", "next_attempt_at", "last_attempt_at"),
     *("error_message", "delivered_at", "poison_at", "provider_message_id", "queue", "alert_id"),
@@ -81,23 +100,52 @@ _STATUS_FIELDS = tuple(("last_error" if c == "error_message" else c, c) for c in
 
 
 def cmd_overview(args: argparse.Namespace, settings: Settings) -> int:
-    """``status`` with no id: the one-screen overview (``alert_worker.overview``)."""
+    """``status`` with no id: the one-screen overview (``alert_worker.overview``). When Postgres or Redis does
+    not answer, what the other knows is shown, the missing parts read unknown, and the exit code is 1."""
     from alert_worker.liveness import scheduler_locks
-    from alert_worker.overview import collect_overview, render_text
+    from alert_worker.overview import POSTGRES, REDIS, collect_what_answers, render_text
+    from alert_worker.resources import open_job_pool
 
-    with connections(settings) as conns:
-        view = collect_overview(
-            database=conns.database,
-            redis_client=conns.redis,
+    require_connection_settings_or_fail(settings)
+    unknown: dict[str, str] = {}
+    database = client = None
+    try:
+        reachable_database(settings)
+        database = open_job_pool(settings)
+    except CommandFailed as exc:
+        unknown[POSTGRES] = str(exc)
+    try:
+        client = open_redis(settings)
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        unknown[REDIS] = f"redis unreachable: {safe_error(exc, url_password(settings.redis_url))}"
+        if client is not None:
+            client.close()
+        client = None
+    if database is None and client is None:
+        raise CommandFailed(f"{unknown[POSTGRES]}; {unknown[REDIS]}")
+    try:
+        probe_client = client
+        view = collect_what_answers(
+            database=database,
+            redis_client=client,
             prefix=settings.redis_key_prefix,
             queues=settings.queues,
-            scheduler_probe=lambda queues: scheduler_locks(conns.redis, queues),
+            scheduler_probe=lambda queues: scheduler_locks(probe_client, queues) if probe_client else {},
+            unknown=unknown,
         )
+    finally:
+        if database is not None:
+            database.close()
+        if client is not None:
+            client.close()
     if args.json:
         print_json(view.as_json())
     else:
         out(render_text(view))
-    return 0
+    for side, why in view.unknown.items():
+        err(f"{side} did not answer, its parts are unknown: {why}")
+    return 1 if view.unknown else 0
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -153,13 +201,19 @@ def cmd_poison_list(args: argparse.Namespace, settings: Settings) -> int:
     if not rows:
         out("the poison queue is empty" if not (args.channel or args.since) else "no poisoned deliveries match")
         return 0
-    out(f"{'ID':<38} {'CHANNEL':<7} {'RECIPIENT':<28} {'TRIES':>5}  {'POISONED AT':<25} ERROR")
-    for r in rows:
-        error = show(r["error_message"]) + ("" if r["replayable"] else "  [not replayable: resolve it]")
-        out(
-            f"{show(r['id']):<38} {show(r['channel']):<7} {show(r['recipient']):<28} {r['attempts']:>5}  "
-            f"{show(r['poison_at']):<25} {error}"
+    cells = [
+        (
+            show(r["id"]),
+            show(r["channel"]),
+            show(r["recipient"]),
+            show(r["attempts"]),
+            show(r["poison_at"]),
+            show(r["error_message"]) + ("" if r["replayable"] else "  [not replayable: resolve it]"),
         )
+        for r in rows
+    ]
+    for line in table(("ID", "CHANNEL", "RECIPIENT", "TRIES", "POISONED AT", "ERROR"), cells, right=frozenset({3})):
+        out(line)
     return 0
 
 
@@ -183,12 +237,17 @@ def cmd_poison_replay(args: argparse.Namespace, settings: Settings) -> int:
         verb = "would replay" if result.dry_run else "replayed"
         for delivery_id in result.replayed:
             out(f"{verb} {show(delivery_id)}")
-        out(f"{verb} {len(result.replayed)} deliveries")
+        for delivery_id in result.enqueue_failed:
+            out(f"{verb} {show(delivery_id)} (back to pending, not enqueued: the sweep enqueues it)")
+        out(f"{verb} {len(result.replayed) + len(result.enqueue_failed)} deliveries")
     for delivery_id, reason in result.skipped.items():
         err(f"skipped {show(delivery_id)}: {reason}")
-    for delivery_id in result.enqueue_failed:
-        err(f"{show(delivery_id)}: back to pending but its job could not be enqueued; the sweep will enqueue it")
-    return 1 if result.skipped or result.enqueue_failed else 0
+    if result.enqueue_failed:  # like send: the rows are pending, which is what a replay promises
+        err(
+            f"warning: {len(result.enqueue_failed)} replayed deliveries are back to pending but their jobs could "
+            "not be enqueued (Redis); the sweep will enqueue them (`alert-worker sweep` once Redis answers)"
+        )
+    return 1 if result.skipped else 0
 
 
 def cmd_poison_resolve(args: argparse.Namespace, settings: Settings) -> int:
@@ -261,6 +320,68 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if result["ok"] else 1
 
 
+def cmd_cooldown_list(args: argparse.Namespace, settings: Settings) -> int:
+    """Running cooldowns with their masked destination and time left (Redis only)."""
+    from alert_worker.cooldown import Cooldowns
+
+    require_connection_settings_or_fail(settings)
+    client = open_redis(settings)
+    try:
+        cooling = Cooldowns(client=client, key_prefix=settings.redis_key_prefix).active(args.channel)
+    finally:
+        client.close()
+    if args.json:
+        print_json([c.as_json() for c in cooling])
+        return 0
+    if not cooling:
+        out("no active cooldowns")
+        return 0
+    cells = [(c.channel, c.destination_hash, show(c.destination), f"{c.remaining_seconds:.1f}") for c in cooling]
+    for line in table(("CHANNEL", "HASH", "DESTINATION", "SECONDS LEFT"), cells, right=frozenset({3})):
+        out(line)
+    return 0
+
+
+def _cooldown_hash(args: argparse.Namespace, settings: Settings) -> str:
+    """The destination hash ``--to`` names, hashed as the workers hash it (the secret from Postgres if unset)."""
+    from alert_worker.cooldown import destination_hash
+    from alert_worker.store import DeliveryStore
+    from alert_worker.validation import SLACK_DEFAULT_RECIPIENTS
+
+    destination = args.to.strip()
+    if args.channel == "slack" and destination in SLACK_DEFAULT_RECIPIENTS:
+        destination = settings.slack.default_webhook_url
+        if not destination:
+            raise CommandFailed("--to default means SLACK_WEBHOOK_URL, which is not set here: give --hash HASH")
+    secret = settings.recipient_hash_secret
+    if not secret:
+        with database_pool(settings) as database:
+            secret = DeliveryStore(pool=database).recipient_hash_secret()
+    return destination_hash(secret, args.channel, destination)
+
+
+def cmd_cooldown_clear(args: argparse.Namespace, settings: Settings) -> int:
+    """End one destination's cooldown (``--to`` or ``--hash``) or a channel's (``--all``) now; idempotent."""
+    from alert_worker.cooldown import Cooldowns
+
+    require_connection_settings_or_fail(settings)
+    if args.hash is not None and not re.fullmatch(r"[0-9a-f]{16}", args.hash.strip().lower()):
+        raise CommandFailed("--hash must be the 16 hex characters `alert-worker cooldown list` prints")
+    wanted = None if args.all else (args.hash.strip().lower() if args.hash else _cooldown_hash(args, settings))
+    client = open_redis(settings)
+    try:
+        cooldowns = Cooldowns(client=client, key_prefix=settings.redis_key_prefix)
+        hashes = [c.destination_hash for c in cooldowns.active(args.channel)] if wanted is None else [wanted]
+        cleared = cooldowns.clear(args.channel, hashes)
+    finally:
+        client.close()
+    if wanted is None:
+        out(f"cleared {cleared} {args.channel} cooldowns")
+    else:
+        out(f"{'cleared' if cleared else 'not cooling'}: {args.channel} {wanted}")
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "migrate": cmd_migrate,
     "send": cmd_send,
@@ -270,6 +391,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "poison resolve": cmd_poison_resolve,
     "sweep": cmd_sweep,
     "check": cmd_check,
+    "cooldown list": cmd_cooldown_list,
+    "cooldown clear": cmd_cooldown_clear,
     **SUPPRESSION_COMMANDS,
 }
 
@@ -280,6 +403,8 @@ def run_command(command: str, args: argparse.Namespace, settings: Settings) -> i
         command = f"poison {args.poison_command}"
     if command == "suppression":
         command = f"suppression {args.suppression_command}"
+    if command == "cooldown":
+        command = f"cooldown {args.cooldown_command}"
     try:
         return _COMMANDS[command](args, settings)
     except (CommandFailed, SuppressionCommandError) as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -51,6 +51,19 @@ def show(value: Any) -> str:
     if value is None:
         return "-"
     return value.isoformat() if isinstance(value, datetime) else escape_controls(str(value))
+
+
+def table(
+    headers: tuple[str, ...], rows: Sequence[tuple[str, ...]], *, right: frozenset[int] = frozenset()
+) -> list[str]:
+    """Aligned columns sized to their widest cell; the last column is never padded (free text)."""
+    widths = [max([len(headers[i])] + [len(r[i]) for r in rows]) for i in range(len(headers) - 1)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        padded = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=False))]
+        return "  ".join([*padded, cells[-1]]).rstrip()
+
+    return [line(headers), *(line(r) for r in rows)]
 
 
 def reachable_database(settings: Settings) -> None:

@@ -14,13 +14,14 @@ refused the channel's own settings, so the whole channel waits, not one destinat
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import redis
 import structlog
 
 from alert_worker.keys import DEFAULT_PREFIX, RedisKeys
 from alert_worker.models import ChannelType
-from alert_worker.redaction import recipient_hash
+from alert_worker.redaction import mask_recipient, mask_tail, recipient_hash
 from alert_worker.validation import normalize_recipient
 
 log = structlog.get_logger("alert_worker.cooldown")
@@ -30,7 +31,7 @@ _START = """
 local ttl = redis.call('PTTL', KEYS[1])
 local ms = tonumber(ARGV[1])
 if ttl < ms then
-  redis.call('SET', KEYS[1], '1', 'PX', ms)
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ms)
   return ms
 end
 return ttl
@@ -44,6 +45,34 @@ def destination_hash(secret: str, channel: str, destination: str) -> str:
     ``HTTPS://HOST/path`` are one webhook: they cool together.
     """
     return recipient_hash(secret, channel, normalize_recipient(ChannelType(channel), destination))
+
+
+def mask_destination(channel: str, destination: str) -> str:
+    """What ``cooldown list`` shows of a destination (stored as the key's value): the webhook's host, the
+    SMTP server, the Twilio account's and sender's last four characters; never a webhook path or SID."""
+    normalized = normalize_recipient(ChannelType(channel), destination)
+    if channel == ChannelType.SLACK.value:
+        return mask_recipient(ChannelType.SLACK, normalized)
+    if channel == ChannelType.SMS.value:
+        account, _, sender = normalized.partition(":")
+        return f"account {mask_tail(account)} from {mask_tail(sender)}"
+    return normalized  # e-mail: the SMTP host:port, a setting and no secret
+
+
+@dataclass(frozen=True)
+class ActiveCooldown:
+    channel: str
+    destination_hash: str
+    destination: str  # masked; "-" for a key written before the mask was stored
+    remaining_seconds: float
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "channel": self.channel,
+            "destination_hash": self.destination_hash,
+            "destination": self.destination,
+            "remaining_seconds": self.remaining_seconds,
+        }
 
 
 class Cooldowns:
@@ -70,12 +99,13 @@ class Cooldowns:
         """For operators counting active cooldowns (``SCAN MATCH``)."""
         return self._keys.cooldowns_pattern
 
-    def start(self, channel: str, dest_hash: str, retry_after: float | None) -> float:
-        """Cool the destination for ``retry_after`` (else the default) seconds, capped; returns the TTL set."""
+    def start(self, channel: str, dest_hash: str, retry_after: float | None, *, shown: str = "-") -> float:
+        """Cool the destination for ``retry_after`` (else the default) seconds, capped; returns the TTL set.
+        ``shown`` (``mask_destination``) is stored as the key's value for ``cooldown list``."""
         seconds = self._default if retry_after is None or retry_after <= 0 else min(retry_after, self._max)
         ms = max(1, math.ceil(seconds * 1000))
         try:
-            ttl = int(self._start(keys=[self.key(channel, dest_hash)], args=[ms]))
+            ttl = int(self._start(keys=[self.key(channel, dest_hash)], args=[ms, shown]))
         except redis.RedisError as exc:
             log.error("cooldown_not_started", channel=channel, destination_hash=dest_hash, error=type(exc).__name__)
             return 0.0
@@ -94,6 +124,35 @@ class Cooldowns:
         """Active cooldowns (for ``status``); a SCAN, fine for the handful that exist at once."""
         return sum(1 for _ in self._client.scan_iter(match=self.pattern(), count=500))
 
+    def active(self, channel: str | None = None) -> list[ActiveCooldown]:
+        """Every running cooldown (optionally of one channel), longest first; ``SCAN``, never ``KEYS``."""
+        keys = [
+            k.decode() if isinstance(k, bytes) else str(k)
+            for k in self._client.scan_iter(match=self.pattern(), count=500)
+        ]
+        parts = [(key, self._keys.cooldown_parts(key)) for key in keys]
+        found = [(key, p) for key, p in parts if p is not None and (channel is None or p[0] == channel)]
+        if not found:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for key, _ in found:
+            pipe.get(key)
+            pipe.pttl(key)
+        replies = pipe.execute()
+        cooling = []
+        for i, (_, (chan, dest_hash)) in enumerate(found):
+            value, ttl = replies[2 * i], replies[2 * i + 1]
+            if value is None or int(ttl) <= 0:  # expired between the SCAN and now
+                continue
+            shown = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            cooling.append(ActiveCooldown(chan, dest_hash, "-" if shown in ("1", "") else shown, int(ttl) / 1000.0))
+        return sorted(cooling, key=lambda c: -c.remaining_seconds)
+
+    def clear(self, channel: str, dest_hashes: list[str]) -> int:
+        """End these cooldowns now; how many were running."""
+        if not dest_hashes:
+            return 0
+        return int(self._client.delete(*(self.key(channel, h) for h in dest_hashes)))
 
 PROBE_SECONDS = 60.0  # one try of a paused channel's settings at a time; a probe that never tried frees it after this
 

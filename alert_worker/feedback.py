@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from alert_worker.channels.base import Channel
-from alert_worker.cooldown import ChannelPauses, Cooldowns, destination_hash
+from alert_worker.cooldown import ChannelPauses, Cooldowns, destination_hash, mask_destination
 from alert_worker.delivery import recipient_identity
 from alert_worker.errors import (
     ChannelMisconfiguredError,
@@ -42,7 +42,7 @@ from alert_worker.redaction import mask_recipient
 from alert_worker.settings import Settings
 from alert_worker.side_effects import SIDE_EFFECT_ERRORS
 from alert_worker.suppression import ConnectionSource, SuppressionStore
-from alert_worker.validation import SLACK_DEFAULT_RECIPIENTS
+from alert_worker.validation import SLACK_DEFAULT_RECIPIENTS, normalize_recipient
 
 LOOKUP_SKEW = timedelta(seconds=5)  # our database clock against Twilio's, at most (§7.1)
 LOOKUP_GRACE = timedelta(seconds=60)  # past the send timeout: a message Twilio created late in the attempt
@@ -206,7 +206,9 @@ class ProviderFeedback:
             if probing and self._pauses is not None:  # no verdict on the settings: the next delivery tries
                 self._pauses.probe_done(row.channel, accepted=False)
             if isinstance(exc, SlowDownError):
-                seconds = self._cooldowns.start(row.channel, self._destination(row, channel, message), exc.retry_after)
+                shown = mask_destination(row.channel, channel.destination(message))
+                dest = self._destination(row, channel, message)
+                seconds = self._cooldowns.start(row.channel, dest, exc.retry_after, shown=shown)
                 log.warning("destination_cooldown_started", cooldown_seconds=round(seconds, 3))
             elif isinstance(exc, RecipientRejectedError) and self._is_default_webhook(row):
                 log.error("default_webhook_rejected", reason=exc.reason, detail="SLACK_WEBHOOK_URL is not suppressed")
@@ -215,7 +217,7 @@ class ProviderFeedback:
                 added = self._suppressions.add(
                     channel=row.channel,
                     rhash=row.recipient_hash,
-                    masked=mask_recipient(row.channel, recipient),
+                    masked=mask_recipient(row.channel, normalize_recipient(ChannelType(row.channel), recipient)),
                     reason=exc.reason,
                     source_delivery_id=row.id,
                 )

@@ -69,6 +69,14 @@ class RedisKeys:
         """A destination that asked us to slow down, §6.2."""
         return f"{self.prefix}cooldown:{channel}:{destination_hash}"
 
+    def cooldown_parts(self, key: str) -> tuple[str, str] | None:
+        """(channel, destination hash) of a cooldown key; ``None`` for any other key."""
+        base = f"{self.prefix}cooldown:"
+        if not key.startswith(base):
+            return None
+        channel, sep, dest_hash = key[len(base) :].partition(":")
+        return (channel, dest_hash) if sep and channel and dest_hash else None
+
     @property
     def cooldowns_pattern(self) -> str:
         """``SCAN MATCH`` for active cooldowns (they expire by TTL, so every key found is active)."""

@@ -13,6 +13,9 @@ constant. Every key comes from ``keys.RedisKeys``.
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +31,13 @@ log = structlog.get_logger("alert_worker.liveness")
 REGISTRATION_TTL_SECONDS = 2 * 24 * 3600  # at least 24 h, refreshed with every alive beat
 MAX_ALIVE_TTL_SECONDS = 30
 MIN_ALIVE_TTL_SECONDS = 3
+
+
+def worker_name() -> str:
+    """``<host>.<pid>.<6 hex>``: an operator can place the worker (``rq info``, ``status``, ``claimed_by``);
+    the random tail keeps it unique when a restarted container gets the same host name and PID."""
+    host = socket.gethostname().split(".")[0] or "host"
+    return f"{host}.{os.getpid()}.{secrets.token_hex(3)}"
 
 
 def alive_ttl_for(job_timeout_seconds: int) -> int:
@@ -85,6 +95,7 @@ class Registration:
         in_flight: Callable[[], int],
         alive_ttl_seconds: int = MAX_ALIVE_TTL_SECONDS,
         clock: Callable[[], float] = time.time,
+        after_beat: Callable[[], None] | None = None,
     ) -> None:
         if not 1 <= alive_ttl_seconds <= MAX_ALIVE_TTL_SECONDS:
             raise ValueError(f"alive_ttl_seconds must be 1..{MAX_ALIVE_TTL_SECONDS}, got {alive_ttl_seconds}")
@@ -96,6 +107,7 @@ class Registration:
         self._started_at = clock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._after_beat = after_beat  # e.g. the worker re-registering with RQ after Redis lost its keys
 
     @property
     def beat_interval_seconds(self) -> float:
@@ -123,6 +135,8 @@ class Registration:
         while not self._stopping.wait(self.beat_interval_seconds):
             try:
                 self.beat()
+                if self._after_beat is not None:
+                    self._after_beat()
             except (redis.RedisError, OSError) as exc:
                 log.warning("liveness_beat_failed", error=type(exc).__name__)
 

@@ -37,6 +37,8 @@ def _rq_job_context(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mu
     if not isinstance(event, str):
         return event_dict
     event = _ANSI.sub("", event)
+    if "\n" in event:  # psycopg_pool's warnings carry libpq's multi-line messages: one line of text
+        event = " ".join(part.strip() for part in event.splitlines() if part.strip())
     event_dict["event"] = event
     if "alert-" not in event or "job_id" in event_dict:
         return event_dict
@@ -69,11 +71,18 @@ def ensure_logging(log_format: str = "json") -> None:
         configure_logging(log_format)
 
 
-def configure_logging(log_format: str = "json", level: int = logging.INFO, *, stream: TextIO | None = None) -> None:
+def configure_logging(
+    log_format: str = "json",
+    level: int | str = logging.INFO,
+    *,
+    stream: TextIO | None = None,
+    rq_level: int | str = logging.WARNING,
+) -> None:
     """Route structlog and the stdlib ``logging`` (RQ's own lines, warnings) through one renderer.
 
     ``stream`` defaults to stdout (the worker); operator commands pass stderr so their own output
-    on stdout stays clean.
+    on stdout stays clean. ``level`` is ``ALERT_LOG_LEVEL``; RQ's loggers get ``rq_level``
+    (``ALERT_RQ_LOG_LEVEL``, default WARNING: RQ logs two INFO lines per job).
     """
     global _configured
     _configured = True
@@ -110,5 +119,7 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO, *, st
     for name in ("rq", "rq.worker", "rq.job", "rq.scheduler"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    logging.getLogger("rq").setLevel(rq_level)
     logging.captureWarnings(True)  # a library warning becomes a JSON line too, not free text on stderr
     logging.getLogger("twilio").setLevel(logging.WARNING)  # it logs request URLs and headers at INFO

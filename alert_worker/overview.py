@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import psycopg
 import redis
 
 from alert_worker.cooldown import paused_channels
@@ -68,10 +69,11 @@ class Overview:
     scheduler: dict[str, bool]
     estimated: frozenset[str] = field(default_factory=frozenset)
     paused: dict[str, str] = field(default_factory=dict)  # channel -> reason (docs/contract.md §7.7)
+    unknown: dict[str, str] = field(default_factory=dict)  # "postgres"/"redis" -> why it did not answer
 
     def as_json(self) -> dict[str, Any]:
-        """The §6.4 object, with ``paused`` (§7.7): each paused channel and its reason."""
-        return {
+        """Exactly the §6.4 object; with a side unknown, its parts are ``null`` and ``unknown`` says why."""
+        view: dict[str, Any] = {
             "deliveries": self.deliveries,
             "oldest_due_pending_seconds": self.oldest_due_pending_seconds,
             "poison": self.poison,
@@ -81,6 +83,17 @@ class Overview:
             "scheduler": self.scheduler,
             "paused": self.paused,
         }
+        if not self.unknown:
+            return view
+        for side, parts in (("postgres", _POSTGRES_PARTS), ("redis", _REDIS_PARTS)):
+            if side in self.unknown:
+                view.update(dict.fromkeys(parts))
+        view["unknown"] = dict(self.unknown)
+        return view
+
+
+_POSTGRES_PARTS = ("deliveries", "oldest_due_pending_seconds", "poison", "suppressions")
+_REDIS_PARTS = ("cooldowns", "workers", "scheduler", "paused")
 
 
 # -- Postgres ---------------------------------------------------------------------------------------
@@ -166,6 +179,9 @@ def live_workers(client: redis.Redis, prefix: str) -> list[WorkerInfo]:
 
 
 # -- together ---------------------------------------------------------------------------------------
+POSTGRES, REDIS = "postgres", "redis"
+
+
 def collect_overview(
     *,
     database: ConnectionSource,
@@ -176,21 +192,76 @@ def collect_overview(
     exact_limit: int = EXACT_COUNT_LIMIT,
 ) -> Overview:
     """One read of Postgres (one connection) and Redis; the poison count is Postgres's (the truth)."""
-    with database.connection() as conn:
-        counts, estimated = delivery_counts(conn, exact_limit=exact_limit)
-        oldest = oldest_due_pending_seconds(conn)
-        suppressions = suppression_count(conn)
+    return collect_what_answers(
+        database=database,
+        redis_client=redis_client,
+        prefix=prefix,
+        queues=queues,
+        scheduler_probe=scheduler_probe,
+        exact_limit=exact_limit,
+        strict=True,
+    )
+
+
+def collect_what_answers(
+    *,
+    database: ConnectionSource | None,
+    redis_client: redis.Redis | None,
+    prefix: str,
+    queues: Sequence[str],
+    scheduler_probe: Callable[[Sequence[str]], dict[str, bool]],
+    unknown: dict[str, str] | None = None,
+    exact_limit: int = EXACT_COUNT_LIMIT,
+    strict: bool = False,
+) -> Overview:
+    """What Postgres and Redis answer; a side that is ``None`` or fails (unless ``strict``) is named in
+    ``Overview.unknown`` with the reason, and its parts are shown as unknown, never as zero."""
+    missing = dict(unknown or {})
+    counts, estimated, oldest, suppressions = _empty_counts(), False, None, 0
+    try:
+        if database is None:
+            raise _Unanswered(missing.get(POSTGRES, "not reached"))
+        with database.connection() as conn:
+            counts, estimated = delivery_counts(conn, exact_limit=exact_limit)
+            oldest = oldest_due_pending_seconds(conn)
+            suppressions = suppression_count(conn)
+    except (_Unanswered, psycopg.Error, OSError) as exc:
+        if strict and not isinstance(exc, _Unanswered):
+            raise
+        missing[POSTGRES] = str(exc) if isinstance(exc, _Unanswered) else _reason(exc)
+    cooldowns, workers, scheduler, paused = 0, [], {}, {}
+    try:
+        if redis_client is None:
+            raise _Unanswered(missing.get(REDIS, "not reached"))
+        cooldowns = cooldown_count(redis_client, prefix)
+        paused = paused_channels(redis_client, prefix)
+        workers = live_workers(redis_client, prefix)
+        scheduler = scheduler_probe(list(queues))
+    except (_Unanswered, redis.RedisError, OSError) as exc:
+        if strict and not isinstance(exc, _Unanswered):
+            raise
+        missing[REDIS] = str(exc) if isinstance(exc, _Unanswered) else _reason(exc)
     return Overview(
         deliveries=counts,
         oldest_due_pending_seconds=oldest,
         poison=sum(counts["poison"].values()),
-        cooldowns=cooldown_count(redis_client, prefix),
+        cooldowns=cooldowns,
         suppressions=suppressions,
-        workers=live_workers(redis_client, prefix),
-        scheduler=scheduler_probe(list(queues)),
+        workers=workers,
+        scheduler=scheduler,
         estimated=frozenset(ESTIMATED_STATUSES) if estimated else frozenset(),
-        paused=paused_channels(redis_client, prefix),
+        paused=paused,
+        unknown=missing,
     )
+
+
+class _Unanswered(Exception):
+    """A side the command could not reach before collecting."""
+
+
+def _reason(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _age(seconds: float | None) -> str:
@@ -204,24 +275,37 @@ def _age(seconds: float | None) -> str:
 
 
 def render_text(view: Overview) -> str:
-    """The one screen: is anything stuck, is anything failing, are the workers alive."""
-    lines = [f"{'deliveries':<13}" + "".join(f"{c:>10}" for c in CHANNELS) + f"{'total':>10}"]
-    for status in STATUSES:
-        row = view.deliveries.get(status, {})
-        mark = "~" if status in view.estimated else " "
-        cells = "".join(f"{mark}{row.get(c, 0):>9}" for c in CHANNELS)
-        lines.append(f"  {status:<11}{cells}{mark}{sum(row.values()):>9}")
-    if view.estimated:
-        lines.append("  (~ planner estimate: the table is large; every other count is exact)")
-    lines.append(f"oldest due pending: {_age(view.oldest_due_pending_seconds)}")
-    lines.append(f"poison: {view.poison}   cooldowns: {view.cooldowns}   suppressions: {view.suppressions}")
+    """The one screen: is anything stuck, is anything failing, are the workers alive. A side that did not
+    answer is said once at the top, and each of its parts reads ``unknown``."""
+    lines = [f"UNKNOWN: {side} did not answer ({why})" for side, why in view.unknown.items()]
+    db = "postgres" not in view.unknown
+    rd = "redis" not in view.unknown
+    if db:
+        lines.append(f"{'deliveries':<13}" + "".join(f"{c:>10}" for c in CHANNELS) + f"{'total':>10}")
+        for status in STATUSES:
+            row = view.deliveries.get(status, {})
+            mark = "~" if status in view.estimated else " "
+            cells = "".join(f"{mark}{row.get(c, 0):>9}" for c in CHANNELS)
+            lines.append(f"  {status:<11}{cells}{mark}{sum(row.values()):>9}")
+        if view.estimated:
+            lines.append("  (~ planner estimate: the table is large; every other count is exact)")
+    else:
+        lines.append("deliveries: unknown")
+    lines.append(f"oldest due pending: {_age(view.oldest_due_pending_seconds) if db else 'unknown'}")
+    poison, suppressions = (view.poison, view.suppressions) if db else ("unknown", "unknown")
+    cooldowns = view.cooldowns if rd else "unknown"
+    lines.append(f"poison: {poison}   cooldowns: {cooldowns}   suppressions: {suppressions}")
     lines.extend(
         f"PAUSED {channel}: {reason} (its deliveries wait; see docs/operations.md)"
         for channel, reason in sorted(view.paused.items())
     )
+    if not rd:
+        lines.append("workers: unknown")
+        lines.append("scheduler: unknown")
+        return "\n".join(lines)
     busy = sum(w.in_flight for w in view.workers)
     threads = sum(w.threads for w in view.workers)
-    lines.append(f"workers: {len(view.workers)} live, {busy}/{threads} threads busy")
+    lines.append(f"workers: {len(view.workers)} live, {busy}/{threads} threads busy (in flight sampled)")
     lines.extend(f"  {w.name}  threads {w.threads}  in flight {w.in_flight}" for w in view.workers)
     for queue, held in view.scheduler.items():
         lines.append(f"scheduler for {queue}: {'lock held' if held else 'NO SCHEDULER (retries will not run)'}")

@@ -17,6 +17,7 @@ from alert_worker.validation import UNSTORABLE
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 _HOST_PATH = re.compile(r"\b(?:[a-zA-Z0-9-]+\.)+[a-zA-Z]{2,}(?::\d+)?/[^\s'\"<>]*")  # hooks.slack.com/services/...
 _EMAIL = re.compile(r"[^\s'\"<>()\[\],;:]+@[^\s'\"<>()\[\],;:]+")
+_EMAIL_IN_BRACKETS = re.compile(r"<" + _EMAIL.pattern + r">")  # "<ops@example.com>" -> "<email>", not "<<email>>"
 _PHONE = re.compile(r"\+?\d[\d ()./-]{6,}\d")
 _TOKEN = re.compile(r"\b[A-Za-z0-9_-]{24,}\b")  # auth tokens, account SIDs, webhook secrets
 _UNSTORABLE = re.compile(r"[\x01-\x1f\x7f]|" + UNSTORABLE.pattern)  # what validation refuses, and controls
@@ -74,6 +75,7 @@ def sanitize_text(text: str, *, limit: int = _MAX_ERROR_CHARS) -> str:
     One line, bounded, storable: the result may go to ``error_message``, a log line or a job result.
     """
     text = _URL.sub("<url>", text)
+    text = _EMAIL_IN_BRACKETS.sub("<email>", text)
     text = _EMAIL.sub("<email>", text)
     text = _HOST_PATH.sub("<url>", text)
     text = _PHONE.sub(_number_if_phone, text)

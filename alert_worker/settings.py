@@ -59,6 +59,30 @@ def _worker_threads(env: Mapping[str, str]) -> int:
     return value
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(env: Mapping[str, str], name: str, default: str) -> str:
+    value = _text(env, name, default).upper() or default
+    if value not in LOG_LEVELS:
+        raise ConfigurationError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return value
+
+
+def _metrics_port(env: Mapping[str, str]) -> int:
+    """``ALERT_METRICS_PORT`` plus ``ALERT_METRICS_PORT_OFFSET`` (a systemd template sets it to ``%i``), so
+    several instances on one host share one env file and each serves its own port; 0 (off) stays off."""
+    base = _int(env, "ALERT_METRICS_PORT", 0, minimum=0)
+    offset = _int(env, "ALERT_METRICS_PORT_OFFSET", 0, minimum=0)
+    if base == 0:
+        return 0
+    if base + offset > 65535:
+        raise ConfigurationError(
+            f"ALERT_METRICS_PORT + ALERT_METRICS_PORT_OFFSET must be <= 65535, got {base + offset}"
+        )
+    return base + offset
+
+
 def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
     raw = _text(env, name)
     if raw == "":
@@ -154,6 +178,8 @@ class Settings:
     metrics_port: int = 0
     worker_threads: int = DEFAULT_WORKER_THREADS  # ALERT_WORKER_THREADS; ``--threads`` overrides
     log_format: str = "json"
+    log_level: str = "INFO"  # ALERT_LOG_LEVEL: this package's log lines
+    rq_log_level: str = "WARNING"  # ALERT_RQ_LOG_LEVEL: RQ's own lines ("Job OK" per job is INFO)
     db_pooler: str = ""
     redis_sentinels: tuple[tuple[str, int], ...] = ()
     redis_sentinel_master: str = ""
@@ -222,9 +248,11 @@ class Settings:
             recipient_hash_secret=_text(env, "ALERT_RECIPIENT_HASH_SECRET"),
             redis_key_prefix=prefix,
             max_queue_depth=_int(env, "ALERT_MAX_QUEUE_DEPTH", 10_000, minimum=1),
-            metrics_port=_int(env, "ALERT_METRICS_PORT", 0, minimum=0),
+            metrics_port=_metrics_port(env),
             worker_threads=_worker_threads(env),
             log_format=log_format,
+            log_level=_log_level(env, "ALERT_LOG_LEVEL", "INFO"),
+            rq_log_level=_log_level(env, "ALERT_RQ_LOG_LEVEL", "WARNING"),
             **cluster_from_env(env),
             rate_limits=RateLimits(
                 per_channel_minute={

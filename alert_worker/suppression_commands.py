@@ -56,11 +56,13 @@ def add_suppression_parser(sub: Subcommands) -> None:
 
 @contextmanager
 def _suppressions(settings: Settings) -> Iterator[tuple[SuppressionStore, DeliveryStore]]:
+    from alert_worker.console import reachable_database
     from alert_worker.resources import open_job_pool
     from alert_worker.store import DeliveryStore
 
     if not settings.database_url:
         raise SuppressionCommandError("DATABASE_URL is not set")
+    reachable_database(settings)  # one direct connection first: fail in about a second with one line
     pool = open_job_pool(settings)
     try:
         yield SuppressionStore(source=pool), DeliveryStore(pool=pool)
@@ -83,17 +85,26 @@ def _key(store: DeliveryStore, settings: Settings, channel: str, recipient: str)
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     with _suppressions(settings) as (suppressions, _):
         entries = suppressions.list(args.channel)
-    from alert_worker.console import show
-
     if args.json:
         print(json.dumps([e.as_json() for e in entries]), flush=True)
         return 0
     if not entries:
         print("no suppressed recipients", flush=True)
-    for e in entries:
-        source = show(e.source_delivery_id or "operator")
-        masked, when = show(e.recipient), e.created_at.isoformat()
-        line = f"{e.channel:<6} {e.recipient_hash} {masked:<32} {when} {source}  {show(e.reason)}"
+        return 0
+    from alert_worker.console import show, table
+
+    cells = [
+        (
+            e.channel,
+            e.recipient_hash,
+            show(e.recipient),
+            show(e.created_at),
+            show(e.source_delivery_id or "operator"),
+            show(e.reason),
+        )
+        for e in entries
+    ]
+    for line in table(("CHANNEL", "HASH", "RECIPIENT", "CREATED AT", "SOURCE", "REASON"), cells):
         print(line, flush=True)
     return 0
 

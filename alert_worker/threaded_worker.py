@@ -33,11 +33,12 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import BaseWorker, WorkerStatus
+from rq.worker_registration import REDIS_WORKER_KEYS as RQ_WORKERS_KEY
 
 from alert_worker.channels import build_channel
 from alert_worker.channels.kept import ThreadChannels, kept_channels
 from alert_worker.connect import bounded_postgres_kwargs
-from alert_worker.liveness import Registration, alive_ttl_for
+from alert_worker.liveness import Registration, alive_ttl_for, worker_name
 from alert_worker.resources import JobResources, open_redis, shared_job_resources
 from alert_worker.settings import MAX_WORKER_THREADS, Settings
 
@@ -47,7 +48,8 @@ MAX_THREADS = MAX_WORKER_THREADS  # docs/contract.md §6.1: 1..64
 RQ_WORKER_TTL_SECONDS = 60
 _DRAIN_MARGIN_SECONDS = 30.0
 _HEARTBEAT_EVERY_SECONDS = 5.0  # past the job timeout: the death penalty has fired by then
-_SUSPENSION_CHECK_EVERY_SECONDS = 1.0  # `rq suspend` takes effect within this
+_SUSPENSION_CHECK_EVERY_SECONDS = 1.0  # between back-to-back jobs; after a dequeue that waited, always
+_QUICK_DEQUEUE_SECONDS = 0.1
 
 
 def resolve_threads(settings: Settings, override: int | None = None) -> int:
@@ -99,6 +101,7 @@ class ThreadPoolWorker(BaseWorker):
         # RQ raises its connection's socket timeout to worker_ttl - 5 (its blocking dequeue); job threads use
         # that connection for RQ's bookkeeping, so keep it near a minute instead of RQ's default seven.
         kwargs.setdefault("worker_ttl", RQ_WORKER_TTL_SECONDS)
+        kwargs.setdefault("name", worker_name())  # host.pid.random: placeable, unlike RQ's random hex
         super().__init__(queues, **kwargs)
         if not 1 <= threads <= MAX_THREADS:
             raise ValueError(f"threads must be 1..{MAX_THREADS}, got {threads}")
@@ -115,6 +118,7 @@ class ThreadPoolWorker(BaseWorker):
         self._pool_threads: list[threading.Thread] = []
         self._last_beat = -_HEARTBEAT_EVERY_SECONDS
         self._last_suspension_check = -_SUSPENSION_CHECK_EVERY_SECONDS
+        self._dequeue_started = 0.0
 
     @property
     def in_flight(self) -> int:
@@ -131,6 +135,7 @@ class ThreadPoolWorker(BaseWorker):
             threads=self.threads,
             in_flight=lambda: self._in_flight,
             alive_ttl_seconds=alive_ttl_for(self.settings.job_timeout_seconds),
+            after_beat=self.register_again_if_forgotten,
         )
         try:
             self._registration.start()
@@ -218,9 +223,12 @@ class ThreadPoolWorker(BaseWorker):
         super().heartbeat(timeout, pipeline)
 
     def check_for_suspension(self, burst: bool) -> None:
-        """RQ asks Redis on every loop, i.e. per job, on the one dequeue thread: at most once a second here."""
+        """RQ asks Redis on every loop, i.e. per job, on the one dequeue thread: at most once a second while
+        jobs come back to back. After a dequeue that waited (an idle worker, or one waiting for a free thread)
+        it always asks, so a worker that took one job after `rq suspend` takes no second one."""
         now = time.monotonic()
-        if now - self._last_suspension_check < _SUSPENSION_CHECK_EVERY_SECONDS:
+        back_to_back = now - self._dequeue_started < _QUICK_DEQUEUE_SECONDS
+        if back_to_back and now - self._last_suspension_check < _SUSPENSION_CHECK_EVERY_SECONDS:
             return
         self._last_suspension_check = now
         super().check_for_suspension(burst)
@@ -229,6 +237,8 @@ class ThreadPoolWorker(BaseWorker):
         """RQ marks the worker idle before every dequeue (a round trip per job): skipped while jobs run in
         other threads, as the worker is busy; the thread ending the last job in flight marks it idle."""
         self._asked_state = state  # RQ's SIGTERM handler: idle (dequeuing) breaks the blocking dequeue at once
+        if state == WorkerStatus.IDLE:  # RQ asks for idle as each dequeue starts
+            self._dequeue_started = time.monotonic()
         if pipeline is None and state == WorkerStatus.IDLE and self._in_flight > 0:
             return
         super().set_state(state, pipeline)
@@ -290,7 +300,19 @@ class ThreadPoolWorker(BaseWorker):
                 if idle:
                     self._mark_idle()
 
+    def register_again_if_forgotten(self) -> None:
+        """Redis lost RQ's registration (FLUSHDB, a failover to an empty replica) while this worker runs:
+        register again, so ``rq info``, rq-dashboard and exporters see it. Checked at every liveness beat."""
+        if self._stopping.is_set() or self.connection.sismember(RQ_WORKERS_KEY, self.key):
+            return
+        self.connection.delete(self.key)  # a heartbeat may have left a partial hash; register_birth needs none
+        self.register_birth()  # type: ignore[no-untyped-call]
+        self.set_state(WorkerStatus.BUSY if self._in_flight else WorkerStatus.IDLE)
+        log.warning("worker_registered_again", worker=self.name, detail="RQ's worker registration was gone")
+
     def _mark_idle(self) -> None:  # the last job in flight ended: the worker is idle for rq info
+        if self.get_state() == WorkerStatus.SUSPENDED:  # `rq suspend` was seen: rq info keeps saying so
+            return
         try:
             self.set_state(WorkerStatus.IDLE)
         except (redis.RedisError, OSError) as exc:

@@ -26,6 +26,7 @@ TRUNCATION_MARKER = "…"
 E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 # What Postgres text and UTF-8 cannot hold: NUL and lone surrogates. The one check for it.
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_DISPLAY_NAME = re.compile(r"<[^<>\s]+@[^<>\s]+>$")  # "Ops Team <ops@example.com>", "<ops@example.com>"
 
 
 def validate_job_arguments(delivery_id: Any, channel: Any, attempt: Any) -> tuple[str, ChannelType, int]:
@@ -155,6 +156,8 @@ def clean_recipient(recipient: Any) -> str:
     if len(text) > MAX_RECIPIENT_CHARS:
         raise InvalidInputError(f"invalid_input: recipient is longer than {MAX_RECIPIENT_CHARS} characters")
     _check_characters("recipient", text, allow="")
+    if _DISPLAY_NAME.search(text):
+        raise InvalidInputError("invalid_recipient: display names are not accepted; give the bare address")
     if any(ch.isspace() for ch in text):
         raise InvalidInputError("invalid_input: recipient contains whitespace")
     return text

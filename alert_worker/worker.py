@@ -30,6 +30,7 @@ from alert_worker.health import (
     require_connection_settings,
     warn_disabled_channels,
 )
+from alert_worker.liveness import worker_name
 from alert_worker.logs import configure_logging
 from alert_worker.preload import preload_process
 from alert_worker.redaction import safe_error, url_password
@@ -80,7 +81,7 @@ def run_worker(
     """
     from alert_worker.threaded_worker import ThreadPoolWorker, resolve_threads
 
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level, rq_level=settings.rq_log_level)
     try:
         threads = resolve_threads(settings, threads)
     except ValueError as exc:
@@ -124,7 +125,7 @@ def run_worker(
         if worker_class is None:
             worker = ThreadPoolWorker(queues, connection=connection, settings=settings, threads=threads)
         else:
-            worker = cls(queues, connection=connection, log_job_description=False)
+            worker = cls(queues, connection=connection, log_job_description=False, name=worker_name())
         log.info(
             "worker_started",
             queues=list(settings.queues),

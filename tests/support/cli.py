@@ -53,6 +53,7 @@ def preserved_logging() -> Iterator[None]:
 
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    rq_level = logging.getLogger("rq").level
     config: dict[str, Any] = structlog.get_config()
     configured = logs._configured
     try:
@@ -60,6 +61,7 @@ def preserved_logging() -> Iterator[None]:
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+        logging.getLogger("rq").setLevel(rq_level)
         structlog.configure(**config)
         logging.captureWarnings(False)
         logs._configured = configured

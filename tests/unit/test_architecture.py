@@ -128,12 +128,22 @@ def test_nothing_reaches_a_private_attribute_of_an_imported_module() -> None:
     offenders = []
     for name, (path, _) in SOURCES.items():
         tree = ast.parse(path.read_text())
-        modules = {alias.asname or alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                   for alias in node.names if not alias.name.startswith("alert_worker")}
+        modules = {
+            alias.asname or alias.name.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+            if not alias.name.startswith("alert_worker")
+        }
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
-                    and node.attr.startswith("_") and not node.attr.startswith("__")
-                    and node.attr not in _PUBLIC_UNDERSCORED):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in modules
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and node.attr not in _PUBLIC_UNDERSCORED
+            ):
                 offenders.append((name, f"{node.value.id}.{node.attr}"))
     assert offenders == []
 

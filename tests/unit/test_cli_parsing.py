@@ -20,6 +20,8 @@ COMMANDS = [
     ["poison", "resolve"],
     ["sweep"],
     ["check"],
+    ["cooldown", "list"],
+    ["cooldown", "clear"],
 ]
 
 
@@ -47,6 +49,9 @@ def test_every_command_has_help_that_exits_0(command: list[str], capsys: pytest.
         ["poison", "resolve"],
         ["run", "--worker-class", "no.such.Worker"],
         ["run", "--worker-class", "alert_worker.settings.Settings"],
+        ["run", "--threads", "many"],
+        ["cooldown", "clear", "--channel", "slack"],
+        ["cooldown", "clear", "--channel", "slack", "--all", "--hash", "0123456789abcdef"],
     ],
     ids=[
         "unknown-command",
@@ -61,6 +66,9 @@ def test_every_command_has_help_that_exits_0(command: list[str], capsys: pytest.
         "resolve-without-ids",
         "unimportable-worker-class",
         "not-a-worker-class",
+        "threads-not-a-number",
+        "cooldown-clear-without-target",
+        "cooldown-clear-all-and-hash",
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -98,3 +106,35 @@ NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 def test_since_accepts_durations_ago_and_iso_times(raw: str, expected: datetime) -> None:
     """Relative durations count back from now; a naive ISO time is UTC."""
     assert parse_since(raw, now=NOW) == expected
+
+
+def test_replay_ids_with_a_filter_prints_the_replay_usage_not_the_top_level_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``poison replay ID --channel sms``: the error comes with ``poison replay``'s own usage line."""
+    with pytest.raises(SystemExit) as exited:
+        main(["poison", "replay", "d-1", "--channel", "sms"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: alert-worker poison replay") and "go with --all" in err
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from alert_worker import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"alert-worker {__version__}"
+
+
+def test_tables_align_every_column_to_its_widest_cell() -> None:
+    """``poison list`` and ``suppression list``: a long id or recipient never shifts the next column."""
+    from alert_worker.console import table
+
+    lines = table(
+        ("ID", "TRIES", "ERROR"),
+        [("a-very-long-delivery-id-" * 2, "3", "smtp-550"), ("d", "12", "x")],
+        right=frozenset({1}),
+    )
+    assert len({line.index("ERROR" if i == 0 else line.split()[-1]) for i, line in enumerate(lines)}) == 1
+    assert lines[2].startswith("d ") and lines[2].split()[1] == "12"

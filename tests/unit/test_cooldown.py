@@ -67,3 +67,40 @@ def test_redis_errors_are_logged_and_read_as_not_cooling() -> None:
     cooldowns = Cooldowns(client=fakeredis.FakeRedis(server=server))
     assert cooldowns.start("slack", "x", 5.0) == 0.0
     assert cooldowns.remaining("slack", "x") == 0.0
+
+
+def test_active_cooldowns_show_the_masked_destination_stored_with_the_key_never_the_webhook_path(
+    client: fakeredis.FakeRedis,
+) -> None:
+    """``cooldown list`` reads what ``start`` stored; a key from before the mask was stored shows ``-``."""
+    from alert_worker.cooldown import mask_destination
+
+    url = "https://Hooks.Slack.com/services/T000/B000/SECRETPATH?x=1"
+    cooldowns = Cooldowns(client=client, key_prefix="p:")
+    cooldowns.start("slack", "a" * 16, 60.0, shown=mask_destination("slack", url))
+    cooldowns.start("email", "b" * 16, 30.0, shown=mask_destination("email", "smtp.example.com:587"))
+    client.set("p:cooldown:sms:" + "c" * 16, "1", ex=10)
+    client.set("other:cooldown:slack:" + "d" * 16, "x", ex=10)
+    active = cooldowns.active()
+    assert [(c.channel, c.destination_hash, c.destination) for c in active] == [
+        ("slack", "a" * 16, "hooks.slack.com/***"),
+        ("email", "b" * 16, "smtp.example.com:587"),
+        ("sms", "c" * 16, "-"),
+    ]
+    assert [c.channel for c in cooldowns.active("email")] == ["email"]
+    assert "SECRETPATH" not in repr(active)
+
+
+def test_an_sms_destination_is_masked_to_the_last_four_characters_of_account_and_sender() -> None:
+    from alert_worker.cooldown import mask_destination
+
+    shown = mask_destination("sms", "AC0123456789abcdef0123456789abcdef:+15551234567")
+    assert shown == "account ***cdef from ***4567"
+
+
+def test_clearing_ends_only_the_named_cooldowns(client: fakeredis.FakeRedis) -> None:
+    cooldowns = Cooldowns(client=client)
+    cooldowns.start("slack", "a" * 16, 60.0)
+    cooldowns.start("slack", "b" * 16, 60.0)
+    assert cooldowns.clear("slack", ["a" * 16, "f" * 16]) == 1
+    assert [c.destination_hash for c in cooldowns.active()] == ["b" * 16]

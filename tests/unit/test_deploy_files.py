@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from tests.promql import alert_rules, dashboard, dashboard_exprs, metric_names
+from tests.promql import DEPLOY, alert_rules, dashboard, dashboard_exprs, metric_names
 
 
 @pytest.mark.parametrize(
@@ -88,3 +90,29 @@ def test_every_alert_rule_has_a_name_an_expression_a_severity_and_a_summary() ->
     for rule in rules:
         assert rule["alert"] and rule["expr"] and rule["labels"]["severity"] in {"page", "warn"}
         assert rule["annotations"]["summary"]
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower-cased, punctuation dropped, spaces to hyphens."""
+    found = set()
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            found.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return found
+
+
+def test_every_alert_rule_has_a_runbook_annotation_pointing_at_an_existing_anchor_of_the_operations_page() -> None:
+    """What docs/operations.md promises: each rule's ``runbook`` is ``docs/operations.md#<anchor>`` and the anchor
+    is a heading on that page."""
+    anchors = _anchors((DEPLOY.parent / "docs" / "operations.md").read_text())
+    for rule in alert_rules():
+        page, _, anchor = rule["annotations"].get("runbook", "").partition("#")
+        assert page == "docs/operations.md" and anchor in anchors, rule["alert"]
+
+
+def test_the_down_rule_matches_the_scrape_job_name_the_docs_tell_operators_to_use() -> None:
+    """``up{job=...}`` only sees a job by its name: the rule and the documented ``job_name`` agree."""
+    [down] = [r for r in alert_rules() if r["alert"] == "AlertWorkerDown"]
+    [job] = re.findall(r'job="([^"]+)"', down["expr"])
+    assert f"- job_name: {job}\n" in (DEPLOY.parent / "docs" / "operations.md").read_text()

@@ -53,8 +53,24 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
         check=True,
         capture_output=True,
     )
@@ -89,8 +105,12 @@ def test_plain_send_delivers_one_message_with_a_deterministic_message_id(smtp_si
 
 @pytest.mark.parametrize(
     "subject",
-    ["Disk full\r\nBcc: victim@example.net", "Disk full\nBcc: victim@example.net", "Disk full\rBcc: victim@example.net",
-     "Disk full\r\n\r\ninjected body"],
+    [
+        "Disk full\r\nBcc: victim@example.net",
+        "Disk full\nBcc: victim@example.net",
+        "Disk full\rBcc: victim@example.net",
+        "Disk full\r\n\r\ninjected body",
+    ],
     ids=["crlf", "lf", "cr", "blank-line-body-injection"],
 )
 def test_cr_lf_in_a_subject_never_reaches_a_header(smtp_sink: SmtpSink, subject: str) -> None:
@@ -113,11 +133,34 @@ def test_prepare_collapses_the_subject_to_one_line() -> None:
 
 @pytest.mark.parametrize(
     "recipient",
-    ["", "no-at-sign", "@example.com", "user@", "a@example.com, b@example.com", "a@example.com;b@example.com",
-     "Ops <ops@example.com>", "ops@example.com\r\nBcc: victim@example.net", "ops@example.com\nBcc: x@y.z",
-     "a" * 250 + "@example.com", "ops@@example.com", "(comment)ops@example.com"],
-    ids=["empty", "no-at", "no-local", "no-domain", "two-comma", "two-semicolon", "display-name", "crlf-header",
-         "lf-header", "over-254", "double-at", "comment"],
+    [
+        "",
+        "no-at-sign",
+        "@example.com",
+        "user@",
+        "a@example.com, b@example.com",
+        "a@example.com;b@example.com",
+        "Ops <ops@example.com>",
+        "ops@example.com\r\nBcc: victim@example.net",
+        "ops@example.com\nBcc: x@y.z",
+        "a" * 250 + "@example.com",
+        "ops@@example.com",
+        "(comment)ops@example.com",
+    ],
+    ids=[
+        "empty",
+        "no-at",
+        "no-local",
+        "no-domain",
+        "two-comma",
+        "two-semicolon",
+        "display-name",
+        "crlf-header",
+        "lf-header",
+        "over-254",
+        "double-at",
+        "comment",
+    ],
 )
 def test_anything_but_exactly_one_bare_address_is_invalid(recipient: str) -> None:
     """Checked with ``email.headerregistry``: one ``user@domain``, nothing more."""
@@ -126,7 +169,8 @@ def test_anything_but_exactly_one_bare_address_is_invalid(recipient: str) -> Non
 
 
 @pytest.mark.parametrize(
-    "recipient", ["ops@example.com", "first.last+tag@sub.example.co.uk", "o'brien@example.ie"],
+    "recipient",
+    ["ops@example.com", "first.last+tag@sub.example.co.uk", "o'brien@example.ie"],
     ids=["plain", "plus-tag-subdomain", "apostrophe"],
 )
 def test_one_bare_address_is_valid(recipient: str) -> None:
@@ -149,8 +193,12 @@ def test_an_invalid_from_address_is_channel_not_configured_not_a_crash() -> None
 
 # where the server answers, the reply, expected class, the reason's start
 SMTP_REPLIES = [
-    ("rcpt", "550 5.1.1 <oncall.person@example.com>: Recipient address rejected", RecipientRejectedError,
-     "smtp recipient refused 550 5.1.1"),
+    (
+        "rcpt",
+        "550 5.1.1 <oncall.person@example.com>: Recipient address rejected",
+        RecipientRejectedError,
+        "smtp recipient refused 550 5.1.1",
+    ),
     ("rcpt", "553 5.1.3 Bad recipient address syntax", PermanentDeliveryError, "smtp recipient refused 553 5.1.3"),
     ("rcpt", "450 4.2.1 Mailbox busy, try later", TransientDeliveryError, "smtp recipient refused 450 4.2.1"),
     ("rcpt", "452 4.5.3 Too many recipients", TransientDeliveryError, "smtp recipient refused 452 4.5.3"),
@@ -164,8 +212,17 @@ SMTP_REPLIES = [
     ("data", "554 Transaction failed", PermanentDeliveryError, "smtp 554"),
 ]
 SMTP_IDS = [
-    "rcpt-550-5.1.1", "rcpt-553-5.1.3", "rcpt-450-4.2.1", "rcpt-452-4.5.3", "data-451-4.3.0", "data-421-closing",
-    "data-554-5.7.1", "data-552-5.3.4", "enhanced-4-wins-over-550", "enhanced-5-wins-over-450", "data-451-plain",
+    "rcpt-550-5.1.1",
+    "rcpt-553-5.1.3",
+    "rcpt-450-4.2.1",
+    "rcpt-452-4.5.3",
+    "data-451-4.3.0",
+    "data-421-closing",
+    "data-554-5.7.1",
+    "data-552-5.3.4",
+    "enhanced-4-wins-over-550",
+    "enhanced-5-wins-over-450",
+    "data-451-plain",
     "data-554-plain",
 ]
 
@@ -249,30 +306,54 @@ def _wrapped(outer: Exception, inner: BaseException) -> Exception:
 
 
 WRAPPED = [
-    (_wrapped(OSError("send failed"), smtplib.SMTPDataError(451, b"4.4.1 No answer from host")),
-     TransientDeliveryError, "smtp 451 4.4.1"),
-    (_wrapped(RuntimeError("relay failed"), smtplib.SMTPDataError(550, b"5.1.1 user unknown")),
-     PermanentDeliveryError, "smtp 550 5.1.1"),
-    (_wrapped(smtplib.SMTPServerDisconnected("gone"), smtplib.SMTPResponseException(421, b"4.3.2 shutting down")),
-     SlowDownError, "smtp 421 4.3.2"),
+    (
+        _wrapped(OSError("send failed"), smtplib.SMTPDataError(451, b"4.4.1 No answer from host")),
+        TransientDeliveryError,
+        "smtp 451 4.4.1",
+    ),
+    (
+        _wrapped(RuntimeError("relay failed"), smtplib.SMTPDataError(550, b"5.1.1 user unknown")),
+        PermanentDeliveryError,
+        "smtp 550 5.1.1",
+    ),
+    (
+        _wrapped(smtplib.SMTPServerDisconnected("gone"), smtplib.SMTPResponseException(421, b"4.3.2 shutting down")),
+        SlowDownError,
+        "smtp 421 4.3.2",
+    ),
     (smtplib.SMTPException("server said: 452 4.2.2 mailbox full"), TransientDeliveryError, "smtp 452 4.2.2"),
-    (smtplib.SMTPException("server said: 550 5.1.2 bad destination system"), PermanentDeliveryError,
-     "smtp 550 5.1.2"),
+    (smtplib.SMTPException("server said: 550 5.1.2 bad destination system"), PermanentDeliveryError, "smtp 550 5.1.2"),
     (smtplib.SMTPResponseException(421, b"Service not available from 10.4.5.6"), SlowDownError, "smtp 421"),
     (smtplib.SMTPResponseException(554, b"relay 192.5.1.1 refused"), PermanentDeliveryError, "smtp 554"),
-    (smtplib.SMTPRecipientsRefused({TO: (550, b"5.1.1 " + TO.encode() + b" unknown")}), RecipientRejectedError,
-     "smtp recipient refused 550 5.1.1"),
-    (smtplib.SMTPSenderRefused(451, b"4.1.8 sender domain has no MX", "alerts@example.org"),
-     TransientDeliveryError, "smtp sender refused 451 4.1.8"),
+    (
+        smtplib.SMTPRecipientsRefused({TO: (550, b"5.1.1 " + TO.encode() + b" unknown")}),
+        RecipientRejectedError,
+        "smtp recipient refused 550 5.1.1",
+    ),
+    (
+        smtplib.SMTPSenderRefused(451, b"4.1.8 sender domain has no MX", "alerts@example.org"),
+        TransientDeliveryError,
+        "smtp sender refused 451 4.1.8",
+    ),
     (smtplib.SMTPAuthenticationError(535, b"5.7.8 bad credentials"), PermanentDeliveryError, "smtp_auth_failed 535"),
     (TimeoutError("timed out"), TransientDeliveryError, "smtp_timeout"),
     (ConnectionResetError(104, "reset"), TransientDeliveryError, "smtp_connection_error: ConnectionResetError"),
     (smtplib.SMTPNotSupportedError("no STARTTLS"), PermanentDeliveryError, "smtp_not_supported"),
 ]
 WRAPPED_IDS = [
-    "4xx-inside-OSError", "5.1.1-inside-RuntimeError", "421-inside-disconnect", "4.x.x-quoted-in-text",
-    "5.1.x-quoted-in-text", "ip-address-is-not-an-enhanced-code", "ip-address-in-5xx", "recipients-refused",
-    "sender-refused-4.1.8", "auth", "timeout", "reset", "not-supported",
+    "4xx-inside-OSError",
+    "5.1.1-inside-RuntimeError",
+    "421-inside-disconnect",
+    "4.x.x-quoted-in-text",
+    "5.1.x-quoted-in-text",
+    "ip-address-is-not-an-enhanced-code",
+    "ip-address-in-5xx",
+    "recipients-refused",
+    "sender-refused-4.1.8",
+    "auth",
+    "timeout",
+    "reset",
+    "not-supported",
 ]
 
 

@@ -74,8 +74,12 @@ def test_encoded_words_that_decode_to_cr_lf_inject_no_header_or_body(smtp_sink: 
 
 @pytest.mark.parametrize(
     ("subject", "expected"),
-    [("Disk full", "Disk full"), ("=?utf-8?q?caf=C3=A9?= down", "café down"), ("50% =? odd", "50% =? odd"),
-     ("  two   spaces ", "two spaces")],
+    [
+        ("Disk full", "Disk full"),
+        ("=?utf-8?q?caf=C3=A9?= down", "café down"),
+        ("50% =? odd", "50% =? odd"),
+        ("  two   spaces ", "two spaces"),
+    ],
     ids=["plain", "encoded-word-decoded", "lone-marker-kept", "whitespace-collapsed"],
 )
 def test_a_header_safe_subject_reads_as_the_recipient_would_see_it(subject: str, expected: str) -> None:
@@ -124,9 +128,7 @@ AUTH_IDS = ["auth-454-temporary", "auth-421-temporary", "auth-535-permanent", "u
 
 
 @pytest.mark.parametrize(("exc", "error"), AUTH_AND_ODD_REPLIES, ids=AUTH_IDS)
-def test_temporary_auth_failures_and_unparseable_replies_are_transient(
-    exc: Exception, error: type[Exception]
-) -> None:
+def test_temporary_auth_failures_and_unparseable_replies_are_transient(exc: Exception, error: type[Exception]) -> None:
     """A 4xx AUTH reply or a reply smtplib could not parse (code -1) may succeed later."""
     assert type(classify_smtp_error(exc)) is error
 
@@ -166,8 +168,27 @@ def test_preload_builds_the_tls_context_only_when_tls_is_used(monkeypatch: pytes
     assert factory.calls == 1
 
 
-_PIECES = st.sampled_from(["=?utf-8?q?", "=?utf-8?b?", "?=", "=0D", "=0A", "DQo=", "Cg==", "Bcc:", "\r", "\n", " ",
-                           "x", "é", "_", "=?", "?q?", "=3F="])
+_PIECES = st.sampled_from(
+    [
+        "=?utf-8?q?",
+        "=?utf-8?b?",
+        "?=",
+        "=0D",
+        "=0A",
+        "DQo=",
+        "Cg==",
+        "Bcc:",
+        "\r",
+        "\n",
+        " ",
+        "x",
+        "é",
+        "_",
+        "=?",
+        "?q?",
+        "=3F=",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -182,6 +203,16 @@ def test_no_subject_ever_adds_a_header_or_a_bare_line_break(subject: str) -> Non
         return
     head = data.split(b"\r\n\r\n", 1)[0]
     names = sorted(line.split(b":", 1)[0].lower() for line in head.split(b"\r\n") if line[:1] not in (b" ", b"\t"))
-    assert names == sorted([b"from", b"to", b"subject", b"date", b"message-id", b"content-type",
-                            b"content-transfer-encoding", b"mime-version"])
+    assert names == sorted(
+        [
+            b"from",
+            b"to",
+            b"subject",
+            b"date",
+            b"message-id",
+            b"content-type",
+            b"content-transfer-encoding",
+            b"mime-version",
+        ]
+    )
     assert b"\r" not in head.replace(b"\r\n", b"") and b"\n" not in head.replace(b"\r\n", b"")

@@ -44,8 +44,15 @@ def test_variants_of_one_email_address_share_one_bucket_hash_and_mask(variants: 
 def test_slack_variants_and_the_default_share_one_identity() -> None:
     """``""``, ``default``, ``URL?``, ``URL#x`` and an upper-cased host are one webhook."""
     h = Harness(default_webhook_url=HOOK)
-    variants = [HOOK, HOOK + "?", HOOK + "#x", HOOK.replace("hooks.slack.com", "HOOKS.Slack.com"), "", "default",
-                " default"]
+    variants = [
+        HOOK,
+        HOOK + "?",
+        HOOK + "#x",
+        HOOK.replace("hooks.slack.com", "HOOKS.Slack.com"),
+        "",
+        "default",
+        " default",
+    ]
     identities = {h.executor.identity(ChannelType.SLACK, v) for v in variants}
     assert identities == {(recipient_hash("secret", "slack", HOOK), "hooks.slack.com/***")}
 

@@ -12,7 +12,7 @@ import requests
 from structlog.testing import capture_logs
 from urllib3.exceptions import ProtocolError
 
-from alert_worker.cooldown import ChannelPauses, Cooldowns, destination_hash
+from alert_worker.cooldown import ChannelPauses, Cooldowns, destination_hash, mask_destination
 from alert_worker.errors import (
     ChannelMisconfiguredError,
     DeliveryError,
@@ -204,6 +204,23 @@ def test_a_permanent_answer_about_the_recipient_suppresses_it_and_the_next_deliv
     second = h.run("d-2")
     assert second["error"] == f"suppressed: {first['error']}"
     assert len(h.channel.sent) == 1
+
+
+def test_a_provider_added_entry_masks_the_normalized_recipient_like_an_operator_added_one(h: Harness) -> None:
+    """``R.Ops@Example.COM`` is stored as ``r***@example.com``, the mask ``suppression add`` gives it too."""
+    h.channel.errors.append(RecipientRejectedError("smtp recipient refused 550 5.1.1: no such user"))
+    h.run("d-1", to="R.Ops@Example.COM")
+    [entry] = h.suppressions.entries.values()
+    assert entry["recipient"] == "r***@example.com"
+
+
+def test_a_cooldown_key_holds_the_masked_destination_for_cooldown_list(h: Harness) -> None:
+    """The value ``cooldown list`` shows: never the raw account SID or sender."""
+    h.channel.errors.append(SlowDownError("smtp 421 slow down", retry_after=20.0))
+    h.run()
+    [cooling] = h.cooldowns.active()
+    destination = h.channel.destination(h.channel.sent[0] if h.channel.sent else None)  # type: ignore[arg-type]
+    assert cooling.destination == mask_destination("email", destination) != "-"
 
 
 def test_a_plain_permanent_failure_does_not_suppress(h: Harness) -> None:

@@ -25,17 +25,30 @@ MAPPING = [
     (requests.ConnectTimeout(SECRET_URL), TransientDeliveryError, "timeout: ConnectTimeout"),
     (requests.ReadTimeout(SECRET_URL), OutcomeUnknownError, "no answer after sending: ReadTimeout"),
     (requests.ConnectionError(SECRET_URL), TransientDeliveryError, "connection error: ConnectionError"),
-    (requests.ConnectionError(ProtocolError("Connection aborted.", SECRET_URL)), OutcomeUnknownError,
-     "connection dropped after sending: ConnectionError"),
-    (requests.exceptions.ChunkedEncodingError(SECRET_URL), TransientDeliveryError,
-     "request error: ChunkedEncodingError"),
+    (
+        requests.ConnectionError(ProtocolError("Connection aborted.", SECRET_URL)),
+        OutcomeUnknownError,
+        "connection dropped after sending: ConnectionError",
+    ),
+    (
+        requests.exceptions.ChunkedEncodingError(SECRET_URL),
+        TransientDeliveryError,
+        "request error: ChunkedEncodingError",
+    ),
     (requests.exceptions.InvalidURL(SECRET_URL), PermanentDeliveryError, "invalid request: InvalidURL"),
     (requests.exceptions.InvalidSchema(SECRET_URL), PermanentDeliveryError, "invalid request: InvalidSchema"),
     (requests.exceptions.MissingSchema(SECRET_URL), PermanentDeliveryError, "invalid request: MissingSchema"),
 ]
-MAPPING_IDS = ["connect-timeout", "read-timeout-outcome-unknown", "connection-error", "dropped-after-sending",
-               "chunked", "invalid-url", "invalid-schema",
-               "missing-schema"]
+MAPPING_IDS = [
+    "connect-timeout",
+    "read-timeout-outcome-unknown",
+    "connection-error",
+    "dropped-after-sending",
+    "chunked",
+    "invalid-url",
+    "invalid-schema",
+    "missing-schema",
+]
 
 
 @pytest.mark.parametrize("provider", ["slack", "twilio"], ids=["slack", "twilio"])

@@ -19,7 +19,7 @@ from tests.support.cli import preserved_logging
 def stream() -> Iterator[io.StringIO]:
     out = io.StringIO()
     with preserved_logging():
-        configure_logging("json", stream=out)
+        configure_logging("json", stream=out, rq_level=logging.INFO)  # RQ's INFO lines shown, to check their shape
         yield out
 
 
@@ -116,3 +116,37 @@ def test_console_format_prints_control_characters_escaped() -> None:
     text = out.getvalue()
     assert "delivery_id=x\\x0d\\x1b[2Kfake\\x07" in text
     assert not any(ch in text for ch in "\r\x1b\x07")
+
+
+@pytest.mark.parametrize(
+    ("rq_level", "shown"),
+    [(None, ["Worker w1: suspended"]), ("INFO", ["Worker w1: alerts: Job OK", "Worker w1: suspended"])],
+    ids=["default-warning", "asked-for-info"],
+)
+def test_rq_per_job_info_lines_are_quiet_unless_asked(rq_level: str | None, shown: list[str]) -> None:
+    """RQ logs two INFO lines per job ("Job OK"): by default only its warnings reach the output."""
+    out = io.StringIO()
+    with preserved_logging():
+        configure_logging("json", stream=out, **({"rq_level": rq_level} if rq_level else {}))
+        logging.getLogger("rq.worker").info("Worker %s: %s: %s", "w1", "alerts", "Job OK")
+        logging.getLogger("rq.worker").warning("Worker %s: suspended", "w1")
+    assert [line["event"] for line in _lines(out)] == shown
+
+
+def test_the_log_level_setting_quiets_info_events() -> None:
+    """``ALERT_LOG_LEVEL=WARNING``: this package's INFO events are dropped, warnings kept."""
+    out = io.StringIO()
+    with preserved_logging():
+        configure_logging("json", "WARNING", stream=out)
+        structlog.get_logger("alert_worker.test").info("delivery_claimed")
+        structlog.get_logger("alert_worker.test").warning("cooldown_unreadable")
+    assert [line["event"] for line in _lines(out)] == ["cooldown_unreadable"]
+
+
+def test_a_pool_warning_with_libpq_lines_is_one_json_line_of_one_line_text(stream: io.StringIO) -> None:
+    """psycopg_pool logs libpq's multi-line errors; each warning is one JSON line whose event has no newline."""
+    logging.getLogger("psycopg.pool").warning(
+        "error connecting in %r: %s", "pool-1", 'connection failed: FATAL:  database "x" does not exist\nHINT:  x'
+    )
+    [line] = _lines(stream)
+    assert "\n" not in str(line["event"]) and str(line["event"]).endswith("does not exist HINT:  x")

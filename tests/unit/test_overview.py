@@ -150,3 +150,39 @@ def test_nothing_due_reads_as_none_due() -> None:
 def test_a_retry_reason_is_folded_into_a_bounded_label(error: str, reason: str) -> None:
     """Free provider text never becomes a label value (cardinality, and no recipient in a series)."""
     assert retry_reason(error) == reason
+
+
+@pytest.mark.parametrize(
+    ("side", "known_line", "unknown_lines", "nulls"),
+    [
+        (
+            "redis",
+            "poison: 0   cooldowns: unknown   suppressions: 2",
+            ["workers: unknown", "scheduler: unknown"],
+            ("cooldowns", "workers", "scheduler", "paused"),
+        ),
+        (
+            "postgres",
+            "poison: unknown   cooldowns: 1   suppressions: unknown",
+            ["deliveries: unknown", "oldest due pending: unknown"],
+            ("deliveries", "oldest_due_pending_seconds", "poison", "suppressions"),
+        ),
+    ],
+    ids=["redis-down", "postgres-down"],
+)
+def test_a_side_that_did_not_answer_reads_unknown_never_zero(
+    side: str, known_line: str, unknown_lines: list[str], nulls: tuple[str, ...]
+) -> None:
+    """The screen says which side is missing and why; --json has its parts null and an ``unknown`` object."""
+    view = _view(unknown={side: "ConnectionError: refused"})
+    text = render_text(view)
+    assert text.splitlines()[0] == f"UNKNOWN: {side} did not answer (ConnectionError: refused)"
+    assert known_line in text and all(line in text for line in unknown_lines)
+    shown = view.as_json()
+    assert shown["unknown"] == {side: "ConnectionError: refused"}
+    assert all(shown[key] is None for key in nulls)
+    assert all(shown[key] is not None for key in set(shown) - set(nulls) - {"oldest_due_pending_seconds"})
+
+
+def test_the_json_has_no_unknown_key_when_both_sides_answered() -> None:
+    assert "unknown" not in _view().as_json()

@@ -73,11 +73,23 @@ SMTP_VERDICTS = [
     (smtplib.SMTPException("server said: 550 5.1.1 no such user"), False),
 ]
 SMTP_VERDICT_IDS = [
-    "rcpt-5.1.1-no-such-user", "rcpt-5.1.2-no-such-domain", "rcpt-5.1.10-null-mx", "rcpt-5.2.1-mailbox-disabled",
-    "rcpt-5.1.0-postfix-sender-rejected", "rcpt-5.1.1-text-says-sender", "rcpt-5.1.1-text-names-the-from-address",
-    "rcpt-5.1.7-sender-syntax", "rcpt-5.1.8-sender-domain", "rcpt-5.1.3-not-listed", "rcpt-5.7.1-policy",
-    "rcpt-5.7.26-policy", "rcpt-550-without-enhanced-code", "mail-from-5.1.1", "after-data-5.1.1",
-    "other-command-5.2.1", "quoted-in-text-5.1.1",
+    "rcpt-5.1.1-no-such-user",
+    "rcpt-5.1.2-no-such-domain",
+    "rcpt-5.1.10-null-mx",
+    "rcpt-5.2.1-mailbox-disabled",
+    "rcpt-5.1.0-postfix-sender-rejected",
+    "rcpt-5.1.1-text-says-sender",
+    "rcpt-5.1.1-text-names-the-from-address",
+    "rcpt-5.1.7-sender-syntax",
+    "rcpt-5.1.8-sender-domain",
+    "rcpt-5.1.3-not-listed",
+    "rcpt-5.7.1-policy",
+    "rcpt-5.7.26-policy",
+    "rcpt-550-without-enhanced-code",
+    "mail-from-5.1.1",
+    "after-data-5.1.1",
+    "other-command-5.2.1",
+    "quoted-in-text-5.1.1",
 ]
 
 
@@ -108,8 +120,15 @@ HTTP_FAILURES = [
     (requests.exceptions.ChunkedEncodingError("broken answer"), False),
 ]
 HTTP_IDS = [
-    "connection-refused", "dns-failure", "connect-timeout", "read-timeout", "dropped-after-sending",
-    "proxy-error", "refused-through-a-proxy", "connection-error-without-cause", "broken-answer",
+    "connection-refused",
+    "dns-failure",
+    "connect-timeout",
+    "read-timeout",
+    "dropped-after-sending",
+    "proxy-error",
+    "refused-through-a-proxy",
+    "connection-error-without-cause",
+    "broken-answer",
 ]
 
 
@@ -136,9 +155,13 @@ def _slack_error(status: int, body: str) -> DeliveryError:
 
 @pytest.mark.parametrize(
     ("status", "body", "error"),
-    [(429, "rate_limited", SlowDownError), (503, "", TransientDeliveryError),
-     (404, "no_service", RecipientRejectedError), (400, "invalid_payload", PermanentDeliveryError),
-     (302, "", PermanentDeliveryError)],
+    [
+        (429, "rate_limited", SlowDownError),
+        (503, "", TransientDeliveryError),
+        (404, "no_service", RecipientRejectedError),
+        (400, "invalid_payload", PermanentDeliveryError),
+        (302, "", PermanentDeliveryError),
+    ],
     ids=["429", "503", "404-no_service", "400", "302"],
 )
 def test_every_slack_error_answer_is_definite(status: int, body: str, error: type[DeliveryError]) -> None:
@@ -154,7 +177,8 @@ def test_a_slack_2xx_that_is_not_ok_and_an_unknown_outcome_are_not_definite() ->
 
 
 @pytest.mark.parametrize(
-    ("status", "code"), [(503, None), (400, 21610), (429, 20429), (400, 21211)],
+    ("status", "code"),
+    [(503, None), (400, 21610), (429, 20429), (400, 21211)],
     ids=["503", "21610-unsubscribed", "429-too-many", "21211-invalid-to"],
 )
 def test_every_twilio_error_answer_is_definite(status: int, code: int | None) -> None:
@@ -170,9 +194,13 @@ def test_every_twilio_error_answer_is_definite(status: int, code: int | None) ->
 
 @pytest.mark.parametrize(
     ("stage", "reply", "definite"),
-    [("rcpt", "450 4.2.1 Mailbox busy", True), ("rcpt", "550 5.1.0 Sender address rejected", True),
-     ("data", "554 5.7.1 Message rejected as spam", False), ("data", "451 4.3.0 try later", False),
-     ("data", "DROP", False)],
+    [
+        ("rcpt", "450 4.2.1 Mailbox busy", True),
+        ("rcpt", "550 5.1.0 Sender address rejected", True),
+        ("data", "554 5.7.1 Message rejected as spam", False),
+        ("data", "451 4.3.0 try later", False),
+        ("data", "DROP", False),
+    ],
     ids=["rcpt-450", "rcpt-550-5.1.0", "after-data-554", "after-data-451", "dropped-after-data"],
 )
 def test_an_smtp_failure_is_definite_only_before_the_message_body_was_written(
@@ -228,10 +256,12 @@ class Harness:
 
 @pytest.mark.parametrize(
     ("error", "given_back"),
-    [(TransientDeliveryError("smtp_connection_error: ConnectionRefusedError", definite=True), True),
-     (PermanentDeliveryError("smtp recipient refused 550 5.1.0: sender rejected", definite=True), True),
-     (TransientDeliveryError("slack request error: ChunkedEncodingError"), False),
-     (OutcomeUnknownError("smtp no reply after end of DATA: TimeoutError"), False)],
+    [
+        (TransientDeliveryError("smtp_connection_error: ConnectionRefusedError", definite=True), True),
+        (PermanentDeliveryError("smtp recipient refused 550 5.1.0: sender rejected", definite=True), True),
+        (TransientDeliveryError("slack request error: ChunkedEncodingError"), False),
+        (OutcomeUnknownError("smtp no reply after end of DATA: TimeoutError"), False),
+    ],
     ids=["definite-transient", "definite-permanent", "not-known-to-be-unsent", "outcome-unknown"],
 )
 def test_a_failed_attempt_gives_back_its_own_check_only_when_definite(error: DeliveryError, given_back: bool) -> None:
@@ -296,14 +326,23 @@ def _feedback(suppressions: FakeSuppressions, default_webhook_url: str = HOOK) -
 def _slack_row(recipient: str) -> DeliveryRow:
     rhash, _ = recipient_identity(SECRET, ChannelType.SLACK, recipient, default_webhook_url=HOOK)
     return DeliveryRow(
-        id="d-1", channel="slack", status=DeliveryStatus.IN_PROGRESS, attempts=0, deferrals=0, recipient_hash=rhash,
-        payload={"recipient": recipient, "subject": "s", "body": "b"}, queue="alerts", deferred_since=None,
-        next_attempt_at=None, claim_token="t",
+        id="d-1",
+        channel="slack",
+        status=DeliveryStatus.IN_PROGRESS,
+        attempts=0,
+        deferrals=0,
+        recipient_hash=rhash,
+        payload={"recipient": recipient, "subject": "s", "body": "b"},
+        queue="alerts",
+        deferred_since=None,
+        next_attempt_at=None,
+        claim_token="t",
     )
 
 
 @pytest.mark.parametrize(
-    "recipient", ["default", "", "  default ", HOOK, HOOK + "?x=1", HOOK.replace("https://hooks", "HTTPS://HOOKS")],
+    "recipient",
+    ["default", "", "  default ", HOOK, HOOK + "?x=1", HOOK.replace("https://hooks", "HTTPS://HOOKS")],
     ids=["default", "empty", "default-with-spaces", "the-url-itself", "the-url-with-a-query", "the-url-in-capitals"],
 )
 def test_a_404_from_the_configured_default_webhook_is_logged_and_never_suppressed(
@@ -330,8 +369,8 @@ def test_a_404_from_a_webhook_given_as_the_recipient_suppresses_it(suppressions:
 
 # -- a cooldown's key is the normalized destination --------------------------------------------------
 @pytest.mark.parametrize(
-    "variant", [HOOK + "?x=1", HOOK + "#frag", HOOK.replace("https://hooks.slack.com", "HTTPS://Hooks.Slack.COM"),
-                f"  {HOOK} "],
+    "variant",
+    [HOOK + "?x=1", HOOK + "#frag", HOOK.replace("https://hooks.slack.com", "HTTPS://Hooks.Slack.COM"), f"  {HOOK} "],
     ids=["query", "fragment", "scheme-and-host-case", "surrounding-spaces"],
 )
 def test_every_spelling_of_one_webhook_has_one_cooldown_key(variant: str) -> None:

@@ -27,8 +27,19 @@ ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=30
         ("slack", "https://[::1/broken", "***"),
         ("slack", "https://user:pw@evil.example/x", "evil.example/***"),
     ],
-    ids=["email", "email-no-at", "email-no-local", "sms", "sms-short", "slack-url", "slack-empty", "slack-default",
-         "slack-not-url", "slack-broken-ipv6", "slack-userinfo-dropped"],
+    ids=[
+        "email",
+        "email-no-at",
+        "email-no-local",
+        "sms",
+        "sms-short",
+        "slack-url",
+        "slack-empty",
+        "slack-default",
+        "slack-not-url",
+        "slack-broken-ipv6",
+        "slack-userinfo-dropped",
+    ],
 )
 def test_mask_recipient_shows_only_what_operators_need(channel: str, recipient: str, masked: str) -> None:
     """docs/contract.md §2 forms: first character + domain, last four digits, webhook host."""
@@ -94,3 +105,10 @@ def test_scrub_echoes_removes_words_the_provider_quoted_from_the_alert() -> None
     reason = "smtp 554 5.7.1: message 'Payroll-export failed' rejected"
     assert scrub_echoes(reason, "Payroll-export failed", "") == "smtp 554 5.7.1: message <redacted> <redacted> rejected"
     assert scrub_echoes("smtp 451 4.3.0: try later", "", "") == "smtp 451 4.3.0: try later"
+
+
+def test_an_address_in_angle_brackets_becomes_one_email_placeholder() -> None:
+    """An SMTP reply ``<ops@example.com>: user unknown`` reads ``<email>: user unknown``, not ``<<email>>``."""
+    from alert_worker.redaction import sanitize_text
+
+    assert sanitize_text("550 5.1.1 <ops@example.com>: user unknown") == "550 5.1.1 <email>: user unknown"

@@ -103,9 +103,16 @@ DEFERRALS = [
     (600.0, 3001.0, 0.0, False, 0.0),
 ]
 DEFERRAL_IDS = [
-    "short-wait-no-jitter", "short-wait-min-1s-jitter", "ten-percent-jitter", "3590s-jitter-clamped-to-budget",
-    "3590s-no-jitter", "exactly-the-budget", "past-the-budget", "later-denial-jitter-clamped",
-    "later-denial-fits-exactly", "later-denial-past-the-budget",
+    "short-wait-no-jitter",
+    "short-wait-min-1s-jitter",
+    "ten-percent-jitter",
+    "3590s-jitter-clamped-to-budget",
+    "3590s-no-jitter",
+    "exactly-the-budget",
+    "past-the-budget",
+    "later-denial-jitter-clamped",
+    "later-denial-fits-exactly",
+    "later-denial-past-the-budget",
 ]
 
 

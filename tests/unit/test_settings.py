@@ -165,3 +165,38 @@ def test_the_send_timeout_must_be_below_the_job_timeout(send: str, job: str, acc
 )
 def test_rq_queues_parsing(raw: str, queues: tuple[str, ...]) -> None:
     assert parse_queues(raw) == queues
+
+
+@pytest.mark.parametrize(
+    ("env", "port"),
+    [
+        ({"ALERT_METRICS_PORT": "9108"}, 9108),
+        ({"ALERT_METRICS_PORT": "9108", "ALERT_METRICS_PORT_OFFSET": "2"}, 9110),
+        ({"ALERT_METRICS_PORT_OFFSET": "2"}, 0),
+    ],
+    ids=["base", "template-instance-2", "offset-without-port-stays-off"],
+)
+def test_the_metrics_port_is_the_base_plus_the_instance_offset(env: dict[str, str], port: int) -> None:
+    """alert-worker@N sets ALERT_METRICS_PORT_OFFSET=N: one env file, one port per instance."""
+    assert Settings.from_env({**BASE, **env}).metrics_port == port
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"ALERT_METRICS_PORT": "9108", "ALERT_METRICS_PORT_OFFSET": "x"},
+        {"ALERT_METRICS_PORT": "65535", "ALERT_METRICS_PORT_OFFSET": "1"},
+        {"ALERT_LOG_LEVEL": "chatty"},
+        {"ALERT_RQ_LOG_LEVEL": "verbose"},
+    ],
+    ids=["offset-not-a-number", "past-65535", "log-level", "rq-log-level"],
+)
+def test_a_bad_port_offset_or_log_level_is_refused_by_name(env: dict[str, str]) -> None:
+    named = next(name for name in env if "OFFSET" in name or "LEVEL" in name)
+    with pytest.raises(ConfigurationError, match=named):
+        Settings.from_env({**BASE, **env})
+
+
+def test_log_levels_default_to_info_and_rqs_to_warning() -> None:
+    settings = Settings.from_env({**BASE, "ALERT_LOG_LEVEL": "debug"})
+    assert (settings.log_level, settings.rq_log_level) == ("DEBUG", "WARNING")

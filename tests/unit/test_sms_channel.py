@@ -125,10 +125,30 @@ def test_text_at_exactly_the_limit_is_not_truncated(channel: SmsChannel) -> None
 
 @pytest.mark.parametrize(
     "recipient",
-    ["", "15551234567", "+1555", "+1234567", "+1234567890123456", "+0551234567", "+1 555 123 4567", "+1555123456x",
-     "+١٥٥٥١٢٣٤٥٦٧", "tel:+15551234567"],
-    ids=["empty", "no-plus", "too-short", "seven-digits", "sixteen-digits", "leading-zero", "spaces", "letter",
-         "arabic-digits", "tel-uri"],
+    [
+        "",
+        "15551234567",
+        "+1555",
+        "+1234567",
+        "+1234567890123456",
+        "+0551234567",
+        "+1 555 123 4567",
+        "+1555123456x",
+        "+١٥٥٥١٢٣٤٥٦٧",
+        "tel:+15551234567",
+    ],
+    ids=[
+        "empty",
+        "no-plus",
+        "too-short",
+        "seven-digits",
+        "sixteen-digits",
+        "leading-zero",
+        "spaces",
+        "letter",
+        "arabic-digits",
+        "tel-uri",
+    ],
 )
 def test_non_e164_recipient_is_refused_before_any_request(
     channel: SmsChannel, mocked: responses.RequestsMock, recipient: str
@@ -166,9 +186,21 @@ TWILIO_ANSWERS = [
     (403, None, None, PermanentDeliveryError, "twilio 403 rejected", None),
 ]
 TWILIO_IDS = [
-    "429-20429", "429-no-code", "500", "503-retry-after", "21211-invalid-to", "21610-unsubscribed",
-    "21612-unreachable", "21614-not-sms-capable", "21408-region", "21606-from-not-capable", "21635-landline",
-    "other-4xx-code", "20404-config", "20003-auth-config", "403-no-code",
+    "429-20429",
+    "429-no-code",
+    "500",
+    "503-retry-after",
+    "21211-invalid-to",
+    "21610-unsubscribed",
+    "21612-unreachable",
+    "21614-not-sms-capable",
+    "21408-region",
+    "21606-from-not-capable",
+    "21635-landline",
+    "other-4xx-code",
+    "20404-config",
+    "20003-auth-config",
+    "403-no-code",
 ]
 
 
@@ -208,8 +240,13 @@ def test_html_5xx_page_is_transient(channel: SmsChannel, mocked: responses.Reque
 
 def test_rfc9457_problem_body_is_classified_too(channel: SmsChannel, mocked: responses.RequestsMock) -> None:
     """``TwilioServiceException`` does not subclass ``TwilioRestException``; it is caught all the same."""
-    problem = {"type": "https://www.twilio.com/docs/errors/21211", "title": "Invalid 'To' Phone Number",
-               "status": 400, "code": 21211, "detail": f"{TO} is not valid"}
+    problem = {
+        "type": "https://www.twilio.com/docs/errors/21211",
+        "title": "Invalid 'To' Phone Number",
+        "status": 400,
+        "code": 21211,
+        "detail": f"{TO} is not valid",
+    }
     mocked.post(URL, json=problem, status=400)
     with pytest.raises(PermanentDeliveryError, match=r"^twilio 21211 invalid 'To' number$"):
         channel.send(_message())
@@ -236,9 +273,15 @@ def test_timeouts_and_connection_errors_are_transient_without_the_url(
 
 @pytest.mark.parametrize(
     ("status", "code", "expected"),
-    [(429, 20429, SlowDownError), (401, 20003, ChannelMisconfiguredError), (503, 503, TransientDeliveryError),
-     (400, 21610, RecipientRejectedError), (401, None, ChannelMisconfiguredError), (400, 21611, TransientDeliveryError),
-     (429, 21611, TransientDeliveryError)],
+    [
+        (429, 20429, SlowDownError),
+        (401, 20003, ChannelMisconfiguredError),
+        (503, 503, TransientDeliveryError),
+        (400, 21610, RecipientRejectedError),
+        (401, None, ChannelMisconfiguredError),
+        (400, 21611, TransientDeliveryError),
+        (429, 21611, TransientDeliveryError),
+    ],
     ids=["throttled", "auth", "5xx", "unsubscribed", "401-without-code", "21611-queue-full", "21611-on-429"],
 )
 def test_classify_twilio_is_a_pure_table(status: int, code: int | None, expected: type[Exception]) -> None:

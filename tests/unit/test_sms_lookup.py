@@ -37,8 +37,14 @@ def _listed(*messages: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sent(sid: str, body: str = TEXT, created: datetime = SINCE + timedelta(seconds=1), status: str = "sent") -> Any:
-    return {"sid": sid, "to": TO, "from": FROM, "body": body, "status": status,
-            "date_created": format_datetime(created, usegmt=True)}
+    return {
+        "sid": sid,
+        "to": TO,
+        "from": FROM,
+        "body": body,
+        "status": status,
+        "date_created": format_datetime(created, usegmt=True),
+    }
 
 
 @pytest.fixture

@@ -54,12 +54,41 @@ REFUSED = [
     ("https://ｈｏｏｋｓ.slack.com" + PATH, "host"),
 ]
 REFUSED_IDS = [
-    "aws-metadata-http", "aws-metadata-https", "aws-metadata-ipv6", "gcp-metadata", "plain-http-slack",
-    "ftp", "file", "gopher-redis", "other-host", "suffix-trick", "prefix-trick", "subdomain", "trailing-dot",
-    "userinfo", "at-sign-host-confusion", "userinfo-allowed-host", "empty-userinfo", "backslash-confusion",
-    "non-default-port", "port-80-on-https", "port-out-of-range", "port-not-a-number", "broken-ipv6",
-    "ipv4-mapped-ipv6-metadata", "ipv6-expanded-metadata", "decimal-ip", "hex-ip", "octal-ip", "private-ip",
-    "zero-address", "no-scheme", "scheme-relative", "space", "tab", "fullwidth-unicode-host",
+    "aws-metadata-http",
+    "aws-metadata-https",
+    "aws-metadata-ipv6",
+    "gcp-metadata",
+    "plain-http-slack",
+    "ftp",
+    "file",
+    "gopher-redis",
+    "other-host",
+    "suffix-trick",
+    "prefix-trick",
+    "subdomain",
+    "trailing-dot",
+    "userinfo",
+    "at-sign-host-confusion",
+    "userinfo-allowed-host",
+    "empty-userinfo",
+    "backslash-confusion",
+    "non-default-port",
+    "port-80-on-https",
+    "port-out-of-range",
+    "port-not-a-number",
+    "broken-ipv6",
+    "ipv4-mapped-ipv6-metadata",
+    "ipv6-expanded-metadata",
+    "decimal-ip",
+    "hex-ip",
+    "octal-ip",
+    "private-ip",
+    "zero-address",
+    "no-scheme",
+    "scheme-relative",
+    "space",
+    "tab",
+    "fullwidth-unicode-host",
 ]
 
 
@@ -83,8 +112,15 @@ ACCEPTED = [
     "http://[::1]:8080" + PATH,
     "http://localhost:8080" + PATH,
 ]
-ACCEPTED_IDS = ["slack", "uppercase-host", "explicit-443", "http-loopback-v4", "https-loopback-port",
-                "http-loopback-v6", "http-localhost"]
+ACCEPTED_IDS = [
+    "slack",
+    "uppercase-host",
+    "explicit-443",
+    "http-loopback-v4",
+    "https-loopback-port",
+    "http-loopback-v6",
+    "http-localhost",
+]
 
 
 @pytest.mark.parametrize("url", ACCEPTED, ids=ACCEPTED_IDS)

@@ -164,12 +164,28 @@ def test_the_suspension_check_asks_redis_at_most_once_a_second() -> None:
     """RQ checks `rq suspend` before every dequeue; here a suspension is seen within a second, not per job."""
     from rq.exceptions import StopRequested
     from rq.suspension import suspend
+    from rq.worker import WorkerStatus
+
+    worker, conn = _fake_worker()
+    worker.set_state(WorkerStatus.IDLE)  # a dequeue starts and returns at once: jobs back to back
+    worker.check_for_suspension(burst=True)
+    suspend(conn)
+    worker.set_state(WorkerStatus.IDLE)
+    worker.check_for_suspension(burst=True)  # within the second: not asked again
+    worker._last_suspension_check -= 1.0
+    with pytest.raises(StopRequested):
+        worker.check_for_suspension(burst=True)
+
+
+def test_after_a_dequeue_that_waited_the_suspension_is_always_checked() -> None:
+    """An idle worker blocked in the dequeue takes the first job after `rq suspend`, then no second one."""
+    from rq.exceptions import StopRequested
+    from rq.suspension import suspend
 
     worker, conn = _fake_worker()
     worker.check_for_suspension(burst=True)
     suspend(conn)
-    worker.check_for_suspension(burst=True)  # within the second: not asked again
-    worker._last_suspension_check -= 1.0
+    worker._dequeue_started -= 5.0  # the dequeue that just returned had waited
     with pytest.raises(StopRequested):
         worker.check_for_suspension(burst=True)
 
@@ -187,3 +203,16 @@ def test_the_worker_is_marked_idle_only_when_no_job_is_in_flight() -> None:
     worker._in_flight = 0
     worker.set_state(WorkerStatus.IDLE)
     assert conn.hget(worker.key, "state") == b"idle"
+
+
+def test_a_worker_name_carries_host_and_pid_and_is_unique() -> None:
+    """``<host>.<pid>.<6 hex>``: placeable by an operator; two names from one process still differ."""
+    import os
+    import socket
+
+    from alert_worker.liveness import worker_name
+
+    first, second = worker_name(), worker_name()
+    host, pid, tail = first.split(".")
+    assert (host, pid) == (socket.gethostname().split(".")[0], str(os.getpid())) and len(tail) == 6
+    assert first != second

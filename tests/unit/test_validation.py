@@ -30,14 +30,45 @@ from alert_worker.validation import (
 @pytest.mark.parametrize(
     ("delivery_id", "channel", "attempt"),
     [
-        ("", "email", 0), ("x" * 256, "email", 0), (None, "email", 0), (123, "email", 0), ("   ", "email", 0),
-        ("a\x00b", "email", 0), ("a\ud800", "email", 0), ("d", "fax", 0), ("d", None, 0), ("d", "EMAIL ", 0),
-        ("d", "email", -1), ("d", "email", True), ("d", "email", 1.0), ("d", "email", "1"), ("d", "email", None),
-        ("d", "email", 2**31), ("d", "email", 2**63), ("d", "email", False),
+        ("", "email", 0),
+        ("x" * 256, "email", 0),
+        (None, "email", 0),
+        (123, "email", 0),
+        ("   ", "email", 0),
+        ("a\x00b", "email", 0),
+        ("a\ud800", "email", 0),
+        ("d", "fax", 0),
+        ("d", None, 0),
+        ("d", "EMAIL ", 0),
+        ("d", "email", -1),
+        ("d", "email", True),
+        ("d", "email", 1.0),
+        ("d", "email", "1"),
+        ("d", "email", None),
+        ("d", "email", 2**31),
+        ("d", "email", 2**63),
+        ("d", "email", False),
     ],
-    ids=["empty-id", "id-256", "id-none", "id-int", "id-blank", "id-nul", "id-surrogate", "unknown-channel",
-         "channel-none", "channel-padded", "attempt-negative", "attempt-bool", "attempt-float", "attempt-str",
-         "attempt-none", "attempt-2**31", "attempt-2**63", "attempt-false"],
+    ids=[
+        "empty-id",
+        "id-256",
+        "id-none",
+        "id-int",
+        "id-blank",
+        "id-nul",
+        "id-surrogate",
+        "unknown-channel",
+        "channel-none",
+        "channel-padded",
+        "attempt-negative",
+        "attempt-bool",
+        "attempt-float",
+        "attempt-str",
+        "attempt-none",
+        "attempt-2**31",
+        "attempt-2**63",
+        "attempt-false",
+    ],
 )
 def test_bad_id_channel_or_attempt_raise_value_error(delivery_id: Any, channel: Any, attempt: Any) -> None:
     """The three arguments a producer must get right raise before any I/O."""
@@ -55,8 +86,13 @@ SWAPPED = "alice.smith@example.com"
 
 @pytest.mark.parametrize(
     ("delivery_id", "channel", "attempt"),
-    [(SWAPPED * 12, "email", 0), ("d", SWAPPED, 0), ("d", "email", SWAPPED), ("d", "email", [SWAPPED]),
-     ("d", SWAPPED.encode(), 0)],
+    [
+        (SWAPPED * 12, "email", 0),
+        ("d", SWAPPED, 0),
+        ("d", "email", SWAPPED),
+        ("d", "email", [SWAPPED]),
+        ("d", SWAPPED.encode(), 0),
+    ],
     ids=["id-too-long", "recipient-as-channel", "recipient-as-attempt", "list-as-attempt", "bytes-as-channel"],
 )
 def test_a_value_error_names_the_type_and_length_never_the_value(delivery_id: Any, channel: Any, attempt: Any) -> None:
@@ -71,7 +107,9 @@ def test_a_value_error_names_the_type_and_length_never_the_value(delivery_id: An
 def test_good_arguments_pass_through() -> None:
     """A UUID id, a known channel, attempt 0."""
     assert validate_job_arguments("0b7d2c1e-0000-4000-8000-000000000000", "sms", 0) == (
-        "0b7d2c1e-0000-4000-8000-000000000000", ChannelType.SMS, 0
+        "0b7d2c1e-0000-4000-8000-000000000000",
+        ChannelType.SMS,
+        0,
     )
 
 
@@ -90,8 +128,19 @@ def test_good_arguments_pass_through() -> None:
         ("s", "b\udfff", "body contains lone surrogates"),
         ("s", "x" * (MAX_BODY_BYTES + 1), "body is larger than"),
     ],
-    ids=["both-empty", "none-and-blank", "subject-int", "body-bytes", "body-list", "subject-bell", "body-nul",
-         "body-escape", "subject-surrogate", "body-surrogate", "body-over-1mb"],
+    ids=[
+        "both-empty",
+        "none-and-blank",
+        "subject-int",
+        "body-bytes",
+        "body-list",
+        "subject-bell",
+        "body-nul",
+        "body-escape",
+        "subject-surrogate",
+        "body-surrogate",
+        "body-over-1mb",
+    ],
 )
 def test_bad_content_is_invalid_input(subject: Any, body: Any, reason: str) -> None:
     """Bad content is poisoned with a specific ``invalid_input`` reason, never raised as ``ValueError``."""
@@ -130,8 +179,13 @@ def test_subject_collapses_whitespace_and_is_truncated_to_255_with_marker() -> N
 
 @pytest.mark.parametrize(
     ("recipient", "reason"),
-    [(7, "must be a string"), ("x" * 2049, "longer than 2048"), ("a b@example.com", "whitespace"),
-     ("a\x00@example.com", "control character"), ("a\ud800@example.com", "lone surrogates")],
+    [
+        (7, "must be a string"),
+        ("x" * 2049, "longer than 2048"),
+        ("a b@example.com", "whitespace"),
+        ("a\x00@example.com", "control character"),
+        ("a\ud800@example.com", "lone surrogates"),
+    ],
     ids=["int", "oversize", "inner-space", "nul", "surrogate"],
 )
 def test_bad_recipient_is_invalid_input(recipient: Any, reason: str) -> None:
@@ -179,8 +233,14 @@ def test_utf16_units_counts_astral_characters_twice() -> None:
 
 @pytest.mark.parametrize(
     ("number", "valid"),
-    [("+4915112345678", True), ("+12025550123", True), ("+0123456789", False), ("+1234567", False),
-     ("+1234567890123456", False), ("4915112345678", False)],
+    [
+        ("+4915112345678", True),
+        ("+12025550123", True),
+        ("+0123456789", False),
+        ("+1234567", False),
+        ("+1234567890123456", False),
+        ("4915112345678", False),
+    ],
     ids=["de-mobile", "us", "leading-zero", "7-digits", "16-digits", "no-plus"],
 )
 def test_one_e164_pattern_for_settings_and_the_sms_channel(number: str, valid: bool) -> None:
@@ -200,13 +260,34 @@ def test_one_e164_pattern_for_settings_and_the_sms_channel(number: str, valid: b
 
 
 HOOK = "https://hooks.slack.com/services/T000/B000/XXXXsecret"
-SLACK_VARIANTS = [HOOK, HOOK + "?", HOOK + "#x", HOOK.replace("https://hooks.slack.com", "HTTPS://Hooks.SLACK.com"),
-                  "", "default", " default", f"  {HOOK}\t", HOOK + "?a=1"]
+SLACK_VARIANTS = [
+    HOOK,
+    HOOK + "?",
+    HOOK + "#x",
+    HOOK.replace("https://hooks.slack.com", "HTTPS://Hooks.SLACK.com"),
+    "",
+    "default",
+    " default",
+    f"  {HOOK}\t",
+    HOOK + "?a=1",
+]
 
 
-@pytest.mark.parametrize("variant", SLACK_VARIANTS,
-                         ids=["url", "empty-query", "fragment", "upper-scheme-host", "empty", "default",
-                              "padded-default", "padded-url", "with-query"])
+@pytest.mark.parametrize(
+    "variant",
+    SLACK_VARIANTS,
+    ids=[
+        "url",
+        "empty-query",
+        "fragment",
+        "upper-scheme-host",
+        "empty",
+        "default",
+        "padded-default",
+        "padded-url",
+        "with-query",
+    ],
+)
 def test_slack_variants_of_one_webhook_normalize_to_one_identity(variant: str) -> None:
     """``""``/``default`` resolve to SLACK_WEBHOOK_URL; scheme and host lower-cased; query and fragment dropped."""
     assert normalize_recipient(ChannelType.SLACK, variant, default_webhook_url=HOOK) == HOOK
@@ -221,11 +302,25 @@ def test_slack_normalization_keeps_the_path_case() -> None:
 
 @pytest.mark.parametrize(
     ("channel", "raw", "normalized"),
-    [(ChannelType.EMAIL, " Ops@Example.COM ", "ops@example.com"),
-     (ChannelType.SMS, " +4915112345678 ", "+4915112345678"),
-     (ChannelType.SLACK, "https://[::1", "https://[::1"), (ChannelType.SLACK, "default", "default")],
+    [
+        (ChannelType.EMAIL, " Ops@Example.COM ", "ops@example.com"),
+        (ChannelType.SMS, " +4915112345678 ", "+4915112345678"),
+        (ChannelType.SLACK, "https://[::1", "https://[::1"),
+        (ChannelType.SLACK, "default", "default"),
+    ],
     ids=["email-case-and-space", "sms-trimmed", "malformed-url-total", "default-without-setting"],
 )
 def test_email_and_sms_identities_and_odd_input(channel: ChannelType, raw: str, normalized: str) -> None:
     """Total on any text; e-mail by lower-cased address, SMS by its E.164 string."""
     assert normalize_recipient(channel, raw) == normalized
+
+
+@pytest.mark.parametrize(
+    "recipient", ["Ops Team <ops@example.com>", "<ops@example.com>", '"Ops" <ops@example.com>'], ids=str
+)
+def test_a_display_name_is_refused_as_such_not_as_whitespace(recipient: str) -> None:
+    from alert_worker.errors import InvalidInputError
+    from alert_worker.validation import clean_recipient
+
+    with pytest.raises(InvalidInputError, match="display names are not accepted"):
+        clean_recipient(recipient)
