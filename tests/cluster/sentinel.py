@@ -2,18 +2,22 @@
 
 Redis 7.0.15's ``redis-server --sentinel``. Ports are free loopback ports (or a given address, for the
 network-namespace hosts); everything lives in a temporary directory that ``close()`` removes after
-stopping every process. Fast timings so a failover takes a few seconds, and one election decides it:
+stopping every process. Timings make a failover take a few seconds, decided by its first attempt:
 
+- The elected sentinel promotes only a replica whose INFO it read within the last 5 s (the primary being
+  down), and reads a replica's INFO every 10 s by default: with a stale reading the attempt ends
+  ``-failover-abort-no-good-slave``. ``SENTINEL DEBUG info-period 1000``: read every second.
 - Two sentinels call the primary down after 1 s and may stand for leader; the third only after 10 s, so it
-  never stands in the same election and its vote always breaks the tie. (With three candidates each voting
-  for itself nobody is elected, and Sentinel tries again only ``2 × failover-timeout`` later.)
-- ``failover-timeout`` 6 s: any retry comes 12 s later, not 40 s.
+  never stands in the same election and its vote always breaks the tie (three candidates each voting for
+  itself elect nobody).
+- A failed attempt is retried only ``2 × failover-timeout`` later: ``failover-timeout`` 6 s, so 12 s, not 40 s.
 - ``ready_for_failover()`` waits until every sentinel agrees on the primary and sees the replica linked to
   it, before a failover is forced or the primary killed.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -39,6 +43,7 @@ sentinel failover-timeout {master} 6000
 sentinel parallel-syncs {master} 1
 """
 DOWN_AFTER_MS = (1000, 1000, 10000)  # per sentinel: the last one votes, never stands (see above)
+INFO_PERIOD_MS = 1000  # how often a sentinel reads each instance's INFO (Sentinel's default: 10 s)
 
 
 class SentinelSet:
@@ -100,12 +105,24 @@ class SentinelSet:
                     )
                 )
             self._spawn(port, [conf, "--sentinel"])
+        for port in self.sentinel_ports:
+            wait_until(
+                functools.partial(self._debug, port, "info-period", INFO_PERIOD_MS),
+                ignore=(Exception,),
+                timeout=20,
+                what=f"sentinel on {port}",
+            )
         wait_until(
             self._sentinels_agree,
             ignore=(Exception,),
             timeout=30,
             what="three sentinels that know the replica and each other",
         )
+
+    def _debug(self, port: int, name: str, value: int) -> bool:
+        """``SENTINEL DEBUG name value`` (Redis 7.0+): one of Sentinel's internal periods."""
+        done = self.client(port).execute_command("SENTINEL", "DEBUG", name, value)  # type: ignore[no-untyped-call]
+        return done in (b"OK", "OK", True)
 
     def _sentinels_agree(self) -> bool:
         for port in self.sentinel_ports:
@@ -123,8 +140,8 @@ class SentinelSet:
         return next(port for port in self.data_ports if port != primary)
 
     def ready_for_failover(self, *, timeout: float = 30) -> None:
-        """Wait until every sentinel names the same primary, knows the other two, and sees the replica as a
-        healthy replica of that primary with its link up (Sentinel reads a replica's INFO every 10 s).
+        """Wait until every sentinel names the same primary, knows the other two, and sees the replica (from a
+        recent INFO) as a healthy replica of that primary with its link up.
         """
         self.wait_for(self._ready, timeout=timeout, what="sentinels ready to fail over")
 
@@ -149,6 +166,7 @@ class SentinelSet:
                 and state["is_slave"]
                 and not (state["is_sdown"] or state["is_disconnected"])
                 and state["master-link-status"] == "ok"
+                and state["info-refresh"] < 3 * INFO_PERIOD_MS
                 and state["master-port"] == primary
                 for state in replicas
             ):
