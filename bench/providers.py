@@ -22,7 +22,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 from bench.services import free_port, subject_of
-from tests.support.http_server import serving
+from tests.support.http_server import respond, serving
 
 
 @dataclass
@@ -94,10 +94,7 @@ def running_slow_webhook(delay_ms: float) -> Iterator[SlowWebhook]:
             except ValueError:
                 text = ""
             hook.record(text.replace("*", " ").split()[0] if text.strip() else "")
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
+            respond(self, 200, b"ok")  # one write: no Nagle/delayed-ACK wait between headers and body
 
     with serving(Handler, name="bench-webhook") as base_url:
         hook.url = f"{base_url}/services/T000/B000/bench"

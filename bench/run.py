@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -38,10 +39,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
+from alert_worker.redaction import sanitize_text, scrub_echoes
 from bench.providers import Answers, SlowWebhook, running_slow_smtp, running_slow_webhook
 from bench.services import locked_redis_db, throwaway_database
 
@@ -77,6 +80,9 @@ ALL_CASES = (
     "d-simple@100",
 )
 LATENCY_CASES = ("a-fork", "b-fork")
+RECIPIENT, BODY = "ops@example.org", "disk almost full on db-1"  # every bench job's (the subject: its id)
+EXCEPTION_NAME = re.compile(r"[A-Za-z_][\w.]*")  # an exception's qualified name: code, kept as it is
+SHOWN_FAILURES = 5  # jobs explained per run when some did not finish
 PROVIDER_LATENCY_MS = 100  # the @100 cases: a real provider answers in 100-300 ms
 THREADS = 16
 RATE_VARIABLES = (
@@ -184,9 +190,9 @@ class Bench:
             JOBS[case[0]][1],
             delivery_id,
             "slack" if slack else "email",
-            "" if slack else "ops@example.org",
+            "" if slack else RECIPIENT,
             delivery_id,  # the subject: the sink keys accepted messages by it
-            "disk almost full on db-1",
+            BODY,
             job_id=delivery_id,
             result_ttl=600,
         )
@@ -205,14 +211,55 @@ class Bench:
                 failed += 1
         return done, failed
 
+    def why_not_finished(self, ids: Sequence[str]) -> list[str]:
+        """For each job that did not finish: its RQ status, why it failed and its row (``error_message``).
+
+        The reason is the exception's last line and the row's error, sanitized: no recipient, no body.
+        """
+        jobs = {job.id: job for job in Job.fetch_many(list(ids), connection=self.connection) if job is not None}
+        pending = [i for i in ids if i not in jobs or jobs[i].get_status(refresh=False) != JobStatus.FINISHED]
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            rows = {
+                str(row[0]): (str(row[1]), int(row[2]), row[3])
+                for row in conn.execute(
+                    "SELECT id, status, attempts, error_message FROM alert_deliveries WHERE id = ANY(%s)",
+                    [pending],
+                )
+            }
+        lines = []
+        for delivery_id in pending:
+            job = jobs.get(delivery_id)
+            if job is None:
+                lines.append(failure_line(delivery_id, "missing", None, rows.get(delivery_id)))
+                continue
+            result = job.latest_result()
+            status = job.get_status(refresh=False)
+            exc_string = result.exc_string if result is not None else None
+            lines.append(failure_line(delivery_id, status.value if status else "?", exc_string, rows.get(delivery_id)))
+        return lines
+
+    def explain(self, label: str, ids: Sequence[str]) -> None:
+        """Print, for a run where jobs did not finish, why (the first few)."""
+        lines = self.why_not_finished(ids)
+        for line in lines[:SHOWN_FAILURES]:
+            print(f"  {label} not finished: {line}", file=sys.stderr, flush=True)
+        if len(lines) > SHOWN_FAILURES:
+            print(f"  {label}: {len(lines) - SHOWN_FAILURES} more not finished", file=sys.stderr, flush=True)
+
     def throughput_run(self, case: str, n: int, tag: str) -> tuple[float, int, int]:
         queue_name = f"bench-{case.replace('@', 'at')}-{tag}-{uuid.uuid4().hex[:6]}"
         queue = Queue(queue_name, connection=self.connection)
         ids = [f"{queue_name}-{i}" for i in range(n)]
         for delivery_id in ids:
             self.enqueue(queue, case, delivery_id)
-        rss = self.reap(self.start_worker(case, queue_name, burst=True), timeout=60 + n)
+        try:
+            rss = self.reap(self.start_worker(case, queue_name, burst=True), timeout=60 + n)
+        except TimeoutError:
+            self.explain(f"{case} ({queue_name})", ids)
+            raise
         done, _ = self.ended(ids)
+        if len(done) < n:
+            self.explain(f"{case} ({queue_name})", ids)
         if len(done) < 2:
             raise RuntimeError(f"only {len(done)} of {n} jobs finished (worker stderr: {self.stderr_tail(queue_name)})")
         stamps = sorted(done.values())
@@ -235,12 +282,18 @@ class Bench:
                 enqueued[delivery_id] = time.time()
                 self.enqueue(queue, case, delivery_id)
             ids = list(enqueued)
-            self.wait_for(lambda: self.settled(ids), timeout=30 + 4 * m / rate)
+            try:
+                self.wait_for(lambda: self.settled(ids), timeout=30 + 4 * m / rate)
+            except TimeoutError:
+                self.explain(f"latency {case} ({queue_name})", ids)
+                raise
         finally:
             worker.send_signal(signal.SIGTERM)
             rss = self.reap(worker, timeout=60)
         accepted = self.ended(ids)[0] if case.startswith("a") else self.answers(case).times(f"{queue_name}-")
         samples = [(accepted[i] - enqueued[i]) * 1000 for i in ids if i in accepted]
+        if len(samples) < m:
+            self.explain(f"latency {case} ({queue_name})", ids)
         return samples, rss, m - len(samples)
 
     def stderr_tail(self, queue_name: str) -> str:
@@ -258,6 +311,27 @@ class Bench:
                 return
             time.sleep(0.05)
         raise TimeoutError("jobs did not finish in time")
+
+
+def failure_line(delivery_id: str, status: str, exc_string: str | None, row: tuple[str, int, str | None] | None) -> str:
+    """``id: job <status> (<exception, last line>); row <status>, attempts n (<error_message>)``, sanitized."""
+    reason = next((line for line in reversed((exc_string or "").splitlines()) if line.strip()), "")
+    text = f"job {status}"
+    if reason:
+        kind, colon, message = reason.partition(": ")
+        if not EXCEPTION_NAME.fullmatch(kind):  # not "module.Type: message": all of it is message
+            kind, colon, message = "", "", reason
+        text += f" ({kind.rsplit('.', 1)[-1]}{colon}{_clean(message)})"
+    if row is None:
+        return f"{delivery_id}: {text}; no row"
+    row_status, attempts, error = row
+    text += f"; row {row_status}, attempts {attempts}"
+    return f"{delivery_id}: {text}" + (f" ({_clean(error)})" if error else "")
+
+
+def _clean(text: str) -> str:
+    """Provider and exception text without the recipient or the body (the subject is the job's id)."""
+    return sanitize_text(scrub_echoes(text, BODY).replace(RECIPIENT, "<recipient>"))
 
 
 def percentile(values: Sequence[float], q: float) -> float:

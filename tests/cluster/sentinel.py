@@ -2,17 +2,28 @@
 
 Redis 7.0.15's ``redis-server --sentinel``. Ports are free loopback ports (or a given address, for the
 network-namespace hosts); everything lives in a temporary directory that ``close()`` removes after
-stopping every process. Fast timings (down-after 1 s) so a failover takes a few seconds.
+stopping every process. Timings make a failover take a few seconds, decided by its first attempt:
+
+- The elected sentinel promotes only a replica whose INFO it read within the last 5 s (the primary being
+  down), and reads a replica's INFO every 10 s by default: with a stale reading the attempt ends
+  ``-failover-abort-no-good-slave``. ``SENTINEL DEBUG info-period 1000``: read every second.
+- Two sentinels call the primary down after 1 s and may stand for leader; the third only after 10 s, so it
+  never stands in the same election and its vote always breaks the tie (three candidates each voting for
+  itself elect nobody).
+- A failed attempt is retried only ``2 × failover-timeout`` later: ``failover-timeout`` 6 s, so 12 s, not 40 s.
+- ``ready_for_failover()`` waits until every sentinel agrees on the primary and sees the replica linked to
+  it, before a failover is forced or the primary killed.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,10 +38,12 @@ port {port}
 bind {bind}
 dir {dir}
 sentinel monitor {master} {primary_host} {primary_port} 2
-sentinel down-after-milliseconds {master} 1000
-sentinel failover-timeout {master} 20000
+sentinel down-after-milliseconds {master} {down_after}
+sentinel failover-timeout {master} 6000
 sentinel parallel-syncs {master} 1
 """
+DOWN_AFTER_MS = (1000, 1000, 10000)  # per sentinel: the last one votes, never stands (see above)
+INFO_PERIOD_MS = 1000  # how often a sentinel reads each instance's INFO (Sentinel's default: 10 s)
 
 
 class SentinelSet:
@@ -77,7 +90,7 @@ class SentinelSet:
             timeout=20,
             what="replica in sync",
         )
-        for port in self.sentinel_ports:
+        for port, down_after in zip(self.sentinel_ports, DOWN_AFTER_MS, strict=True):
             conf = os.path.join(self.dir, f"sentinel-{port}.conf")
             with open(conf, "w") as handle:
                 handle.write(
@@ -86,17 +99,30 @@ class SentinelSet:
                         bind=self.bind,
                         dir=self.dir,
                         master=MASTER,
+                        down_after=down_after,
                         primary_host=self.bind,
                         primary_port=primary,
                     )
                 )
             self._spawn(port, [conf, "--sentinel"])
+        for port in self.sentinel_ports:
+            wait_until(
+                functools.partial(self._debug, port, "info-period", INFO_PERIOD_MS),
+                ignore=(Exception,),
+                timeout=20,
+                what=f"sentinel on {port}",
+            )
         wait_until(
             self._sentinels_agree,
             ignore=(Exception,),
             timeout=30,
             what="three sentinels that know the replica and each other",
         )
+
+    def _debug(self, port: int, name: str, value: int) -> bool:
+        """``SENTINEL DEBUG name value`` (Redis 7.0+): one of Sentinel's internal periods."""
+        done = self.client(port).execute_command("SENTINEL", "DEBUG", name, value)  # type: ignore[no-untyped-call]
+        return done in (b"OK", "OK", True)
 
     def _sentinels_agree(self) -> bool:
         for port in self.sentinel_ports:
@@ -113,8 +139,61 @@ class SentinelSet:
         primary = self.primary_port()
         return next(port for port in self.data_ports if port != primary)
 
+    def ready_for_failover(self, *, timeout: float = 30) -> None:
+        """Wait until every sentinel names the same primary, knows the other two, and sees the replica (from a
+        recent INFO) as a healthy replica of that primary with its link up.
+        """
+        self.wait_for(self._ready, timeout=timeout, what="sentinels ready to fail over")
+
+    def wait_for(self, condition: Callable[[], bool], *, timeout: float, what: str) -> None:
+        """``wait_until`` (errors mean "not yet"); a timeout shows each sentinel's view and its last events."""
+        try:
+            wait_until(condition, ignore=(Exception,), timeout=timeout, what=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.describe()}") from None
+
+    def _ready(self) -> bool:
+        primary, replica = self.primary_port(), self.replica_port()
+        for port in self.sentinel_ports:
+            client = self.client(port)
+            address: Any = client.sentinel_get_master_addr_by_name(MASTER)
+            master: Any = client.sentinel_master(MASTER)
+            if int(address[1]) != primary or master["num-other-sentinels"] < 2 or "failover" in str(master["flags"]):
+                return False
+            replicas: Any = client.sentinel_slaves(MASTER)
+            if not any(
+                state["port"] == replica
+                and state["is_slave"]
+                and not (state["is_sdown"] or state["is_disconnected"])
+                and state["master-link-status"] == "ok"
+                and state["info-refresh"] < 3 * INFO_PERIOD_MS
+                and state["master-port"] == primary
+                for state in replicas
+            ):
+                return False
+        return True
+
+    def describe(self) -> str:
+        """Each sentinel's view of the set and the last lines of its log (for a timeout message)."""
+        views = []
+        for port in self.sentinel_ports:
+            try:
+                client = self.client(port)
+                master: Any = client.sentinel_master(MASTER)
+                replicas: Any = client.sentinel_slaves(MASTER)
+                seen = [
+                    f"{s['port']} {s['flags']} link {s['master-link-status']} to {s['master-port']}" for s in replicas
+                ]
+                views.append(f"sentinel {port}: primary {master['port']} {master['flags']}; replicas {seen}")
+            except Exception as exc:
+                views.append(f"sentinel {port}: {type(exc).__name__}")
+            log = Path(self.dir) / f"{port}.log"
+            views += [f"  {line}" for line in (log.read_text().splitlines()[-8:] if log.exists() else [])]
+        return "\n".join(views)
+
     def failover(self, *, timeout: float = 30) -> int:
         """``SENTINEL FAILOVER``: the replica is promoted; returns the new primary's port."""
+        self.ready_for_failover()
         old = self.primary_port()
         self.client(self.sentinel_ports[0]).execute_command("SENTINEL", "FAILOVER", MASTER)  # type: ignore[no-untyped-call]
         wait_until(lambda: self.primary_port() != old, ignore=(Exception,), timeout=timeout, what="sentinel failover")

@@ -51,13 +51,18 @@ def sentinel_env(sentinel_set: SentinelSet, worker_env: dict[str, str]) -> Itera
 
 def _lose_recent_writes_then_fail_over(sentinel_set: SentinelSet, write: object = None) -> int:
     """Detach the replica, let ``write`` run on the primary only, kill the primary; return the new primary."""
+    sentinel_set.ready_for_failover()
     old, replica = sentinel_set.primary_port(), sentinel_set.replica_port()
     sentinel_set.client(replica).replicaof("NO", "ONE")
     if callable(write):
         write()
     sentinel_set.processes[old].kill()
     sentinel_set.processes[old].wait(timeout=10)
-    wait_until(lambda: sentinel_set.primary_port() == replica, timeout=30, what="sentinel promotes the replica")
+
+    def promoted() -> bool:
+        return sentinel_set.primary_port() == replica
+
+    sentinel_set.wait_for(promoted, timeout=30, what="sentinel promotes the replica")
     sentinel_set.restart_as_replica(old)
     return replica
 

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import message_from_bytes
@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from aiosmtpd.controller import Controller
 
-from tests.support.http_server import serving
+from tests.support.http_server import respond, serving
 from tests.support.processes import free_port
 
 _TAG = re.compile(r"\[\[did:([A-Za-z0-9_.-]+)\]\]")
@@ -199,16 +199,9 @@ class _WebhookHandler(BaseHTTPRequestHandler):
             self._answer(200, b"ok")
 
     def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        try:
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the worker was killed after we accepted: the very fault under test, not a server error
+        # A broken pipe here: the worker was killed after we accepted, the very fault under test, not a server error.
+        with suppress(BrokenPipeError, ConnectionResetError):
+            respond(self, status, body, {**(headers or {}), "Content-Type": "text/plain"})
 
 
 @contextmanager

@@ -21,7 +21,7 @@ import redis
 from alert_worker.producer import send_alert
 from alert_worker.settings import Settings
 from tests.support.cli import worker_process
-from tests.support.http_server import serving
+from tests.support.http_server import respond, serving
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -59,12 +59,7 @@ def webhook() -> Iterator[Webhook]:
                 self.close_connection = True
                 self.connection.close()
                 return
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body.encode())
+            respond(self, status, body.encode(), headers)
 
     with serving(Handler) as base_url:
         hook.url = f"{base_url}/services/T0/B0/e2esecret"

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.support.http_server import serving
+from tests.support.http_server import respond, serving
 
 
 @dataclass
@@ -47,10 +47,7 @@ def running_counting_webhook() -> Iterator[CountingWebhook]:
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             hook.count("posts")
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
+            respond(self, 200, b"ok")
 
     with serving(Handler) as base_url:
         hook.url = f"{base_url}/services/T000/B000/kept"
