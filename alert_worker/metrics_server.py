@@ -8,6 +8,7 @@ scheduler locks, and the age of the oldest due pending delivery (one index probe
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator, Sequence
 
 import psycopg
@@ -226,6 +227,11 @@ class MetricsServer:
     def __init__(self, *, collector: Collector, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104
         self._server, self._thread = start_http_server(port, addr=addr, registry=registry_for(collector))
         self.port = int(self._server.server_port)
+
+    def listener(self) -> socket.socket:
+        """The listening socket (a forked child closes its copy: ``rq_guard.ChildGuard``)."""
+        sock: socket.socket = self._server.socket
+        return sock
 
     def close(self) -> None:
         self._server.shutdown()

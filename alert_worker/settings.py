@@ -24,7 +24,7 @@ def _text(env: Mapping[str, str], name: str, default: str = "") -> str:
     return env.get(name, default).strip()
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
     raw = _text(env, name)
     if raw == "":
         return default
@@ -34,6 +34,8 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
         raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigurationError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
@@ -199,7 +201,7 @@ class Settings:
             recipient_hash_secret=_text(env, "ALERT_RECIPIENT_HASH_SECRET"),
             redis_key_prefix=prefix,
             max_queue_depth=_int(env, "ALERT_MAX_QUEUE_DEPTH", 10_000, minimum=1),
-            metrics_port=_int(env, "ALERT_METRICS_PORT", 0, minimum=0),
+            metrics_port=_int(env, "ALERT_METRICS_PORT", 0, minimum=0, maximum=65535),
             worker_threads=_worker_threads(env),
             log_format=log_format,
             **cluster_from_env(env),

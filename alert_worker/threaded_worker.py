@@ -39,6 +39,7 @@ from alert_worker.channels.kept import ThreadChannels, kept_channels
 from alert_worker.connect import bounded_postgres_kwargs
 from alert_worker.liveness import Registration, alive_ttl_for
 from alert_worker.resources import JobResources, open_redis, shared_job_resources
+from alert_worker.rq_guard import StopSafeMixin
 from alert_worker.settings import MAX_WORKER_THREADS, Settings
 
 log = structlog.get_logger("alert_worker.threaded_worker")
@@ -89,7 +90,7 @@ def open_shared_resources(settings: Settings, *, threads: int) -> JobResources:
     return JobResources(pool=pool, redis=client, owned=False)
 
 
-class ThreadPoolWorker(BaseWorker):
+class ThreadPoolWorker(StopSafeMixin, BaseWorker):
     """An RQ worker that runs up to ``threads`` jobs at once, each in its own thread of this process."""
 
     death_penalty_class = DaemonTimerDeathPenalty
@@ -107,7 +108,6 @@ class ThreadPoolWorker(BaseWorker):
         self._tasks: queue.Queue[tuple[Job, Queue, Any] | None] = queue.Queue()
         self._slots = threading.Condition()
         self._in_flight = 0
-        self._stopping = threading.Event()
         self._cold = False
         self._resources: JobResources | None = None
         self.channels = ThreadChannels(build=lambda channel: build_channel(channel, settings, kept=True))
@@ -171,7 +171,7 @@ class ThreadPoolWorker(BaseWorker):
         super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
     def handle_warm_shutdown_request(self) -> None:
-        super().handle_warm_shutdown_request()  # type: ignore[no-untyped-call]  # RQ's own log line
+        super().handle_warm_shutdown_request()  # RQ's own log line
         self._stopping.set()
         log.info("worker_stopping", worker=self.name, in_flight=self._in_flight)
         with self._slots:
@@ -228,13 +228,9 @@ class ThreadPoolWorker(BaseWorker):
     def set_state(self, state: str, pipeline: Any = None) -> None:
         """RQ marks the worker idle before every dequeue (a round trip per job): skipped while jobs run in
         other threads, as the worker is busy; the thread ending the last job in flight marks it idle."""
-        self._asked_state = state  # RQ's SIGTERM handler: idle (dequeuing) breaks the blocking dequeue at once
         if pipeline is None and state == WorkerStatus.IDLE and self._in_flight > 0:
             return
         super().set_state(state, pipeline)
-
-    def get_state(self) -> str:  # the state RQ last asked for, written or not
-        return getattr(self, "_asked_state", None) or super().get_state()
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Like SimpleWorker: the started-registry entry outlives the job (the timer bounds the job)."""
@@ -256,6 +252,7 @@ class ThreadPoolWorker(BaseWorker):
             if not notified:
                 waited += beat
                 self._safe_heartbeat()
+            self.keep_scheduler()
 
     def _safe_heartbeat(self) -> None:
         try:
