@@ -148,8 +148,8 @@ def scheduler_locks(client: redis.Redis, queues: Sequence[str]) -> dict[str, boo
 SCHEDULER_MISSING_LIMIT_SECONDS = 60.0  # `alert-worker check` fails past this (docs/contract.md §7.5)
 
 
-def observe_scheduler_locks(client: redis.Redis, prefix: str, queues: Sequence[str]) -> dict[str, float]:
-    """Per queue, for how many seconds no scheduler has held its lock (0.0 while one does).
+def observe_scheduler_locks(client: redis.Redis, prefix: str, queues: Sequence[str]) -> dict[str, float | None]:
+    """Per queue, for how many seconds no scheduler has held its lock (``None`` while one does).
 
     A lock seen missing starts ``scheduler_missing_since`` (Redis server time, SET NX); a lock seen held
     deletes it. Every running worker of this package observes every ``SCHEDULER_CHECK_SECONDS`` and
@@ -167,8 +167,8 @@ def observe_scheduler_locks(client: redis.Redis, prefix: str, queues: Sequence[s
             pipe.set(keys.scheduler_missing_since(queue), f"{now:.3f}", nx=True, ex=7 * 24 * 3600)
             pipe.get(keys.scheduler_missing_since(queue))
     replies = iter(pipe.execute())
-    missing: dict[str, float] = {}
+    missing: dict[str, float | None] = {}
     for queue in queues:
         next(replies)
-        missing[queue] = 0.0 if held[queue] else max(0.0, now - float(next(replies) or now))
+        missing[queue] = None if held[queue] else max(0.0, now - float(next(replies) or now))
     return missing
