@@ -159,8 +159,9 @@ class ThreadPoolWorker(StopSafeMixin, BaseWorker):
     def teardown(self) -> None:
         """Drain first (a warm stop or an empty burst), then RQ's own teardown (scheduler, death, pubsub)."""
         try:
-            if not self._cold:
-                self._wait(lambda: self._in_flight == 0, self.settings.job_timeout_seconds + _DRAIN_MARGIN_SECONDS)
+            drain = self.settings.job_timeout_seconds + _DRAIN_MARGIN_SECONDS
+            if not self._cold and not self._wait(lambda: self._in_flight == 0, drain):  # §7.3: left for the reclaim
+                log.error("drain_timed_out", worker=self.name, in_flight=self._in_flight, waited_seconds=drain)
         finally:  # a cold stop during the drain still stops the scheduler process and registers death
             super().teardown()  # type: ignore[no-untyped-call]
 

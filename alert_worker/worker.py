@@ -100,7 +100,6 @@ def run_worker(
     except (psycopg.Error, redis.RedisError, OSError) as exc:
         log.error("startup_failed", error=safe_error(exc, url_password(settings.database_url)))
         return 1
-    warn_disabled_channels(settings)
     connection = open_redis(settings)
     children = ChildGuard().install()  # forked children: no listening socket, and die with this process
     metrics: MetricsServer | None = None
@@ -119,6 +118,7 @@ def run_worker(
                 log.error("metrics_port_unavailable", port=settings.metrics_port, error=safe_error(exc))
                 return 1
             children.add_listener(metrics.listener())
+        warn_disabled_channels(settings)  # after the last start-up failure: a failure is one line
         if not burst:
             interval = settings.sweep_interval_seconds
             sweeper = SweeperThread(
