@@ -83,6 +83,20 @@ class StopSafeMixin:
         super().handle_warm_shutdown_request()  # type: ignore[misc]
         self._stopping.set()
 
+    # RQ calls these two at the top of its loop too, where a Redis error makes it quit: here the dequeue
+    # below waits for Redis instead (the supervisor restarts a worker only for errors elsewhere).
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)  # type: ignore[misc]
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("redis_unreachable_retrying", worker=self.name, error=type(exc).__name__, retry_in=0)
+
+    def run_maintenance_tasks(self) -> None:
+        try:
+            super().run_maintenance_tasks()  # type: ignore[misc]
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("redis_unreachable_retrying", worker=self.name, error=type(exc).__name__, retry_in=0)
+
     def execute_job(self, job: Any, queue: Any) -> None:
         self.forking_horse = True
         try:
@@ -92,14 +106,15 @@ class StopSafeMixin:
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         """RQ's dequeue (heartbeat, maintenance, ``dequeue_any``, its log line), in slices, stop-aware."""
-        self.set_state(WorkerStatus.IDLE)  # type: ignore[attr-defined]
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):  # the loop below waits for Redis
+            self.set_state(WorkerStatus.IDLE)  # type: ignore[attr-defined]
         idle_since = time.monotonic()
         wait = 1.0
         while not self._stopping.is_set():
             try:
                 self.heartbeat()  # type: ignore[attr-defined]
                 if self.should_run_maintenance_tasks:
-                    self.run_maintenance_tasks()  # type: ignore[attr-defined]
+                    self.run_maintenance_tasks()
                 self.keep_scheduler()
                 result = self.queue_class.dequeue_any(
                     self.queues,

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
@@ -29,6 +30,7 @@ KINDS = pytest.mark.parametrize(
     "kind_args", [["run"], ["run", "--worker-class", "rq.worker.Worker"]], ids=["threaded", "forking"]
 )
 LOCK = "rq:scheduler-lock:alerts"
+OUTAGE_SECONDS = 12.0
 
 
 def _children(pid: int) -> set[int]:
@@ -121,7 +123,7 @@ def test_after_a_redis_outage_a_scheduler_holds_the_lock_again_and_runs_a_schedu
     private_redis: PrivateRedis,
     kind_args: list[str],
 ) -> None:
-    """Redis killed until RQ's scheduler process has died of it, then started again (empty): within 30 s of
+    """Redis killed for OUTAGE_SECONDS (RQ's scheduler process dies of it), then started again (empty): within 30 s of
     Redis answering a scheduler holds the queue's lock, and a job scheduled then runs."""
     env = {**worker_env, "REDIS_URL": private_redis.url}
     client = redis.Redis.from_url(private_redis.url)
@@ -129,7 +131,9 @@ def test_after_a_redis_outage_a_scheduler_holds_the_lock_again_and_runs_a_schedu
         with worker_process(kind_args, env) as worker:
             wait_until(lambda: bool(client.exists(LOCK)), timeout=60, what="the scheduler lock")
             private_redis.kill()
+            down_at = time.monotonic()
             wait_until(lambda: "Scheduler [PID" in worker.text(), timeout=60, what="the scheduler to die of it")
+            time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down_at)))  # the outage itself
             private_redis.start()
             wait_until(lambda: bool(client.exists(LOCK)), timeout=30, what="a scheduler lock after the outage")
             Queue("alerts", connection=client).enqueue_in(
