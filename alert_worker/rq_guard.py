@@ -7,9 +7,10 @@
   so the handler only records the stop; the dequeue waits in slices of at most ``DEQUEUE_SLICE_SECONDS``
   and returns nothing once the stop is seen, and a job it took is handed on (run, or drained) first.
 - **The scheduler comes back.** RQ's scheduler process dies on a Redis error and RQ restarts it only at its
-  next maintenance pass (10 min). Every ``SCHEDULER_CHECK_SECONDS`` while dequeuing or waiting, the worker
-  asks RQ to take the locks and start the scheduler if its process is gone (``acquire_locks(auto_start=True)``,
-  RQ's own restart path), and records whether each queue's lock is held (``liveness.observe_scheduler_locks``).
+  next maintenance pass (10 min). Every ``SCHEDULER_CHECK_SECONDS`` while dequeuing or waiting, a worker
+  whose scheduler process is gone (or never started: another held the locks) asks RQ to take the locks and
+  start it (``acquire_locks(auto_start=True)``, RQ's own restart path), and records whether each queue's lock
+  is held (``liveness.observe_scheduler_locks``). A dead worker's locks expire in 61 s; another takes them then.
 - **Children die with the worker** (``ChildGuard``): every process forked from the worker closes the
   worker's listening sockets; every one but a work-horse (bounded by its own job timeout) gets
   ``PR_SET_PDEATHSIG`` = SIGTERM and a parent-pid poll, so a ``kill -9`` of the worker takes its scheduler
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import multiprocessing
 import os
 import signal
 import socket
@@ -40,6 +42,7 @@ SCHEDULER_CHECK_SECONDS = 5.0
 MAX_REDIS_WAIT_SECONDS = 5.0  # backoff cap while Redis is away: it is noticed back within this
 PARENT_POLL_SECONDS = 1.0
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+RQ_SCHEDULER_PROCESS_NAME = "Scheduler"  # rq.scheduler.RQScheduler.start (pinned by a test)
 
 
 class StopSafeMixin:
@@ -155,13 +158,19 @@ class StopSafeMixin:
         self._scheduler_checked = now
         horse, self.forking_horse = self.forking_horse, False  # a scheduler forked here is no work-horse
         try:
-            self.scheduler.acquire_locks(auto_start=True)
+            if not scheduler_process_alive():  # as RQ's maintenance decides, with public names
+                self.scheduler.acquire_locks(auto_start=True)
             if self._scheduler_seen is not None:
                 self._scheduler_seen()
         except (redis.RedisError, OSError) as exc:
             log.warning("scheduler_check_failed", worker=self.name, error=type(exc).__name__)
         finally:
             self.forking_horse = horse
+
+
+def scheduler_process_alive() -> bool:
+    """Whether RQ's scheduler process (a ``multiprocessing`` child named ``Scheduler``) runs; reaps it if not."""
+    return any(child.name == RQ_SCHEDULER_PROCESS_NAME for child in multiprocessing.active_children())
 
 
 def guarded(cls: type[Any]) -> type[Any]:

@@ -180,3 +180,24 @@ def test_a_missing_scheduler_lock_is_timed_from_its_first_sighting_and_reset_whe
     conn.set("rq:scheduler-lock:alerts", "scheduler-1")
     assert observe_scheduler_locks(conn, "alert:", ["alerts"]) == {"alerts": None}
     assert not conn.exists(key)
+
+
+def test_a_live_scheduler_process_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its locks are its own: asking RQ again would add locks the running process does not schedule."""
+    import alert_worker.rq_guard as rq_guard
+
+    monkeypatch.setattr(rq_guard, "scheduler_process_alive", lambda: True)
+    scheduler = _FakeScheduler()
+    _guarded_with_scheduler(scheduler).keep_scheduler()
+    assert scheduler.calls == []
+
+
+def test_rqs_scheduler_process_has_the_name_the_guard_looks_for() -> None:
+    """Pinned (rq 3.0): ``RQScheduler.start`` names its process; ``scheduler_process_alive`` finds it by it."""
+    import inspect
+
+    from rq.scheduler import RQScheduler
+
+    from alert_worker.rq_guard import RQ_SCHEDULER_PROCESS_NAME
+
+    assert f"name='{RQ_SCHEDULER_PROCESS_NAME}'" in inspect.getsource(RQScheduler.start)
