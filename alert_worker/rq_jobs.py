@@ -241,12 +241,8 @@ def recover_stranded(
             if first is not None and time.time() - first.timestamp() >= STRANDED_AFTER_SECONDS:
                 moved += int(bool(connection.eval(_MOVE_BACK, 2, stranded.key, queue.key, job_id)))
         failed = queue.failed_job_registry
-        ours = [
-            job
-            for job in Job.fetch_many(failed.get_job_ids(0, scan - 1, desc=True), connection=connection)
-            if job is not None and job.func_name in _OUR_FUNCS and job.args and isinstance(job.args[0], str)
-        ]
-        unrun = [job for job in ours if any(text in _failure_text(job) for text in STRANDED_FAILURES)]
+        jobs = Job.fetch_many(failed.get_job_ids(0, scan - 1, desc=True), connection=connection)
+        unrun = [job for job in jobs if job is not None and _failed_unrun(job)]
         known = with_rows([job.args[0] for job in unrun]) if unrun else set()
         for job in unrun:
             if job.args[0] not in known:
@@ -256,9 +252,16 @@ def recover_stranded(
     return moved
 
 
-def _failure_text(job: Job) -> str:
-    result = job.latest_result()
-    return (result.exc_string or "") if result is not None else ""
+def _failed_unrun(job: Job) -> bool:
+    """A delivery job (its first argument a delivery id) that RQ failed without running it."""
+    try:
+        if job.func_name not in _OUR_FUNCS or not job.args or not isinstance(job.args[0], str):
+            return False
+        result = job.latest_result()
+    except Exception:  # noqa: BLE001 - one job we cannot read must not stop the others' recovery
+        return False
+    text = (result.exc_string or "") if result is not None else ""
+    return any(reason in text for reason in STRANDED_FAILURES)
 
 
 def job_payload(payload: Mapping[str, Any] | None) -> dict[str, str]:

@@ -176,7 +176,11 @@ def sweep_pass(settings: Settings, *, lock_ttl_seconds: float, release_lock: boo
             return None
         try:
             parts = collaborators(settings, pool=conns.database, client=conns.redis)
-            stranded = recover_stranded(conns.redis, settings.queues, with_rows=parts.store.existing_ids)
+            try:
+                stranded = recover_stranded(conns.redis, settings.queues, with_rows=parts.store.existing_ids)
+            except Exception as exc:  # noqa: BLE001 - the row recovery below must run whatever happens here
+                log.error("stranded_recovery_failed", error=safe_error(exc))
+                stranded = 0
             if stranded:
                 log.warning("stranded_jobs_recovered", jobs=stranded)
             return sweep_once(
