@@ -226,7 +226,8 @@ def recover_stranded(
 
     A job in the queue's intermediate list (taken by a worker's dequeue) that no execution started, seen
     there by an earlier pass at least ``STRANDED_AFTER_SECONDS`` ago, goes back to the head of its queue.
-    A delivery job RQ failed unrun ("stuck in intermediate queue", ``AbandonedJobError``; the newest
+    A delivery job RQ failed unrun ("stuck in intermediate queue", or ``AbandonedJobError``, which RQ's
+    started-registry clean-up, run here every pass, gives a job whose worker stopped beating; the newest
     ``scan`` failures per queue) is requeued when its delivery has no row: with a row, the sweep's row
     recovery owns it. A duplicate job is harmless (the claim); a job left behind is a lost alert.
     """
@@ -240,6 +241,7 @@ def recover_stranded(
             first = stranded.get_first_seen(job_id)
             if first is not None and time.time() - first.timestamp() >= STRANDED_AFTER_SECONDS:
                 moved += int(bool(connection.eval(_MOVE_BACK, 2, stranded.key, queue.key, job_id)))
+        queue.started_job_registry.cleanup()  # RQ's maintenance, sooner: a dead worker's jobs -> AbandonedJobError
         failed = queue.failed_job_registry
         jobs = Job.fetch_many(failed.get_job_ids(0, scan - 1, desc=True), connection=connection)
         unrun = [job for job in jobs if job is not None and _failed_unrun(job)]

@@ -146,3 +146,28 @@ def test_a_failed_job_the_row_sweep_owns_or_that_is_not_ours_stays_failed(
     _failed_by_rqs_maintenance(redis_client, queue, job_id)
     _sweep(settings)
     assert job_id in queue.failed_job_registry
+
+
+def test_a_rowless_job_whose_worker_died_mid_run_is_requeued_once_its_started_entry_expires(
+    settings: Settings,
+    worker_env: dict[str, str],
+    redis_client: redis.Redis,
+    smtp_sink: SmtpSink,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kill -9 before the claim: RQ would fail it (AbandonedJobError) at a maintenance pass up to 10 min
+    later; the sweep runs that clean-up every pass and requeues the job, which has no row to recover."""
+    queue = Queue("alerts", connection=redis_client)
+    job = queue.enqueue(execute_delivery_job, "stranded-4", "email", "ops@example.com", "s", "b")
+    _strand(redis_client, queue)
+    SimpleWorker([queue], connection=redis_client).prepare_execution(job)
+    job.set_status("started")
+    registry = queue.started_job_registry
+    [member] = redis_client.zrange(registry.key, 0, -1)
+    redis_client.zadd(registry.key, {member: 1})  # its heartbeat expiry long past: nobody runs it
+    redis_client.lrem(queue.intermediate_queue_key, 1, job.id)  # as the started job's preparation does
+    _sweep(settings)
+    assert queue.get_job_ids() == [job.id]
+    _work(monkeypatch, worker_env, redis_client)
+    assert _status(database_url, "stranded-4") == "delivered"
