@@ -5,7 +5,8 @@
   ``BLMOVE`` until ``prepare_execution``: a stop landing after the move left the job in
   ``rq:queue:<q>:intermediate``, neither run nor queued. Here the state RQ's handler reads is always busy,
   so the handler only records the stop; the dequeue waits in slices of at most ``DEQUEUE_SLICE_SECONDS``
-  and returns nothing once the stop is seen, and a job it took is handed on (run, or drained) first.
+  and returns nothing once the stop is seen. A job the dequeue took after the stop goes back to the head of
+  its queue; one it took before is handed on and runs (or drains) as any other.
 - **The scheduler comes back.** RQ's scheduler process dies on a Redis error and RQ restarts it only at its
   next maintenance pass (10 min). Every ``SCHEDULER_CHECK_SECONDS`` while dequeuing or waiting, a worker
   whose scheduler process is gone (or never started: another held the locks) asks RQ to take the locks and
@@ -34,6 +35,8 @@ import redis
 import structlog
 from rq.exceptions import DequeueTimeout
 from rq.worker import WorkerStatus
+
+from alert_worker.rq_jobs import MOVE_BACK_SCRIPT
 
 log = structlog.get_logger("alert_worker.rq_guard")
 
@@ -135,6 +138,8 @@ class StopSafeMixin:
                 self._stopping.wait(wait)
                 wait = min(wait * 2, MAX_REDIS_WAIT_SECONDS)
                 continue
+            if result is not None and self._stopping.is_set() and self._give_back(*result):
+                return None  # the stop came while the dequeue waited: the job goes back to the queue's head
             if result is not None:
                 job, queue = result
                 job.redis_server_version = self.get_redis_server_version()  # type: ignore[attr-defined]
@@ -147,6 +152,16 @@ class StopSafeMixin:
             if timeout is None or (max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time):
                 return None
         return None
+
+    def _give_back(self, job: Any, queue: Any) -> bool:
+        """Undo a dequeue (out of the intermediate list, or popped from a multi-queue ``BLPOP``); ``False``
+        if Redis refused, and the job is run instead."""
+        try:
+            if not self.connection.eval(MOVE_BACK_SCRIPT, 2, queue.intermediate_queue_key, queue.key, job.id):
+                self.connection.lpush(queue.key, job.id)
+        except (redis.RedisError, OSError):
+            return False
+        return True
 
     def keep_scheduler(self) -> None:
         """At most every ``SCHEDULER_CHECK_SECONDS``: restart RQ's scheduler if its process is gone."""

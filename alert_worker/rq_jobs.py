@@ -214,7 +214,8 @@ class RqEnqueuer:
 STRANDED_AFTER_SECONDS = 10.0  # in the intermediate list, unstarted, since an earlier pass at least this long
 STRANDED_FAILURES = ("stuck in intermediate queue", "AbandonedJobError")
 _OUR_FUNCS = frozenset({JOB_FUNC, "alert_worker.job.execute_delivery_job", "alert_worker.execute_delivery_job"})
-_MOVE_BACK = (
+MOVE_BACK_SCRIPT = (  # KEYS: intermediate list, queue; ARGV: job id
+
     "if redis.call('LREM', KEYS[1], 1, ARGV[1]) > 0 then return redis.call('LPUSH', KEYS[2], ARGV[1]) end return 0"
 )
 
@@ -240,7 +241,7 @@ def recover_stranded(
                 continue
             first = stranded.get_first_seen(job_id)
             if first is not None and time.time() - first.timestamp() >= STRANDED_AFTER_SECONDS:
-                moved += int(bool(connection.eval(_MOVE_BACK, 2, stranded.key, queue.key, job_id)))
+                moved += int(bool(connection.eval(MOVE_BACK_SCRIPT, 2, stranded.key, queue.key, job_id)))
         queue.started_job_registry.cleanup()  # RQ's maintenance, sooner: a dead worker's jobs -> AbandonedJobError
         failed = queue.failed_job_registry
         jobs = Job.fetch_many(failed.get_job_ids(0, scan - 1, desc=True), connection=connection)

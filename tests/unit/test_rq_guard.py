@@ -82,11 +82,32 @@ def test_rq_itself_strands_a_job_when_sigterm_lands_after_its_dequeue() -> None:
 
 
 @WORKERS
-def test_a_sigterm_right_after_the_dequeue_hands_the_taken_job_on(make: Callable[[list[Queue], Any], Any]) -> None:
-    """No stop exception mid-dequeue: the job comes back to RQ's loop (which runs it), the stop is recorded."""
+def test_a_sigterm_landing_as_the_dequeue_returns_puts_the_job_back_at_the_head_of_its_queue(
+    make: Callable[[list[Queue], Any], Any],
+) -> None:
+    """No stop exception mid-dequeue; the job the stop caught in hand is queued again, first."""
     conn, queue, job_id = _queue_with_a_job()
+    queue.enqueue(_noop)
     worker = make([queue], conn)
     _stop_right_after_the_dequeue(worker)
+    assert worker.dequeue_job_and_maintain_ttl(5) is None
+    assert worker.stop_requested
+    assert queue.get_job_ids()[0] == job_id and len(queue.get_job_ids()) == 2
+    assert conn.llen(queue.intermediate_queue_key) == 0
+
+
+@WORKERS
+def test_a_sigterm_after_the_dequeue_kept_its_job_hands_the_job_on(make: Callable[[list[Queue], Any], Any]) -> None:
+    """Past that point the job comes back to RQ's loop, which runs it (or the drain does); nothing raises."""
+    conn, queue, job_id = _queue_with_a_job()
+    worker = make([queue], conn)
+    version = worker.get_redis_server_version
+
+    def stop_then_version() -> Any:
+        worker.request_stop(signal.SIGTERM, None)
+        return version()
+
+    worker.get_redis_server_version = stop_then_version
     result = worker.dequeue_job_and_maintain_ttl(5)
     assert result is not None and result[0].id == job_id
     assert worker.stop_requested
