@@ -146,7 +146,8 @@ def run_check(settings: Settings) -> dict[str, Any]:
     result["channels"] = channel_states(settings)
     result["logins"] = check_provider_logins(settings, warnings)
     refused = any(verdict.startswith("refused") for verdict in result["logins"].values())
-    result["ok"] = result["database"] == "ok" and result["redis"] == "ok" and not refused
+    answered = result["database"] == "ok" and result["redis"] == "ok"
+    result["ok"] = answered and not refused and not result.get("scheduler_missing")
     return result
 
 
@@ -209,7 +210,7 @@ def _database_details(settings: Settings, warnings: list[str]) -> None:
 
 
 def _redis_details(settings: Settings, client: redis.Redis, result: dict[str, Any], warnings: list[str]) -> None:
-    from alert_worker.liveness import scheduler_locks
+    from alert_worker.liveness import SCHEDULER_MISSING_LIMIT_SECONDS, observe_scheduler_locks
 
     try:
         policy = str(client.config_get("maxmemory-policy").get("maxmemory-policy", "unknown"))
@@ -225,10 +226,16 @@ def _redis_details(settings: Settings, client: redis.Redis, result: dict[str, An
 
     for channel, reason in sorted(paused_channels(client, settings.redis_key_prefix).items()):
         warnings.append(f"channel {channel} is paused: {reason} (docs/operations.md, 'A channel is paused')")
-    result["scheduler"] = scheduler_locks(client, settings.queues)
-    for queue, seen in result["scheduler"].items():
-        if not seen:
+    missing = observe_scheduler_locks(client, settings.redis_key_prefix, list(settings.queues))
+    result["scheduler"] = {queue: seconds is None for queue, seconds in missing.items()}
+    # docs/contract.md §7.5: a failure once no scheduler has held a queue's lock for 60 s (timed from the
+    # first sighting of its absence by a worker or by check), so a scheduler restarting is not one.
+    result["scheduler_missing"] = {
+        q: round(s) for q, s in missing.items() if s is not None and s >= SCHEDULER_MISSING_LIMIT_SECONDS
+    }
+    for queue, seconds in missing.items():
+        if seconds is not None:
             warnings.append(
-                f"no RQ scheduler holds the lock for queue {queue!r}: retries and deferrals will not run "
-                f"(start a worker with the scheduler: `alert-worker` or `{RQ_WORKER_COMMAND}`)"
+                f"no RQ scheduler has held the lock for queue {queue!r} for {round(seconds)} s: retries and "
+                f"deferrals will not run (start a worker with the scheduler: `alert-worker` or `{RQ_WORKER_COMMAND}`)"
             )

@@ -41,6 +41,10 @@ class RedisKeys:
     def sweep_lock(self) -> str:
         return f"{self.prefix}sweep:lock"
 
+    def scheduler_missing_since(self, queue: str) -> str:
+        """When (Redis server time) no RQ scheduler lock for ``queue`` was first seen, §7.5; absent while held."""
+        return f"{self.prefix}scheduler:missing_since:{queue}"
+
     @property
     def queue_refusing(self) -> str:
         """Set while producers refuse new deliveries (queue-depth hysteresis)."""

@@ -157,3 +157,32 @@ def scheduler_locks(client: redis.Redis, queues: Sequence[str]) -> dict[str, boo
     for queue in queues:
         pipe.exists(RQ_SCHEDULER_LOCK_KEY.format(queue=queue))
     return {queue: bool(held) for queue, held in zip(queues, pipe.execute(), strict=True)}
+
+
+SCHEDULER_MISSING_LIMIT_SECONDS = 60.0  # `alert-worker check` fails past this (docs/contract.md §7.5)
+
+
+def observe_scheduler_locks(client: redis.Redis, prefix: str, queues: Sequence[str]) -> dict[str, float | None]:
+    """Per queue, for how many seconds no scheduler has held its lock (``None`` while one does).
+
+    A lock seen missing starts ``scheduler_missing_since`` (Redis server time, SET NX); a lock seen held
+    deletes it. Every running worker of this package observes every ``SCHEDULER_CHECK_SECONDS`` and
+    ``alert-worker check`` on each run, so the absence is timed from its first sighting by either.
+    """
+    keys = RedisKeys(prefix)
+    held = scheduler_locks(client, queues)
+    seconds, micros = client.time()
+    now = float(seconds) + float(micros) / 1e6
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        if held[queue]:
+            pipe.delete(keys.scheduler_missing_since(queue))
+        else:
+            pipe.set(keys.scheduler_missing_since(queue), f"{now:.3f}", nx=True, ex=7 * 24 * 3600)
+            pipe.get(keys.scheduler_missing_since(queue))
+    replies = iter(pipe.execute())
+    missing: dict[str, float | None] = {}
+    for queue in queues:
+        next(replies)
+        missing[queue] = None if held[queue] else max(0.0, now - float(next(replies) or now))
+    return missing

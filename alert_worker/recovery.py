@@ -152,6 +152,12 @@ class RecoveryStatements:
             ).fetchall()
         return [r[0] for r in rows]
 
+    def existing_ids(self, delivery_ids: list[str]) -> set[str]:
+        """Which of these deliveries have a row (a producer's job may have none yet, §7.4)."""
+        with self._pool.connection() as conn:
+            rows = conn.execute("SELECT id FROM alert_deliveries WHERE id = ANY(%s)", (delivery_ids,)).fetchall()
+        return {r[0] for r in rows}
+
     def counts(self) -> dict[str, int]:
         """Rows per status (every status present, zero when none)."""
         with self._pool.connection() as conn:

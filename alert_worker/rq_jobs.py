@@ -14,14 +14,16 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import redis
 from rq import Queue, get_current_job
-from rq.exceptions import DuplicateJobError
+from rq.exceptions import DuplicateJobError, InvalidJobOperation
+from rq.intermediate_queue import IntermediateQueue
+from rq.job import Job
 
 if TYPE_CHECKING:
     from alert_worker.executor import FollowUp
@@ -206,6 +208,63 @@ class RqEnqueuer:
             attempt=row.attempts,
             suffix=f"{kind}-{int(row.stamp.timestamp() * 1000)}",
         )
+
+
+# docs/contract.md §7.4: jobs a stop left taken but unrun. RQ's texts for the two ways it fails such a job.
+STRANDED_AFTER_SECONDS = 10.0  # in the intermediate list, unstarted, since an earlier pass at least this long
+STRANDED_FAILURES = ("stuck in intermediate queue", "AbandonedJobError")
+_OUR_FUNCS = frozenset({JOB_FUNC, "alert_worker.job.execute_delivery_job", "alert_worker.execute_delivery_job"})
+MOVE_BACK_SCRIPT = (  # KEYS: intermediate list, queue; ARGV: job id
+
+    "if redis.call('LREM', KEYS[1], 1, ARGV[1]) > 0 then return redis.call('LPUSH', KEYS[2], ARGV[1]) end return 0"
+)
+
+
+def recover_stranded(
+    connection: redis.Redis, queues: Sequence[str], *, with_rows: Callable[[list[str]], set[str]], scan: int = 100
+) -> int:
+    """Put back the jobs of ``queues`` a stop stranded; returns how many.
+
+    A job in the queue's intermediate list (taken by a worker's dequeue) that no execution started, seen
+    there by an earlier pass at least ``STRANDED_AFTER_SECONDS`` ago, goes back to the head of its queue.
+    A delivery job RQ failed unrun ("stuck in intermediate queue", or ``AbandonedJobError``, which RQ's
+    started-registry clean-up, run here every pass, gives a job whose worker stopped beating; the newest
+    ``scan`` failures per queue) is requeued when its delivery has no row: with a row, the sweep's row
+    recovery owns it. A duplicate job is harmless (the claim); a job left behind is a lost alert.
+    """
+    moved = 0
+    for name in queues:
+        queue = Queue(name, connection=connection)
+        stranded = IntermediateQueue(queue.key, connection=connection)
+        for job_id in stranded.get_job_ids():
+            if job_id in queue.started_job_registry or stranded.set_first_seen(job_id):
+                continue
+            first = stranded.get_first_seen(job_id)
+            if first is not None and time.time() - first.timestamp() >= STRANDED_AFTER_SECONDS:
+                moved += int(bool(connection.eval(MOVE_BACK_SCRIPT, 2, stranded.key, queue.key, job_id)))
+        queue.started_job_registry.cleanup()  # RQ's maintenance, sooner: a dead worker's jobs -> AbandonedJobError
+        failed = queue.failed_job_registry
+        jobs = Job.fetch_many(failed.get_job_ids(0, scan - 1, desc=True), connection=connection)
+        unrun = [job for job in jobs if job is not None and _failed_unrun(job)]
+        known = with_rows([job.args[0] for job in unrun]) if unrun else set()
+        for job in unrun:
+            if job.args[0] not in known:
+                with contextlib.suppress(InvalidJobOperation):
+                    failed.requeue(job, at_front=True)
+                    moved += 1
+    return moved
+
+
+def _failed_unrun(job: Job) -> bool:
+    """A delivery job (its first argument a delivery id) that RQ failed without running it."""
+    try:
+        if job.func_name not in _OUR_FUNCS or not job.args or not isinstance(job.args[0], str):
+            return False
+        result = job.latest_result()
+    except Exception:  # noqa: BLE001 - one job we cannot read must not stop the others' recovery
+        return False
+    text = (result.exc_string or "") if result is not None else ""
+    return any(reason in text for reason in STRANDED_FAILURES)
 
 
 def job_payload(payload: Mapping[str, Any] | None) -> dict[str, str]:

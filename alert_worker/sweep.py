@@ -6,6 +6,7 @@ grace period, even with two sweepers at once) and enqueues a job for each from i
 makes any duplicate job harmless. A pending row whose queue still holds older jobs is left alone: its
 job is waiting in the backlog, not lost. It also resets the queue-depth and poison gauges from Postgres.
 
+Each pass first puts back RQ jobs a stop stranded, rows or not (``rq_jobs.recover_stranded``, §7.4).
 Each pass is bounded: it stops at the first row it has already enqueued in this pass (a grace period
 too short to space re-enqueues) and after ``max_batches`` batches. ``sweep_pass`` runs one pass under
 the cluster-wide lock (``SweepLock``) on its own connections; ``SweeperThread`` calls it periodically
@@ -28,6 +29,7 @@ from alert_worker.keys import RedisKeys
 from alert_worker.liveness import Liveness
 from alert_worker.redaction import safe_error
 from alert_worker.resources import short_lived
+from alert_worker.rq_jobs import recover_stranded
 from alert_worker.settings import Settings
 from alert_worker.store import DeliveryStore, RecoveredDelivery
 from alert_worker.wiring import collaborators
@@ -228,6 +230,13 @@ def sweep_pass(settings: Settings, *, lock_ttl_seconds: float, release_lock: boo
             return None
         try:
             parts = collaborators(settings, pool=conns.database, client=conns.redis)
+            try:
+                stranded = recover_stranded(conns.redis, settings.queues, with_rows=parts.store.existing_ids)
+            except Exception as exc:  # noqa: BLE001 - the row recovery below must run whatever happens here
+                log.error("stranded_recovery_failed", error=safe_error(exc))
+                stranded = 0
+            if stranded:
+                log.warning("stranded_jobs_recovered", jobs=stranded)
             return sweep_once(
                 store=parts.store,
                 enqueuer=parts.enqueuer,

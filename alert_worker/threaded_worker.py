@@ -40,6 +40,7 @@ from alert_worker.channels.kept import ThreadChannels, kept_channels
 from alert_worker.connect import bounded_postgres_kwargs
 from alert_worker.liveness import Registration, alive_ttl_for, worker_name
 from alert_worker.resources import JobResources, open_redis, shared_job_resources
+from alert_worker.rq_guard import StopSafeMixin
 from alert_worker.settings import MAX_WORKER_THREADS, Settings
 
 log = structlog.get_logger("alert_worker.threaded_worker")
@@ -91,7 +92,7 @@ def open_shared_resources(settings: Settings, *, threads: int) -> JobResources:
     return JobResources(pool=pool, redis=client, owned=False)
 
 
-class ThreadPoolWorker(BaseWorker):
+class ThreadPoolWorker(StopSafeMixin, BaseWorker):
     """An RQ worker that runs up to ``threads`` jobs at once, each in its own thread of this process."""
 
     death_penalty_class = DaemonTimerDeathPenalty
@@ -110,7 +111,6 @@ class ThreadPoolWorker(BaseWorker):
         self._tasks: queue.Queue[tuple[Job, Queue, Any] | None] = queue.Queue()
         self._slots = threading.Condition()
         self._in_flight = 0
-        self._stopping = threading.Event()
         self._cold = False
         self._resources: JobResources | None = None
         self.channels = ThreadChannels(build=lambda channel: build_channel(channel, settings, kept=True))
@@ -119,6 +119,7 @@ class ThreadPoolWorker(BaseWorker):
         self._last_beat = -_HEARTBEAT_EVERY_SECONDS
         self._last_suspension_check = -_SUSPENSION_CHECK_EVERY_SECONDS
         self._dequeue_started = 0.0
+        self._shown_state: str = WorkerStatus.STARTED
 
     @property
     def in_flight(self) -> int:
@@ -164,8 +165,9 @@ class ThreadPoolWorker(BaseWorker):
     def teardown(self) -> None:
         """Drain first (a warm stop or an empty burst), then RQ's own teardown (scheduler, death, pubsub)."""
         try:
-            if not self._cold:
-                self._wait(lambda: self._in_flight == 0, self.settings.job_timeout_seconds + _DRAIN_MARGIN_SECONDS)
+            drain = self.settings.job_timeout_seconds + _DRAIN_MARGIN_SECONDS
+            if not self._cold and not self._wait(lambda: self._in_flight == 0, drain):  # §7.3: left for the reclaim
+                log.error("drain_timed_out", worker=self.name, in_flight=self._in_flight, waited_seconds=drain)
         finally:  # a cold stop during the drain still stops the scheduler process and registers death
             super().teardown()  # type: ignore[no-untyped-call]
 
@@ -176,7 +178,7 @@ class ThreadPoolWorker(BaseWorker):
         super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
     def handle_warm_shutdown_request(self) -> None:
-        super().handle_warm_shutdown_request()  # type: ignore[no-untyped-call]  # RQ's own log line
+        super().handle_warm_shutdown_request()  # RQ's own log line
         self._stopping.set()
         log.info("worker_stopping", worker=self.name, in_flight=self._in_flight)
         with self._slots:
@@ -236,15 +238,12 @@ class ThreadPoolWorker(BaseWorker):
     def set_state(self, state: str, pipeline: Any = None) -> None:
         """RQ marks the worker idle before every dequeue (a round trip per job): skipped while jobs run in
         other threads, as the worker is busy; the thread ending the last job in flight marks it idle."""
-        self._asked_state = state  # RQ's SIGTERM handler: idle (dequeuing) breaks the blocking dequeue at once
         if state == WorkerStatus.IDLE:  # RQ asks for idle as each dequeue starts
             self._dequeue_started = time.monotonic()
         if pipeline is None and state == WorkerStatus.IDLE and self._in_flight > 0:
             return
         super().set_state(state, pipeline)
-
-    def get_state(self) -> str:  # the state RQ last asked for, written or not
-        return getattr(self, "_asked_state", None) or super().get_state()
+        self._shown_state = state  # what rq info shows (get_state answers busy: rq_guard.StopSafeMixin)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Like SimpleWorker: the started-registry entry outlives the job (the timer bounds the job)."""
@@ -266,6 +265,7 @@ class ThreadPoolWorker(BaseWorker):
             if not notified:
                 waited += beat
                 self._safe_heartbeat()
+            self.keep_scheduler()
 
     def _safe_heartbeat(self) -> None:
         try:
@@ -311,7 +311,7 @@ class ThreadPoolWorker(BaseWorker):
         log.warning("worker_registered_again", worker=self.name, detail="RQ's worker registration was gone")
 
     def _mark_idle(self) -> None:  # the last job in flight ended: the worker is idle for rq info
-        if self.get_state() == WorkerStatus.SUSPENDED:  # `rq suspend` was seen: rq info keeps saying so
+        if self._shown_state == WorkerStatus.SUSPENDED:  # `rq suspend` was seen: rq info keeps saying so
             return
         try:
             self.set_state(WorkerStatus.IDLE)

@@ -9,6 +9,7 @@ daemon thread (``sweep.SweeperThread``) opening its own short-lived connections 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -30,11 +31,12 @@ from alert_worker.health import (
     require_connection_settings,
     warn_disabled_channels,
 )
-from alert_worker.liveness import worker_name
+from alert_worker.liveness import observe_scheduler_locks, worker_name
 from alert_worker.logs import configure_logging
 from alert_worker.preload import preload_process
 from alert_worker.redaction import safe_error, url_password
 from alert_worker.resources import open_redis, short_lived
+from alert_worker.rq_guard import ChildGuard, guarded
 from alert_worker.settings import Settings
 from alert_worker.sweep import SweeperThread, reconcile_gauges, sweep_pass
 from alert_worker.wiring import collaborators
@@ -99,8 +101,8 @@ def run_worker(
         secrets = (url_password(settings.database_url), url_password(settings.redis_url))
         log.error("startup_failed", error=safe_error(exc, *secrets))
         return 1
-    warn_disabled_channels(settings)
     connection = open_redis(settings)
+    children = ChildGuard().install()  # forked children: no listening socket, and die with this process
     metrics: MetricsServer | None = None
     sweeper: SweeperThread | None = None
     try:
@@ -111,7 +113,13 @@ def run_worker(
             collector = collector_for(
                 settings, client_factory=lambda: open_redis(settings), scheduler_locks=scheduler_locks
             )
-            metrics = MetricsServer(collector=collector, port=settings.metrics_port)
+            try:
+                metrics = MetricsServer(collector=collector, port=settings.metrics_port)
+            except (OSError, OverflowError) as exc:  # in use (a second unit on one env file), not ours to bind
+                log.error("metrics_port_unavailable", port=settings.metrics_port, error=safe_error(exc))
+                return 1
+            children.add_listener(metrics.listener())
+        warn_disabled_channels(settings)  # after the last start-up failure: a failure is one line
         if not burst:
             interval = settings.sweep_interval_seconds
             sweeper = SweeperThread(
@@ -122,10 +130,16 @@ def run_worker(
         preload_process(settings)  # per-process caches before any work-horse fork (alert_worker.preload)
         cls: type[Any] = worker_class or ThreadPoolWorker
         queues = [Queue(name, connection=connection) for name in settings.queues]
+        seen = partial(observe_scheduler_locks, connection, settings.redis_key_prefix, list(settings.queues))
         if worker_class is None:
-            worker = ThreadPoolWorker(queues, connection=connection, settings=settings, threads=threads)
+            worker = ThreadPoolWorker(
+                queues, connection=connection, settings=settings, threads=threads, scheduler_seen=seen
+            )
         else:
-            worker = cls(queues, connection=connection, log_job_description=False, name=worker_name())
+            worker = guarded(cls)(
+                queues, connection=connection, log_job_description=False, scheduler_seen=seen, name=worker_name()
+            )
+        children.set_horse_probe(lambda: bool(worker.forking_horse))
         log.info(
             "worker_started",
             queues=list(settings.queues),
@@ -137,8 +151,16 @@ def run_worker(
             pending=counts["pending"],
             poison=counts["poison"],
         )
-        worker.work(burst=burst, with_scheduler=True)
+        try:
+            worker.work(burst=burst, with_scheduler=True)
+        except (redis.RedisError, OSError) as exc:  # RQ's teardown could not reach Redis either
+            log.error("redis_unreachable", error=safe_error(exc, url_password(settings.redis_url)))
+            return 1
+        if not burst and not worker.stop_requested:  # RQ's loop gave up (its log line says why)
+            log.error("worker_loop_failed", detail="the RQ work loop ended without a stop request")
+            return 1
     finally:
+        children.active = False
         if sweeper is not None:
             sweeper.stop()
         if metrics is not None:

@@ -29,6 +29,7 @@ class Scale:
     worker_kill_n: int
     worker_kills: int
     warm_stops: int
+    warm_stop_norow: int  # producer jobs with no row enqueued (at the front) just before each warm stop
     redis_n: int
     postgres_n: int
     postgres_down_seconds: float
@@ -46,6 +47,7 @@ SMALL = Scale(
     worker_kill_n=40,
     worker_kills=2,
     warm_stops=1,
+    warm_stop_norow=12,
     redis_n=30,
     postgres_n=30,
     postgres_down_seconds=4,
@@ -62,6 +64,7 @@ FULL = Scale(
     worker_kill_n=300,
     worker_kills=6,
     warm_stops=4,
+    warm_stop_norow=40,
     redis_n=300,
     postgres_n=300,
     postgres_down_seconds=10,
@@ -151,13 +154,19 @@ def kill_at_boundaries(cluster: Cluster, scale: Scale) -> Outcome:
 
 # -- 3 ---------------------------------------------------------------------------------------------------
 def worker_kills(cluster: Cluster, scale: Scale) -> Outcome:
-    """kill -9 of whole workers (parent, horse, scheduler) and SIGTERM warm shutdowns mid-burst."""
+    """kill -9 of whole workers (parent, horse, scheduler) and SIGTERM warm shutdowns mid-burst.
+
+    Just before each warm stop a producer enqueues ``warm_stop_norow`` jobs with no row at the front of the
+    queue, so the SIGTERM lands while workers dequeue them: a job a stop strands there has no row for the
+    sweep to find (docs/contract.md §7.4); each must still be delivered, and they are counted.
+    """
     deliveries = [
         Delivery(f"w3-{i:05d}", _channel(i), ("transient",) if i % 5 == 0 else ("slow:0.05",))
         for i in range(scale.worker_kill_n)
     ]
     outcome = Outcome("worker_kills")
     events: list[Event] = []
+    norow_jobs = 0
     with timed(outcome), Run(cluster, "s3", grace_seconds=scale.grace_seconds) as run:
         run.produce(deliveries)
         plan = ["kill"] * scale.worker_kills + ["term"] * scale.warm_stops
@@ -172,11 +181,19 @@ def worker_kills(cluster: Cluster, scale: Scale) -> Outcome:
                 events.extend(Event("worker_sigkill", delivery_id) for delivery_id in in_flight)
                 outcome.kills += 1
             elif proc.process is not None:
+                norow = [Delivery(f"w3-norow-{step}-{i:03d}", _channel(i)) for i in range(scale.warm_stop_norow)]
+                run.enqueue_without_row(norow)
+                norow_jobs += len(norow)
                 proc.process.send_signal(signal.SIGTERM)
         finished = run.wait_until_terminal(scale.deadline)
         judge(run, outcome, finished=finished, events=events)
         outcome.notes["sigkill_in_flight"] = len(events)
         outcome.notes["warm_stops"] = scale.warm_stops
+        outcome.notes["warm_stop_no_row_jobs"] = norow_jobs
+        statuses = run.statuses() or {}
+        outcome.notes["warm_stop_no_row_delivered"] = sum(
+            1 for d in run.deliveries if "-norow-" in d.id and statuses.get(d.id) == "delivered"
+        )
     return outcome
 
 

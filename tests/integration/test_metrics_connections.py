@@ -21,8 +21,7 @@ import pytest
 import redis
 
 from alert_worker.liveness import scheduler_locks
-from alert_worker.metrics_http import MAX_HANDLER_THREADS
-from alert_worker.metrics_server import MetricsServer, collector_for
+from alert_worker.metrics_server import MAX_HANDLER_THREADS, MetricsServer, collector_for
 from alert_worker.settings import Settings
 from tests.support.processes import free_port, wait_until
 

@@ -14,8 +14,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "alert_worker"
 ROOT = PACKAGE.parent
 
-# Enqueueing; running workers (the process, and the thread-pooled worker class it runs by default).
-RQ_EDGES = {"alert_worker.rq_jobs", "alert_worker.worker", "alert_worker.threaded_worker"}
+# Enqueueing; running workers (the process, the thread-pooled worker class it runs by default, and the
+# stop, scheduler and child-process guards every worker class it runs gets).
+RQ_EDGES = {"alert_worker.rq_jobs", "alert_worker.worker", "alert_worker.threaded_worker", "alert_worker.rq_guard"}
 PROVIDER_LIBRARIES = {"smtplib", "requests", "twilio"}
 
 
@@ -101,7 +102,7 @@ def test_no_package_module_imports_another_in_a_circle() -> None:
 
 
 def test_only_the_two_rq_edges_import_rq() -> None:
-    """rq_jobs enqueues, worker (and its threaded worker class) runs workers; nothing else imports rq."""
+    """rq_jobs enqueues, worker (its threaded worker class, its guards) runs workers; nothing else imports rq."""
     importers = {
         name for name, (_, imports) in SOURCES.items() for target, _ in imports if target.split(".")[0] == "rq"
     }

@@ -199,7 +199,7 @@ def test_the_worker_is_marked_idle_only_when_no_job_is_in_flight() -> None:
     worker._in_flight = 1
     worker.set_state(WorkerStatus.IDLE)
     assert conn.hget(worker.key, "state") == b"busy"
-    assert worker.get_state() == WorkerStatus.IDLE, "RQ's SIGTERM handler must still see a dequeuing worker"
+    assert worker.get_state() == WorkerStatus.BUSY, "RQ's SIGTERM handler must never raise mid-dequeue (§7.4)"
     worker._in_flight = 0
     worker.set_state(WorkerStatus.IDLE)
     assert conn.hget(worker.key, "state") == b"idle"
