@@ -140,6 +140,23 @@ def test_a_match_while_another_delivery_of_that_text_is_in_flight_is_not_taken(
     assert len(twilio.accepted) == 2
 
 
+def test_an_accepted_sms_whose_answer_cannot_be_decoded_is_an_unknown_outcome_and_the_retry_finds_it(
+    twilio: FakeTwilio, database_url: str
+) -> None:
+    """Twilio created the message and answered 201, but the body (``Content-Encoding: gzip`` on plain JSON)
+    cannot be decoded: the status line came, so the outcome is unknown (§7.1), never "not sent". The retry
+    looks the message up and sends nothing."""
+    twilio.script.append("broken_gzip")
+    first = execute_delivery_job("a", "sms", PHONE, *ALERT)
+    assert first["outcome"] == "retry_scheduled"
+    assert first["error"] == "outcome_unknown: twilio answer unreadable after sending: ContentDecodingError"
+    assert _sql(database_url, "SELECT count(*) FROM alert_unknown_outcomes WHERE delivery_id = 'a'") == [(1,)]
+    _make_due(database_url, "a")
+    retry = execute_delivery_job("a", "sms", PHONE, *ALERT, attempt=1)
+    assert retry["outcome"] == "delivered" and retry["message_id"] == twilio.accepted[0]["sid"]
+    assert twilio.posts == 1 and len(twilio.accepted) == 1
+
+
 def test_no_two_rows_can_hold_one_provider_message_id(database_url: str) -> None:
     """The partial unique index: the second ``mark_delivered`` with the same SID is refused, row untouched."""
     pool = open_pool(Settings(database_url=database_url, redis_url=""))
