@@ -189,7 +189,8 @@ def test_slack_answer_is_classified(
         (requests.ConnectionError(f"Max retries exceeded with url: {SECRET_PATH}"),
          "slack connection error: ConnectionError"),
         (requests.exceptions.SSLError(f"bad handshake {HOOK}"), "slack connection error: SSLError"),
-        (requests.exceptions.ChunkedEncodingError(f"broken {HOOK}"), "slack request error: ChunkedEncodingError"),
+        (requests.exceptions.ChunkedEncodingError(f"broken {HOOK}"),
+         "outcome_unknown: slack answer unreadable after sending: ChunkedEncodingError"),
     ],
     ids=["connect-timeout", "read-timeout", "connection-error", "tls-error", "broken-response"],
 )
