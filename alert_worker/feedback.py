@@ -124,9 +124,13 @@ class ProviderFeedback:
     def hold(self, row: DeliveryRow, channel: Channel, message: Message) -> Hold | None:
         """Suppression first (it ends the delivery), then the cooldown, then the unknown-outcome look-up.
 
-        The look-up raises ``TransientDeliveryError`` when Twilio cannot be asked: never resend blindly.
+        The look-up raises ``TransientDeliveryError`` when Twilio cannot be asked: never resend blindly. The
+        configured default webhook is held only by an operator's entry: one a provider's answer added (an
+        earlier release did) is ignored (§7.2).
         """
-        reason = self._suppressions.reason(row.channel, row.recipient_hash)
+        reason = self._suppressions.reason(
+            row.channel, row.recipient_hash, operator_added_only=self._is_default_webhook(row)
+        )
         if reason is not None:
             self._metrics.suppressed(row.channel)
             return Hold(kind="suppressed", error=f"suppressed: {reason}")

@@ -38,9 +38,11 @@ class FakeSuppressions:
     def __init__(self) -> None:
         self.entries: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def reason(self, channel: str, rhash: str) -> str | None:
+    def reason(self, channel: str, rhash: str, *, operator_added_only: bool = False) -> str | None:
         entry = self.entries.get((channel, rhash))
-        return None if entry is None else str(entry["reason"])
+        if entry is None or (operator_added_only and entry["source"] is not None):
+            return None
+        return str(entry["reason"])
 
     def add(self, *, channel: str, rhash: str, masked: str, reason: str, source_delivery_id: str | None = None) -> bool:
         if (channel, rhash) in self.entries:
