@@ -7,6 +7,7 @@ runs jobs in process (``execute_delivery_job``) against ``tests/support/fake_twi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,9 +16,11 @@ import pytest
 
 from alert_worker import execute_delivery_job
 from alert_worker.errors import MessageIdTakenError
+from alert_worker.producer import send_alert
 from alert_worker.resources import open_pool
 from alert_worker.settings import Settings
-from alert_worker.store import DeliveryStore
+from alert_worker.store import DeliveryStore, NewDelivery
+from alert_worker.worker import sweep_pass
 from tests.support.cli import InProcessCli
 from tests.support.fake_twilio import FakeTwilio, redirected_to, running_fake_twilio
 from tests.support.http_providers import TWILIO_FROM, channel_env
@@ -155,6 +158,80 @@ def test_an_accepted_sms_whose_answer_cannot_be_decoded_is_an_unknown_outcome_an
     retry = execute_delivery_job("a", "sms", PHONE, *ALERT, attempt=1)
     assert retry["outcome"] == "delivered" and retry["message_id"] == twilio.accepted[0]["sid"]
     assert twilio.posts == 1 and len(twilio.accepted) == 1
+
+
+# -- a worker lost mid-send (kill -9, OOM, node loss): its attempt's outcome is unknown (§7.1) -------------
+RECLAIM_ENV = {"ALERT_JOB_TIMEOUT_SECONDS": "10", "ALERT_STUCK_AFTER_SECONDS": "20"}
+
+
+def _claimed_by_a_lost_worker(database_url: str, delivery_id: str, claimant: str | None, age_seconds: int) -> None:
+    """Claim the row as ``claimant`` (a process that then vanished), ``age_seconds`` ago."""
+    settings = Settings.from_env({**dict(os.environ), **RECLAIM_ENV})
+    with open_pool(settings) as pool:
+        store = DeliveryStore(pool=pool, stuck_after_seconds=settings.stuck_after_seconds, claimed_by=claimant)
+        new = NewDelivery(id=delivery_id, channel="sms", recipient_masked="***4567", recipient_hash="h", payload=None)
+        assert store.claim(new) is not None
+    _sql(database_url, "UPDATE alert_deliveries SET last_attempt_at = now() - make_interval(secs => %s), "
+         "updated_at = now() - make_interval(secs => %s) WHERE id = %s", age_seconds, age_seconds, delivery_id)
+
+
+def _unknown_since_last_attempt(database_url: str, delivery_id: str) -> list[tuple[Any, ...]]:
+    return _sql(database_url, "SELECT u.attempt_started_at = d.last_attempt_at FROM alert_unknown_outcomes u "
+                "JOIN alert_deliveries d ON d.id = u.delivery_id WHERE u.delivery_id = %s", delivery_id)
+
+
+def test_an_sms_whose_worker_died_mid_send_is_looked_up_after_the_dead_worker_reclaim(
+    twilio: FakeTwilio, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claimant is gone (no alive key) after Twilio accepted its POST. The sweep's reclaim records an unknown
+    outcome from the lost claim's start with ``worker_lost``; the next job finds the message, posts nothing."""
+    for key, value in RECLAIM_ENV.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings.from_env(dict(os.environ))
+    send_alert("sms", PHONE, *ALERT, delivery_id="k", settings=settings)
+    _claimed_by_a_lost_worker(database_url, "k", "killed-worker", age_seconds=11)
+    sent = twilio.accept(to=PHONE, from_=TWILIO_FROM, body=TEXT)  # the lost attempt's POST reached Twilio
+
+    report = sweep_pass(settings, lock_ttl_seconds=60, release_lock=True)
+
+    assert report is not None and report.requeued == 1
+    assert _sql(database_url, "SELECT status, error_message FROM alert_deliveries WHERE id = 'k'") == [
+        ("pending", "worker_lost")]
+    assert _unknown_since_last_attempt(database_url, "k") == [(True,)]
+    retry = execute_delivery_job("k", "sms", PHONE, *ALERT, attempt=1)
+    assert retry["outcome"] == "delivered" and retry["message_id"] == sent["sid"]
+    assert twilio.posts == 0 and len(twilio.accepted) == 1
+
+
+def test_an_sms_claim_taking_over_a_stuck_attempt_looks_it_up_first(
+    twilio: FakeTwilio, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No claimant recorded, claim older than ALERT_STUCK_AFTER_SECONDS: the job's own claim takes the row over
+    and, in the same statement, records the lost attempt's outcome as unknown; the message is found, not resent."""
+    for key, value in RECLAIM_ENV.items():
+        monkeypatch.setenv(key, value)
+    send_alert("sms", PHONE, *ALERT, delivery_id="s", settings=Settings.from_env(dict(os.environ)))
+    _claimed_by_a_lost_worker(database_url, "s", None, age_seconds=21)
+    sent = twilio.accept(to=PHONE, from_=TWILIO_FROM, body=TEXT)
+
+    retry = execute_delivery_job("s", "sms", PHONE, *ALERT)
+
+    assert retry["outcome"] == "delivered" and retry["message_id"] == sent["sid"]
+    assert twilio.posts == 0 and len(twilio.accepted) == 1
+    assert _sql(database_url, "SELECT attempts FROM alert_deliveries WHERE id = 's'") == [(1,)]
+
+
+@pytest.mark.parametrize("channel", ["email", "slack"], ids=["email", "slack"])
+def test_a_reclaim_records_an_unknown_outcome_only_for_sms(database_url: str, worker_env: dict[str, str], channel: str) -> None:
+    """Only the SMS look-up reads unknown outcomes; other channels' reclaims leave the table alone."""
+    settings = Settings.from_env({**worker_env, **RECLAIM_ENV})
+    with open_pool(settings) as pool:
+        store = DeliveryStore(pool=pool, stuck_after_seconds=settings.stuck_after_seconds, claimed_by=None)
+        new = NewDelivery(id="o", channel=channel, recipient_masked="***", recipient_hash="h", payload={"x": 1})
+        assert store.claim(new) is not None
+        _sql(database_url, "UPDATE alert_deliveries SET last_attempt_at = now() - interval '21 s' WHERE id = 'o'")
+        assert store.claim(new) is not None, "the stuck reclaim"
+    assert _sql(database_url, "SELECT count(*) FROM alert_unknown_outcomes") == [(0,)]
 
 
 def test_no_two_rows_can_hold_one_provider_message_id(database_url: str) -> None:
