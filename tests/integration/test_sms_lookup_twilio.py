@@ -222,7 +222,9 @@ def test_an_sms_claim_taking_over_a_stuck_attempt_looks_it_up_first(
 
 
 @pytest.mark.parametrize("channel", ["email", "slack"], ids=["email", "slack"])
-def test_a_reclaim_records_an_unknown_outcome_only_for_sms(database_url: str, worker_env: dict[str, str], channel: str) -> None:
+def test_a_reclaim_records_an_unknown_outcome_only_for_sms(
+    database_url: str, worker_env: dict[str, str], channel: str
+) -> None:
     """Only the SMS look-up reads unknown outcomes; other channels' reclaims leave the table alone."""
     settings = Settings.from_env({**worker_env, **RECLAIM_ENV})
     with open_pool(settings) as pool:
