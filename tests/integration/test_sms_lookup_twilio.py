@@ -7,6 +7,7 @@ runs jobs in process (``execute_delivery_job``) against ``tests/support/fake_twi
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -158,6 +159,92 @@ def test_an_accepted_sms_whose_answer_cannot_be_decoded_is_an_unknown_outcome_an
     retry = execute_delivery_job("a", "sms", PHONE, *ALERT, attempt=1)
     assert retry["outcome"] == "delivered" and retry["message_id"] == twilio.accepted[0]["sid"]
     assert twilio.posts == 1 and len(twilio.accepted) == 1
+
+
+def test_a_retry_never_takes_the_message_of_a_delivery_whose_acceptance_is_only_in_its_sent_marker(
+    twilio: FakeTwilio, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's POST is dropped (outcome unknown). B, same text, is accepted but its ``delivered`` write fails (a
+    Postgres blip): B goes back to pending, its SID only in its sent marker. A's retry lists B's message, held
+    by no row: B is still open, so it is not A's. A is sent; B's retry records its own SID (§7.1)."""
+    real = DeliveryStore.mark_delivered
+    blips = {"b"}
+
+    def blip_once(self: DeliveryStore, delivery_id: str, token: str, **kwargs: Any) -> float:
+        if delivery_id in blips:
+            blips.discard(delivery_id)
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return real(self, delivery_id, token, **kwargs)
+
+    monkeypatch.setattr(DeliveryStore, "mark_delivered", blip_once)
+    twilio.script.append("drop")
+    execute_delivery_job("a", "sms", PHONE, *ALERT)
+    with pytest.raises(psycopg.OperationalError):
+        execute_delivery_job("b", "sms", PHONE, *ALERT)
+    assert _row(database_url, "b") == ("pending", None)
+    _make_due(database_url, "a")
+    _make_due(database_url, "b")
+    retry_a = execute_delivery_job("a", "sms", PHONE, *ALERT, attempt=1)
+    retry_b = execute_delivery_job("b", "sms", PHONE, *ALERT, attempt=1)
+    assert len(twilio.accepted) == 2, "A was really sent"
+    b_sid, a_sid = (m["sid"] for m in twilio.accepted)
+    assert (retry_a["message_id"], retry_b["message_id"]) == (a_sid, b_sid)
+    assert (_row(database_url, "a"), _row(database_url, "b")) == (("delivered", a_sid), ("delivered", b_sid))
+
+
+def _another_delivery(
+    database_url: str, status: str, payload: dict[str, str] | None, message_id: str | None, age_seconds: int
+) -> None:
+    """Delivery 'o' to A's number, in ``status``, created and last moved ``age_seconds`` ago."""
+    _sql(database_url, """
+        INSERT INTO alert_deliveries (id, channel, recipient, recipient_hash, status, payload, provider_message_id,
+                                      created_at, updated_at, delivered_at, poison_at)
+        SELECT 'o', channel, recipient, recipient_hash, %s::text, %s::jsonb, %s,
+               now() - make_interval(secs => %s), now() - make_interval(secs => %s),
+               CASE WHEN %s = 'delivered' THEN now() - make_interval(secs => %s) END,
+               CASE WHEN %s = 'poison' THEN now() - make_interval(secs => %s) END
+          FROM alert_deliveries WHERE id = 'a'
+        """, status, None if payload is None else json.dumps(payload), message_id, age_seconds, age_seconds,
+         status, age_seconds, status, age_seconds)  # fmt: skip
+
+
+SAME = {"recipient": PHONE, "subject": ALERT[0], "body": ALERT[1]}
+OTHER_DELIVERIES = [
+    ("pending", SAME, None, 0, False),
+    ("pending", {"recipient": PHONE, "subject": "", "body": TEXT}, None, 0, False),
+    ("in_progress", SAME, None, 0, False),
+    ("pending", {"recipient": PHONE, "subject": ALERT[0], "body": "another alert"}, None, 0, True),
+    ("poison", SAME, None, 0, False),
+    ("delivered", None, None, 0, False),
+    ("delivered", None, None, 86_400, True),
+    ("delivered", None, "SM-its-own", 0, True),
+    ("poison", SAME, None, 86_400, True),
+]
+OTHER_IDS = [
+    "pending-same-text", "pending-same-text-split-otherwise", "in-progress-same-text", "pending-other-text",
+    "poisoned-without-id-in-the-window", "delivered-without-id-in-the-window-text-gone",
+    "delivered-without-id-a-day-before", "delivered-with-its-own-id", "poisoned-without-id-a-day-before",
+]
+
+
+@pytest.mark.parametrize(("status", "payload", "message_id", "age_seconds", "found"), OTHER_DELIVERIES, ids=OTHER_IDS)
+def test_another_delivery_that_may_own_the_match_unrecorded_makes_the_look_up_send_again(
+    twilio: FakeTwilio, database_url: str, status: str, payload: dict[str, str] | None, message_id: str | None,
+    age_seconds: int, found: bool,
+) -> None:
+    """One listed message in A's window (A's own, say). Another delivery to the number with the same text as
+    sent that is still open, or ended without a provider id during the window (its text unknown once
+    delivered), might own it: not found, A is sent again (a duplicate, never a loss). One with another text,
+    its own id, or ended before the window, cannot: A takes the match."""
+    twilio.script.append("drop")
+    execute_delivery_job("a", "sms", PHONE, *ALERT)
+    _another_delivery(database_url, status, payload, message_id, age_seconds)
+    listed = twilio.accept(to=PHONE, from_=TWILIO_FROM, body=TEXT)
+    _make_due(database_url, "a")
+    retry = execute_delivery_job("a", "sms", PHONE, *ALERT, attempt=1)
+    assert retry["outcome"] == "delivered"
+    assert (retry["message_id"] == listed["sid"]) is found
+    assert len(twilio.accepted) == (1 if found else 2)
 
 
 # -- a worker lost mid-send (kill -9, OOM, node loss): its attempt's outcome is unknown (§7.1) -------------

@@ -66,8 +66,8 @@ class FakeOutcomes:
     def taken(self, delivery_id: str, message_ids: Any) -> set[str]:
         return {m for m in message_ids if self.held.get(m, delivery_id) != delivery_id}
 
-    def rival_in_flight(self, delivery_id: str) -> bool:
-        return self.rival
+    def rivals(self, delivery_id: str, *, earliest: datetime, latest: datetime) -> list[dict[str, Any] | None]:
+        return [None] if self.rival else []  # a rival whose text is unknown counts as ours
 
     def since(self, delivery_id: str) -> datetime | None:
         return self.started.get(delivery_id)
