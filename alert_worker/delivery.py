@@ -42,16 +42,19 @@ def delivered_result(delivery_id: str, channel: str, message_id: str | None) -> 
     )
 
 
-def mark_delivered(store: Any, claim: Any, log: Any, attempts: int, mid: str | None, *, guessed: bool = False) -> float:
-    """Record acceptance. An id another row holds (§7.1): a guessed one (the look-up's) raises
-    ``MessageIdTakenError``; our own acceptance is recorded all the same, without the id, and logged."""
+def mark_delivered(
+    store: Any, claim: Any, log: Any, attempts: int, mid: str | None, *, guessed: bool = False
+) -> tuple[float, str | None]:
+    """Record acceptance; (latency, the provider id the row now holds). An id another row holds (§7.1): a
+    guessed one (the look-up's) raises ``MessageIdTakenError``; our own acceptance is recorded all the same,
+    without the id (``None`` returned, so the job's result says what the row says), and logged."""
     try:
-        return float(store.mark_delivered(claim.row.id, claim.token, attempts=attempts, message_id=mid))
+        return float(store.mark_delivered(claim.row.id, claim.token, attempts=attempts, message_id=mid)), mid
     except MessageIdTakenError:
         if guessed:
             raise
         log.error("provider_message_id_taken", message_id=mid)
-        return float(store.mark_delivered(claim.row.id, claim.token, attempts=attempts, message_id=None))
+        return float(store.mark_delivered(claim.row.id, claim.token, attempts=attempts, message_id=None)), None
 
 
 def waiting_result(row: DeliveryRow, error: str, next_at: datetime | None = None) -> DeliveryResult:

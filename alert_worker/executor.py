@@ -230,12 +230,12 @@ class DeliveryExecutor:
                 channel.close()
         sent_id = receipt.message_id
         with kept_until_recorded(self.sent_marks, row.id, sent_id, log=log):  # a write that fails or hangs
-            latency = delivery.mark_delivered(self.store, claim, log, attempts + 1, sent_id)
+            latency, recorded_id = delivery.mark_delivered(self.store, claim, log, attempts + 1, sent_id)
         self.feedback.after_delivered(row)
         self.metrics.attempt(row.channel, Outcome.DELIVERED.value)
         self.metrics.latency(row.channel, latency)
         log.info("delivery_delivered", latency_seconds=round(latency, 3))
-        return delivery.delivered_result(row.id, row.channel, sent_id)
+        return delivery.delivered_result(row.id, row.channel, recorded_id)
 
     def _held(
         self, claim: Claim, log: Any, attempts: int, channel: Channel, message: Message, queue: str
@@ -286,12 +286,14 @@ class DeliveryExecutor:
     ) -> DeliveryResult:
         """The provider has the message (a sent marker, or Twilio's list): delivered, no request, no new attempt."""
         row = claim.row
-        delivery.mark_delivered(self.store, claim, log, attempts, message_id, guessed=source == "provider_lookup")
+        _, recorded_id = delivery.mark_delivered(
+            self.store, claim, log, attempts, message_id, guessed=source == "provider_lookup"
+        )
         self.feedback.after_delivered(row)
         self.metrics.attempt(row.channel, Outcome.DELIVERED.value)
         log.info("delivery_found_already_sent", message_id=message_id, source=source)
         self.sent_marks.clear(row.id, log=log)  # after the row says delivered; a leftover one just expires
-        return delivery.delivered_result(row.id, row.channel, message_id)
+        return delivery.delivered_result(row.id, row.channel, recorded_id)
 
     def _skipped(self, request: DeliveryRequest, rhash: str) -> DeliveryResult:
         row = self.store.get(request.delivery_id)

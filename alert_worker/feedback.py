@@ -20,7 +20,7 @@ logged and never fails the delivery.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
@@ -42,7 +42,7 @@ from alert_worker.redaction import mask_recipient
 from alert_worker.settings import Settings
 from alert_worker.side_effects import SIDE_EFFECT_ERRORS
 from alert_worker.suppression import ConnectionSource, SuppressionStore
-from alert_worker.validation import SLACK_DEFAULT_RECIPIENTS, normalize_recipient
+from alert_worker.validation import SLACK_DEFAULT_RECIPIENTS, clean_content, normalize_recipient
 
 LOOKUP_SKEW = timedelta(seconds=5)  # our database clock against Twilio's, at most (§7.1)
 LOOKUP_GRACE = timedelta(seconds=60)  # past the send timeout: a message Twilio created late in the attempt
@@ -145,9 +145,13 @@ class ProviderFeedback:
         """Suppression first (it ends the delivery), then a channel pause, then the cooldown, then the
         unknown-outcome look-up.
 
-        The look-up raises ``TransientDeliveryError`` when Twilio cannot be asked: never resend blindly.
+        The look-up raises ``TransientDeliveryError`` when Twilio cannot be asked: never resend blindly. The
+        configured default webhook is held only by an operator's entry: one a provider's answer added (an
+        earlier release did) is ignored (§7.2).
         """
-        reason = self._suppressions.reason(row.channel, row.recipient_hash)
+        reason = self._suppressions.reason(
+            row.channel, row.recipient_hash, operator_added_only=self._is_default_webhook(row)
+        )
         if reason is not None:
             self._metrics.suppressed(row.channel)
             return Hold(kind="suppressed", error=f"suppressed: {reason}")
@@ -175,13 +179,14 @@ class ProviderFeedback:
 
         Created within the unknown attempt's window (from its start less the clock skew to its start plus
         the send timeout and a minute: after a replay days later, nothing), held by no other delivery, and
-        the only such one, with no other open delivery of the same text to the number that could own it.
+        the only such one, with no other delivery of the same text to the number that could own it
+        (``_rival``).
         """
         earliest, latest = started - LOOKUP_SKEW, started + timedelta(seconds=self._send_timeout) + LOOKUP_GRACE
         listed = channel.find_sent(message, earliest=earliest, latest=latest)
         taken = self._outcomes.taken(row.id, listed) if listed else set()
         ours = [sid for sid in listed if sid not in taken]
-        if len(ours) == 1 and not self._outcomes.rival_in_flight(row.id):
+        if len(ours) == 1 and not self._rival(row, channel, message, earliest, latest):
             return ours[0]
         if listed:
             self._log.warning(
@@ -190,6 +195,24 @@ class ProviderFeedback:
                 listed=len(listed), taken=len(taken),
             )  # fmt: skip
         return None
+
+    def _rival(
+        self, row: DeliveryRow, channel: Channel, message: Message, earliest: datetime, latest: datetime
+    ) -> bool:
+        """Another delivery to this recipient whose text, as sent, is ours and that may own a message of the
+        window with an id we do not know (``UnknownOutcomes.rivals``): pending or in progress, or ended
+        without a provider id. A text that is gone or cannot be rebuilt counts as ours: send again."""
+        text = channel.sent_text(message)
+        for payload in self._outcomes.rivals(row.id, earliest=earliest, latest=latest):
+            if payload is None:
+                return True
+            try:
+                subject, body = clean_content(payload.get("subject"), payload.get("body"))
+                if channel.sent_text(channel.prepare(replace(message, subject=subject, body=body))) == text:
+                    return True
+            except DeliveryError:
+                return True
+        return False
 
     # -- after the send ----------------------------------------------------------------------------------
     def after_failure(

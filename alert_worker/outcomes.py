@@ -61,23 +61,28 @@ class UnknownOutcomes:
             ).fetchall()
         return {row[0] for row in rows}
 
-    def rival_in_flight(self, delivery_id: str) -> bool:
-        """Another open delivery of the same text to the same recipient that may have sent it: one claimed
-        now (its answer not yet recorded) or one with an unknown outcome of its own. Then a single listed
-        message cannot be told apart as ours."""
+    def rivals(self, delivery_id: str, *, earliest: datetime, latest: datetime) -> list[dict[str, Any] | None]:
+        """Payloads of the other deliveries to the same recipient on the same channel that may own a message
+        created in [earliest, latest] without our knowing its id (§7.1: when in doubt, send again):
+
+        - any not yet ended (``pending`` or ``in_progress``): claimed now, waiting for a retry after an
+          acceptance it could not record (its sent marker holds the id), or not yet sent;
+        - any ended with no ``provider_message_id`` whose life overlaps the window (an id refused as
+          another's, an answer without one, a delivery poisoned after its message went out).
+
+        ``None`` for a row whose payload is gone (delivered or resolved): its text is unknown.
+        """
         with self._source.connection() as conn:
-            found = conn.execute(
+            rows = conn.execute(
                 """
-                SELECT EXISTS (
-                    SELECT 1 FROM alert_deliveries me JOIN alert_deliveries o
-                      ON o.channel = me.channel AND o.recipient_hash = me.recipient_hash AND o.id <> me.id
-                     WHERE me.id = %s
-                       AND o.status IN ('pending', 'in_progress')
-                       AND o.payload->'subject' IS NOT DISTINCT FROM me.payload->'subject'
-                       AND o.payload->'body' IS NOT DISTINCT FROM me.payload->'body'
-                       AND (o.status = 'in_progress'
-                            OR EXISTS (SELECT 1 FROM alert_unknown_outcomes u WHERE u.delivery_id = o.id)))
+                SELECT o.payload FROM alert_deliveries me JOIN alert_deliveries o
+                  ON o.channel = me.channel AND o.recipient_hash = me.recipient_hash AND o.id <> me.id
+                 WHERE me.id = %(id)s
+                   AND (o.status IN ('pending', 'in_progress')
+                        OR (o.provider_message_id IS NULL
+                            AND o.created_at <= %(latest)s
+                            AND COALESCE(o.delivered_at, o.poison_at, o.updated_at) >= %(earliest)s))
                 """,
-                (delivery_id,),
-            ).fetchone()
-        return bool(found and found[0])
+                {"id": delivery_id, "earliest": earliest, "latest": latest},
+            ).fetchall()
+        return [row[0] if isinstance(row[0], dict) else None for row in rows]

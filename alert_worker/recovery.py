@@ -57,7 +57,9 @@ class RecoveryStatements:
         before then (its job, if any, would already have left the queue). A row whose ``claimed_by``
         worker ``claimant_alive`` says is gone, claimed more than ``dead_after_seconds`` ago, goes back
         to ``pending`` with the lost attempt counted (as a stuck reclaim counts it) and its claim token
-        cleared, so the old claimer can write nothing more. The grace period spaces repeated re-enqueues
+        cleared, so the old claimer can write nothing more; an SMS row also gets an unknown outcome from
+        its ``last_attempt_at`` in the same statement (the lost attempt may have sent it: the next claim
+        looks it up first, docs/contract.md §7.1). The grace period spaces repeated re-enqueues
         of a row; it never delays a row's first reclaim. ``FOR UPDATE SKIP LOCKED`` lets two sweepers
         run at once without taking the same row. ``dead`` is never NULL: a row with no ``claimed_by``
         (``NULL = ANY(...)`` is NULL, not false) keeps the stuck threshold and must not turn
@@ -68,6 +70,7 @@ class RecoveryStatements:
         with self._pool.connection() as conn:
             rows = conn.execute(
                 """
+                WITH moved AS (
                 UPDATE alert_deliveries AS d
                    SET status = CASE WHEN c.dead THEN 'pending' ELSE d.status END,
                        attempts = d.attempts + c.dead::int,
@@ -98,7 +101,17 @@ class RecoveryStatements:
                         LIMIT %(limit)s
                         FOR UPDATE SKIP LOCKED) AS c
                  WHERE d.id = c.id
-                RETURNING d.id, d.channel, d.payload, d.queue, d.attempts, now()
+                RETURNING d.id, d.channel, d.payload, d.queue, d.attempts, now() AS stamp, c.dead,
+                          d.last_attempt_at
+                ), lost AS (
+                INSERT INTO alert_unknown_outcomes (delivery_id, channel, attempt_started_at)
+                SELECT id, channel, last_attempt_at FROM moved
+                 WHERE dead AND channel = 'sms' AND last_attempt_at IS NOT NULL
+                ON CONFLICT (delivery_id) DO UPDATE
+                   SET attempt_started_at = GREATEST(alert_unknown_outcomes.attempt_started_at,
+                                                     EXCLUDED.attempt_started_at)
+                )
+                SELECT id, channel, payload, queue, attempts, stamp FROM moved
                 """,
                 {
                     "grace": grace_seconds,

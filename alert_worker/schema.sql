@@ -96,3 +96,12 @@ BEGIN
 END $$;
 CREATE UNIQUE INDEX IF NOT EXISTS alert_deliveries_provider_message_id_key
     ON alert_deliveries (provider_message_id) WHERE provider_message_id IS NOT NULL;
+
+-- Provider-added e-mail suppressions the rules of CONTRACT §7.2 never add (an earlier release suppressed on
+-- any 5.1.x, on replies after DATA and on replies naming the sender): lifted at every migrate, so an upgrade
+-- sends to those recipients again. Kept: a reply to RCPT TO with 5.1.1, 5.1.2, 5.1.10 or 5.2.1 not naming
+-- the sender (reason `smtp recipient refused [CODE] 5.x.y: text`), and every entry an operator added.
+DELETE FROM alert_suppressions
+ WHERE channel = 'email' AND source_delivery_id IS NOT NULL
+   AND (reason !~ '^smtp recipient refused( -?[0-9]+| unparseable reply)? 5\.(1\.(1|2|10)|2\.1)(:|$)'
+        OR reason ~* '\msender\M');

@@ -73,12 +73,17 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
         """Create the row if missing and claim it, atomically; ``None`` when it is not ours to send.
 
         Claimable: pending and due, or in progress with a claim older than the stuck threshold. A stuck
-        reclaim counts the lost attempt, so a delivery that crashes its worker every time still ends.
+        reclaim counts the lost attempt, so a delivery that crashes its worker every time still ends, and,
+        for an SMS, records an unknown outcome from the lost claim's ``last_attempt_at`` in the same
+        statement: the lost attempt may have sent it, so this one looks it up first (docs/contract.md §7.1).
         """
         token = str(uuid.uuid4())
         with self._pool.connection() as conn:
             found = conn.execute(
                 f"""
+                WITH before AS (
+                    SELECT status, last_attempt_at FROM alert_deliveries WHERE id = %(id)s
+                ), claimed AS (
                 INSERT INTO alert_deliveries AS d
                     (id, channel, recipient, recipient_hash, status, payload, queue, claim_token,
                      last_attempt_at, claimed_by)
@@ -92,7 +97,16 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
                  WHERE (d.status = 'pending' AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= now()))
                     OR (d.status = 'in_progress'
                         AND d.last_attempt_at < now() - make_interval(secs => %(stuck)s))
-                RETURNING {_ROW_COLUMNS}, (xmax = 0) AS created, now()
+                RETURNING {_ROW_COLUMNS}, (xmax = 0) AS created, now() AS db_now
+                ), lost AS (
+                INSERT INTO alert_unknown_outcomes (delivery_id, channel, attempt_started_at)
+                SELECT c.id, c.channel, b.last_attempt_at FROM claimed c CROSS JOIN before b
+                 WHERE b.status = 'in_progress' AND c.channel = 'sms' AND b.last_attempt_at IS NOT NULL
+                ON CONFLICT (delivery_id) DO UPDATE
+                   SET attempt_started_at = GREATEST(alert_unknown_outcomes.attempt_started_at,
+                                                     EXCLUDED.attempt_started_at)
+                )
+                SELECT * FROM claimed
                 """,
                 {
                     "id": new.id,

@@ -56,11 +56,16 @@ class SuppressionStore:
     def __init__(self, *, source: ConnectionSource) -> None:
         self._source = source
 
-    def reason(self, channel: str, rhash: str) -> str | None:
-        """Why this recipient is suppressed, or ``None`` when it is not."""
+    def reason(self, channel: str, rhash: str, *, operator_added_only: bool = False) -> str | None:
+        """Why this recipient is suppressed, or ``None`` when it is not.
+
+        ``operator_added_only``: ignore an entry a provider's answer added (``source_delivery_id`` set).
+        """
+        only = " AND source_delivery_id IS NULL" if operator_added_only else ""
         with self._source.connection() as conn:
             found = conn.execute(
-                "SELECT reason FROM alert_suppressions WHERE channel = %s AND recipient_hash = %s", (channel, rhash)
+                "SELECT reason FROM alert_suppressions WHERE channel = %s AND recipient_hash = %s" + only,
+                (channel, rhash),
             ).fetchone()
         return None if found is None else str(found[0])
 

@@ -32,6 +32,10 @@ class Channel(ABC):
         """What the provider rate-limits on (webhook, account + sender, server): the cooldown's key."""
         return self.name.value
 
+    def sent_text(self, message: Message) -> str:
+        """The text the provider keeps for a prepared message (what ``find_sent`` compares)."""
+        return f"{message.subject}\n{message.body}"
+
     def find_sent(self, message: Message, *, earliest: datetime, latest: datetime) -> list[str]:
         """Provider ids of messages like this one (sender, recipient, text) created in the window."""
         return []

@@ -6,7 +6,8 @@ once with ``raise ... from``. Reasons name the provider and the exception class 
 
     ReadTimeout, the send deadline passed,      outcome unknown (transient: the provider may have the
       or a connection dropped after the         request; SMS looks it up before resending), whatever
-      request was written                       wraps it (ProxyError, MaxRetryError, bare RemoteDisconnected)
+      request was written, or an answer whose   wraps it (ProxyError, MaxRetryError, bare RemoteDisconnected)
+      body broke or cannot be decoded
     ConnectTimeout, other ConnectionError      transient (nothing was sent)
     InvalidURL, InvalidSchema, MissingSchema   permanent (the same request can never be made)
     any other RequestException                 transient
@@ -51,6 +52,9 @@ _AFTER_SENDING: tuple[type[BaseException], ...] = (
     http.client.HTTPException,
     ConnectionResetError,
     BrokenPipeError,
+    DecodeError,  # the status line came: the provider has the request, its answer cannot be read
+    requests.exceptions.ContentDecodingError,
+    requests.exceptions.ChunkedEncodingError,
 )
 _NOT_WRITTEN: tuple[type[BaseException], ...] = (http.client.ImproperConnectionState,)
 # ... and these that nothing was sent: no connection (refused, DNS, connect timeout), or a proxy that refused
@@ -58,7 +62,6 @@ _NOT_WRITTEN: tuple[type[BaseException], ...] = (http.client.ImproperConnectionS
 _BEFORE_SENDING: tuple[type[BaseException], ...] = (
     requests.ConnectTimeout,
     ConnectTimeoutError,
-    DecodeError,
     NewConnectionError,
     ConnectionRefusedError,
     socket.gaierror,
@@ -83,6 +86,8 @@ def map_request_errors(provider: str) -> Iterator[None]:
     except _NEVER_VALID as exc:
         raise PermanentDeliveryError(f"{provider} invalid request: {type(exc).__name__}", definite=True) from exc
     except requests.RequestException as exc:
+        if outcome_unknown(exc):  # the answer came but broke or cannot be decoded
+            raise OutcomeUnknownError(f"{provider} answer unreadable after sending: {type(exc).__name__}") from exc
         raise TransientDeliveryError(f"{provider} request error: {type(exc).__name__}") from exc
 
 

@@ -248,6 +248,9 @@ class SmsChannel(Channel):
         """The Twilio account and sender: Twilio throttles per account and per sending number."""
         return f"{self._settings.account_sid}:{self._settings.from_number}"
 
+    def sent_text(self, message: Message) -> str:
+        return sms_text(message.subject, message.body)
+
     def find_sent(self, message: Message, *, earliest: datetime, latest: datetime) -> list[str]:
         """SIDs of messages with this body to this number from our sender created in [earliest, latest].
 
@@ -261,7 +264,7 @@ class SmsChannel(Channel):
 
         if self._client is None:
             self._client = self._build_client()
-        text = sms_text(message.subject, message.body)
+        text = self.sent_text(message)
         sender = self._settings.from_number
         service = sender if sender.startswith("MG") else None  # a Messaging Service picks the From number
         try:

@@ -81,3 +81,41 @@ def test_an_answer_slower_than_the_job_timeout_sends_one_sms(
     assert '"delivery_found_already_sent"' in log
     if cut_by == "the job timeout":
         assert '"delivery_send_interrupted"' in log
+
+
+@pytest.mark.timeout(240)
+def test_a_worker_killed_while_twilio_answers_leaves_an_sms_the_next_worker_looks_up_and_never_resends(
+    worker_env: dict[str, str], database_url: str, twilio: FakeTwilio
+) -> None:
+    """kill -9 (OOM killer, node loss) after Twilio created the message, before its answer came. The next
+    worker's sweep reclaims the row (``worker_lost``) and records the lost attempt as an unknown outcome
+    (§7.1 "or by anything else"); its job looks Twilio up, finds the message and posts nothing."""
+    env = {
+        **worker_env,
+        **channel_env(slack_default="", twilio_token="t" * 32),
+        "ALERT_JOB_TIMEOUT_SECONDS": "6",
+        "ALERT_SEND_TIMEOUT_SECONDS": "5",
+        "ALERT_SWEEP_INTERVAL_SECONDS": "1",
+        "ALERT_RATE_SMS_PER_RECIPIENT_HOUR": "0",
+        "ALERT_RATE_SMS_PER_MIN": "0",
+    }
+    twilio.script.append("trickle_headers:3")  # accepted at once, the answer's first line only after 3 s
+    send_alert("sms", PHONE, "CRITICAL", "db-3 down", delivery_id="killed-1", settings=Settings.from_env(env))
+    command = [sys.executable, "-m", "tests.support.fake_twilio", twilio.base_url, "run", "--threads", "2"]
+    with tempfile.TemporaryDirectory(prefix="alert-worker-") as tmp:
+        first = WorkerProcess(log_path=Path(tmp) / "first.log", env=subprocess_env(env))
+        second = WorkerProcess(log_path=Path(tmp) / "second.log", env=subprocess_env(env))
+        first.launch(command)
+        try:
+            wait_until(lambda: len(twilio.accepted) == 1, timeout=120, what="Twilio accepted the first POST")
+            first.kill()  # SIGKILL to the whole group while the answer is still on its way
+            second.launch(command)
+            wait_until(lambda: _status(database_url, "killed-1")[0] == "delivered", timeout=120,
+                       what="the SMS delivered by the second worker")  # fmt: skip
+            log = second.text()
+        finally:
+            first.kill()
+            second.kill()
+    assert _status(database_url, "killed-1")[1] == twilio.accepted[0]["sid"]
+    assert twilio.posts == 1 and len(twilio.accepted) == 1, f"not resent\n{log[-3000:]}"
+    assert '"delivery_found_already_sent"' in log and '"provider_lookup"' in log

@@ -163,6 +163,27 @@ def test_a_404_from_the_default_webhook_poisons_that_delivery_and_suppresses_not
     assert nxt["outcome"] == "delivered" and len(providers.slack_requests) == 3
 
 
+@pytest.mark.parametrize(
+    ("source_delivery_id", "outcome"),
+    [("d-old-2", "delivered"), (None, "poisoned")],
+    ids=["provider-added-by-an-earlier-release-is-ignored", "operator-added-still-holds"],
+)
+def test_only_an_operators_entry_holds_the_default_webhook(
+    worker_cli: InProcessCli, database_url: str, source_delivery_id: str | None, outcome: str
+) -> None:
+    """An earlier release suppressed SLACK_WEBHOOK_URL on its 404 (source_delivery_id set): that entry no
+    longer holds it. An entry the operator added (no source delivery) still does."""
+    added = worker_cli("suppression", "add", "--channel", "slack", "--to", "default", "--reason", "no_service")
+    assert added.code == 0
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE alert_suppressions SET source_delivery_id = %s", (source_delivery_id,))
+    with mocked_providers() as providers:
+        result = execute_delivery_job("after-upgrade", "slack", "default", "Disk full", "db-1")
+    assert result["outcome"] == outcome
+    assert len(providers.slack_requests) == (1 if outcome == "delivered" else 0)
+    assert len(_suppressions(database_url)) == 1, "the entry itself is left for the operator"
+
+
 def test_a_404_from_a_webhook_given_as_the_recipient_still_suppresses_it(database_url: str) -> None:
     other = f"https://{SLACK_HOST}/services/T0/B9/otherhook"
     with mocked_providers() as providers:

@@ -12,6 +12,7 @@ from psycopg_pool import ConnectionPool
 
 from alert_worker.cooldown import Cooldowns
 from alert_worker.outcomes import UnknownOutcomes
+from alert_worker.store import DeliveryStore
 from alert_worker.suppression import SuppressionStore, suppression_key
 
 
@@ -57,6 +58,53 @@ def test_list_filters_by_channel_and_stores_the_reason_sanitized(pool: Connectio
     assert [e.channel for e in store.list("email")] == ["email"]
     assert store.reason("email", "h1") == "bounced for <email>"
     assert len(store.list()) == 2
+
+
+# What an earlier release stored as the reason of a provider-added e-mail suppression, and whether the rules of
+# §7.2 would add it (kept by migrate) or never would (lifted by migrate).
+EARLIER_SUPPRESSIONS = [
+    ("smtp recipient refused 550 5.1.1: <email>: Recipient address rejected: User unknown", True),
+    ("smtp recipient refused 550 5.1.2: Host or domain name not found", True),
+    ("smtp recipient refused 556 5.1.10: Recipient address has null MX", True),
+    ("smtp recipient refused 550 5.2.1: Mailbox disabled", True),
+    ("smtp recipient refused 5.1.1", True),
+    ("smtp recipient refused -1 5.1.1: no such user", True),
+    ("smtp recipient refused unparseable reply 5.1.1: no such user", True),
+    ("smtp recipient refused 550 5.1.0: <email>: Sender address rejected: User unknown in local recipient table",
+     False),
+    ("smtp recipient refused 550 5.1.7: bad address syntax", False),
+    ("smtp recipient refused 553 5.1.8: Domain of address does not exist", False),
+    ("smtp recipient refused 550 5.7.1: Relaying denied", False),
+    ("smtp recipient refused 550 5.1.1: <email>: Sender address rejected: not owned by user", False),
+    ("smtp recipient refused 550 5.1.100: no such user", False),
+    ("smtp 550 5.1.1: no such user", False),
+    ("smtp sender refused 550 5.1.1: no such user", False),
+]
+EARLIER_IDS = [
+    "rcpt-5.1.1", "rcpt-5.1.2", "rcpt-5.1.10", "rcpt-5.2.1", "rcpt-5.1.1-no-code-no-text", "rcpt-5.1.1-code--1",
+    "rcpt-5.1.1-unparseable", "rcpt-5.1.0-sender-rejected", "rcpt-5.1.7", "rcpt-5.1.8", "rcpt-5.7.1",
+    "rcpt-5.1.1-naming-the-sender", "rcpt-5.1.100", "after-data-5.1.1", "mail-from-5.1.1",
+]
+
+
+@pytest.mark.parametrize(("reason", "kept"), EARLIER_SUPPRESSIONS, ids=EARLIER_IDS)
+def test_migrate_lifts_the_provider_added_email_suppressions_the_rules_would_never_add(
+    pool: ConnectionPool, reason: str, kept: bool
+) -> None:
+    """An upgrade over an earlier release's entries: only RCPT TO 5.1.1/5.1.2/5.1.10/5.2.1 not naming the
+    sender stays; the same text added by an operator, or an SMS entry, always stays. Migrate twice: idempotent."""
+    with pool.connection() as conn:
+        conn.execute(
+            "INSERT INTO alert_suppressions (channel, recipient_hash, recipient, reason, source_delivery_id) VALUES "
+            "('email', 'provider', 'o***@example.com', %(r)s, 'd-old'), ('email', 'operator', 'p***@example.com', "
+            "%(r)s, NULL), ('sms', 'phone', '***4567', %(r)s, 'd-old')",
+            {"r": reason},
+        )
+    DeliveryStore(pool=pool).migrate()
+    DeliveryStore(pool=pool).migrate()
+    with pool.connection() as conn:
+        left = {r[0] for r in conn.execute("SELECT recipient_hash FROM alert_suppressions").fetchall()}
+    assert left == ({"provider"} if kept else set()) | {"operator", "phone"}
 
 
 def test_unknown_outcomes_keep_the_latest_attempt_and_clear(pool: ConnectionPool, database_url: str) -> None:

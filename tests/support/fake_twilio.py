@@ -8,7 +8,8 @@ ARGS`` with the same redirect (for worker subprocesses).
 
 Behaviours:  ``accept`` · ``drop`` (read the request, close without answering, nothing accepted: it never
 reached Twilio) · ``trickle_body:S`` (accept, send the headers, then the body a byte every S seconds) ·
-``trickle_headers:S`` (accept, then the status line and one header line every S seconds, eight lines).
+``trickle_headers:S`` (accept, then the status line and one header line every S seconds, eight lines) ·
+``broken_gzip`` (accept, answer 201 with ``Content-Encoding: gzip`` on a body that is not gzip).
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ class _Handler(BaseHTTPRequestHandler):
         message = self.fake.accept(to=form["To"][0], from_=form.get("From", [""])[0], body=form["Body"][0])
         data = json.dumps(message).encode()
         head = [b"HTTP/1.1 201 CREATED", b"Content-Type: application/json", f"Content-Length: {len(data)}".encode()]
+        if kind == "broken_gzip":  # a middlebox mangled the answer: the client cannot decode it
+            head.append(b"Content-Encoding: gzip")
         try:
             if kind == "trickle_headers":
                 for line in [*head, *(f"X-Slow-{i}: 1".encode() for i in range(5))]:

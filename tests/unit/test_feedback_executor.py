@@ -39,9 +39,11 @@ class FakeSuppressions:
     def __init__(self) -> None:
         self.entries: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def reason(self, channel: str, rhash: str) -> str | None:
+    def reason(self, channel: str, rhash: str, *, operator_added_only: bool = False) -> str | None:
         entry = self.entries.get((channel, rhash))
-        return None if entry is None else str(entry["reason"])
+        if entry is None or (operator_added_only and entry["source"] is not None):
+            return None
+        return str(entry["reason"])
 
     def add(self, *, channel: str, rhash: str, masked: str, reason: str, source_delivery_id: str | None = None) -> bool:
         if (channel, rhash) in self.entries:
@@ -65,8 +67,8 @@ class FakeOutcomes:
     def taken(self, delivery_id: str, message_ids: Any) -> set[str]:
         return {m for m in message_ids if self.held.get(m, delivery_id) != delivery_id}
 
-    def rival_in_flight(self, delivery_id: str) -> bool:
-        return self.rival
+    def rivals(self, delivery_id: str, *, earliest: datetime, latest: datetime) -> list[dict[str, Any] | None]:
+        return [None] if self.rival else []  # a rival whose text is unknown counts as ours
 
     def since(self, delivery_id: str) -> datetime | None:
         return self.started.get(delivery_id)

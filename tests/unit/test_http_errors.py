@@ -9,6 +9,7 @@ import pytest
 import requests
 from urllib3.exceptions import (
     ConnectTimeoutError,
+    DecodeError,
     MaxRetryError,
     NewConnectionError,
     ProtocolError,
@@ -25,30 +26,21 @@ MAPPING = [
     (requests.ConnectTimeout(SECRET_URL), TransientDeliveryError, "timeout: ConnectTimeout"),
     (requests.ReadTimeout(SECRET_URL), OutcomeUnknownError, "no answer after sending: ReadTimeout"),
     (requests.ConnectionError(SECRET_URL), TransientDeliveryError, "connection error: ConnectionError"),
-    (
-        requests.ConnectionError(ProtocolError("Connection aborted.", SECRET_URL)),
-        OutcomeUnknownError,
-        "connection dropped after sending: ConnectionError",
-    ),
-    (
-        requests.exceptions.ChunkedEncodingError(SECRET_URL),
-        TransientDeliveryError,
-        "request error: ChunkedEncodingError",
-    ),
+    (requests.ConnectionError(ProtocolError("Connection aborted.", SECRET_URL)), OutcomeUnknownError,
+     "connection dropped after sending: ConnectionError"),
+    (requests.exceptions.ChunkedEncodingError(SECRET_URL), OutcomeUnknownError,
+     "answer unreadable after sending: ChunkedEncodingError"),
+    (requests.exceptions.ContentDecodingError(DecodeError("not gzip", SECRET_URL)), OutcomeUnknownError,
+     "answer unreadable after sending: ContentDecodingError"),
+    (requests.exceptions.TooManyRedirects(SECRET_URL), TransientDeliveryError, "request error: TooManyRedirects"),
     (requests.exceptions.InvalidURL(SECRET_URL), PermanentDeliveryError, "invalid request: InvalidURL"),
     (requests.exceptions.InvalidSchema(SECRET_URL), PermanentDeliveryError, "invalid request: InvalidSchema"),
     (requests.exceptions.MissingSchema(SECRET_URL), PermanentDeliveryError, "invalid request: MissingSchema"),
 ]
-MAPPING_IDS = [
-    "connect-timeout",
-    "read-timeout-outcome-unknown",
-    "connection-error",
-    "dropped-after-sending",
-    "chunked",
-    "invalid-url",
-    "invalid-schema",
-    "missing-schema",
-]
+MAPPING_IDS = ["connect-timeout", "read-timeout-outcome-unknown", "connection-error", "dropped-after-sending",
+               "chunked-body-broke-after-the-status-line", "body-cannot-be-decoded-after-the-status-line",
+               "other-request-exception", "invalid-url", "invalid-schema",
+               "missing-schema"]
 
 
 @pytest.mark.parametrize("provider", ["slack", "twilio"], ids=["slack", "twilio"])
@@ -97,12 +89,15 @@ CAUSE_CHAIN = [
     (requests.ReadTimeout(ReadTimeoutError(None, "/", "read timed out")), True),  # type: ignore[arg-type]
     (requests.ConnectTimeout(_retries_exhausted(ConnectTimeoutError(None, "timed out"))), False),
     (requests.ConnectionError("Max retries exceeded (NewConnectionError)"), False),
+    (requests.exceptions.ContentDecodingError(DecodeError("Received response with content-encoding: gzip")), True),
+    (requests.exceptions.ChunkedEncodingError(ProtocolError("Response ended prematurely")), True),
 ]
 CAUSE_CHAIN_IDS = [
     "proxy-remote-disconnected-after-post", "proxy-incomplete-read", "proxy-reset-after-post",
     "proxy-refused-connect-tunnel", "proxy-unreachable", "proxy-connect-timeout", "proxy-dns-failure",
     "max-retry-protocol-error", "max-retry-new-connection", "max-retry-refused", "bare-remote-disconnected",
     "read-timeout", "connect-timeout", "text-only-connection-error",
+    "requests-content-decoding-error", "chunked-body-ended-early",
 ]
 
 

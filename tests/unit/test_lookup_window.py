@@ -92,7 +92,7 @@ def test_our_own_acceptance_is_recorded_even_if_another_row_holds_its_id() -> No
     with capture_logs() as logs:
         result = h.run(channel="sms", to=PHONE)
     assert result["outcome"] == "delivered"
-    assert h.store.rows["d-1"].message_id is None
+    assert h.store.rows["d-1"].message_id is None and result["message_id"] is None, "the result says what the row says"
     assert any(e["event"] == "provider_message_id_taken" and e["log_level"] == "error" for e in logs)
 
 

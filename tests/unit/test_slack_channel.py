@@ -216,7 +216,8 @@ def test_slack_answer_is_classified(
             "slack connection error: ConnectionError",
         ),
         (requests.exceptions.SSLError(f"bad handshake {HOOK}"), "slack connection error: SSLError"),
-        (requests.exceptions.ChunkedEncodingError(f"broken {HOOK}"), "slack request error: ChunkedEncodingError"),
+        (requests.exceptions.ChunkedEncodingError(f"broken {HOOK}"),
+         "outcome_unknown: slack answer unreadable after sending: ChunkedEncodingError"),
     ],
     ids=["connect-timeout", "read-timeout", "connection-error", "tls-error", "broken-response"],
 )
