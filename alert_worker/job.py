@@ -27,6 +27,7 @@ from alert_worker.wiring import DatabaseUnreachableError, build_executor, enqueu
 log = structlog.get_logger("alert_worker.job")
 
 DB_WAIT_META = "alert_db_wait"  # job meta of a database-wait copy: {"since": epoch s, "copies": n}
+RELEASE_META = "alert_release"  # job meta of `alert-worker release`: past the per-recipient limit once (§8)
 
 
 def job_request(
@@ -46,6 +47,7 @@ def job_request(
         attempt=attempt,
         queue=job.origin if job is not None else settings.queues[0],
         job_id=job.id if job is not None else None,
+        release=job is not None and job.meta.get(RELEASE_META) is True,
     )
     return settings, request
 

@@ -127,6 +127,8 @@ class Settings:
     max_retry_delay_seconds: float = 3600.0
     max_defer_seconds: float = 3600.0
     cooldown_seconds: float = 30.0  # a provider's "slow down" without Retry-After (docs/contract.md §6.2)
+    digest: bool = True  # ALERT_DIGEST: held deliveries ride in the recipient's next message (§8)
+    digest_max_items: int = 50  # ALERT_DIGEST_MAX_ITEMS: deliveries in one message, the carrier included
     send_timeout_seconds: float = 10.0
     sweep_grace_seconds: int = 60
     sweep_interval_seconds: float = 30.0
@@ -192,6 +194,8 @@ class Settings:
             max_retry_delay_seconds=_float(env, "ALERT_MAX_RETRY_DELAY", 3600.0, minimum=1.0),
             max_defer_seconds=_float(env, "ALERT_MAX_DEFER_SECONDS", 3600.0, minimum=0.0),
             cooldown_seconds=_float(env, "ALERT_COOLDOWN_SECONDS", 30.0, minimum=1.0),
+            digest=_flag(env, "ALERT_DIGEST", True),
+            digest_max_items=_int(env, "ALERT_DIGEST_MAX_ITEMS", 50, minimum=1),
             send_timeout_seconds=_float(env, "ALERT_SEND_TIMEOUT_SECONDS", 10.0, minimum=0.1),
             sweep_grace_seconds=_sweep_grace(env),
             sweep_interval_seconds=_float(env, "ALERT_SWEEP_INTERVAL_SECONDS", 30.0, minimum=0.1),

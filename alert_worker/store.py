@@ -7,13 +7,14 @@ Writes made on behalf of a job are fenced by the row's ``claim_token``: a job wh
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from alert_worker.digest import HELD_SQL
 from alert_worker.errors import ClaimLostError
 from alert_worker.intake import IntakeStatements
 from alert_worker.intake import NewDelivery as NewDelivery  # re-exported: callers import it from here
@@ -25,6 +26,14 @@ _ROW_COLUMNS = (
     "id, channel, status, attempts, deferrals, recipient_hash, payload, queue, deferred_since, "
     "next_attempt_at, claim_token"
 )
+
+
+_MARK_DELIVERED = """
+    UPDATE alert_deliveries
+       SET status = 'delivered', attempts = %(attempts)s, delivered_at = now(),
+           provider_message_id = %(mid)s, delivered_via = %(via)s, error_message = NULL, payload = NULL,
+           next_attempt_at = NULL, deferred_since = NULL, updated_at = now()
+"""
 
 
 def _row(values: tuple[Any, ...], db_now: datetime | None = None) -> DeliveryRow:
@@ -43,6 +52,14 @@ def _row(values: tuple[Any, ...], db_now: datetime | None = None) -> DeliveryRow
         claim_token=str(token) if token else None,
         db_now=db_now,
     )
+
+
+@dataclass(frozen=True)
+class CarriedClaim:
+    """A held delivery claimed to ride in another delivery's message (§8): its row and its own claim token."""
+
+    row: DeliveryRow
+    token: str
 
 
 @dataclass(frozen=True)
@@ -129,24 +146,141 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
             raise ClaimLostError(f"claim on delivery {params['id']!r} was lost")
         return tuple(found)
 
-    def mark_delivered(self, delivery_id: str, token: str, *, attempts: int, message_id: str | None) -> float:
-        """Record acceptance; erase the payload. Returns seconds from row creation to acceptance."""
+    def mark_delivered(
+        self, delivery_id: str, token: str, *, attempts: int, message_id: str | None, delivered_via: str | None = None
+    ) -> float:
+        """Record acceptance; erase the payload. Returns seconds from row creation to acceptance.
+
+        ``delivered_via``: the delivery whose message carried this one (then ``message_id`` is ``None``).
+        """
         (latency,) = self._fenced(
-            """
-            UPDATE alert_deliveries
-               SET status = 'delivered', attempts = %(attempts)s, delivered_at = now(),
-                   provider_message_id = %(mid)s, error_message = NULL, payload = NULL,
-                   next_attempt_at = NULL, deferred_since = NULL, updated_at = now()
-            """,
+            _MARK_DELIVERED,
             {
                 "id": delivery_id,
                 "token": token,
                 "attempts": attempts,
                 "mid": message_id,
+                "via": delivered_via,
                 "_returning": "EXTRACT(EPOCH FROM now() - created_at)::float8",
             },
         )
         return float(latency)
+
+    # -- alert storms (§8): held deliveries carried by another delivery's message -----------------------
+    def claim_held(self, *, channel: str, recipient_hash: str, exclude_id: str, limit: int) -> list[CarriedClaim]:
+        """Claim up to ``limit`` held deliveries of this channel and recipient, oldest first, each with its
+        own claim token (fenced like any claim; reclaimable like any ``in_progress`` row if the worker dies).
+
+        ``SKIP LOCKED``: a row another job is claiming right now is left to it.
+        """
+        if limit < 1:
+            return []
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                f"""
+                UPDATE alert_deliveries AS d
+                   SET status = 'in_progress', claim_token = gen_random_uuid(), claimed_by = %(claimed_by)s,
+                       last_attempt_at = now(), updated_at = now()
+                  FROM (SELECT id FROM alert_deliveries
+                         WHERE channel = %(channel)s AND recipient_hash = %(hash)s AND id <> %(id)s
+                           AND payload IS NOT NULL AND {HELD_SQL}
+                         ORDER BY created_at, id
+                         LIMIT %(limit)s
+                         FOR UPDATE SKIP LOCKED) AS c
+                 WHERE d.id = c.id AND d.status = 'pending'
+                RETURNING {", ".join("d." + c.strip() for c in _ROW_COLUMNS.split(","))}, now(), d.created_at
+                """,
+                {
+                    "channel": channel,
+                    "hash": recipient_hash,
+                    "id": exclude_id,
+                    "limit": limit,
+                    "claimed_by": self._claimed_by,
+                },
+            ).fetchall()
+        claims = [
+            CarriedClaim(row=replace(_row(r[:11], db_now=r[11]), created_at=r[12]), token=str(r[10])) for r in rows
+        ]
+        return sorted(claims, key=lambda c: (c.row.created_at or datetime.min, c.row.id))
+
+    def release_carried(self, carried: list[CarriedClaim]) -> int:
+        """Hand carried claims back (their message was not sent): pending and held again, as they were."""
+        if not carried:
+            return 0
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                """
+                UPDATE alert_deliveries AS d
+                   SET status = 'pending', claim_token = NULL, updated_at = now()
+                  FROM unnest(%(ids)s::text[], %(tokens)s::uuid[]) AS c(id, token)
+                 WHERE d.id = c.id AND d.claim_token = c.token AND d.status = 'in_progress'
+                RETURNING d.id
+                """,
+                {"ids": [c.row.id for c in carried], "tokens": [c.token for c in carried]},
+            ).fetchall()
+        return len(rows)
+
+    def mark_delivered_carrying(
+        self,
+        delivery_id: str,
+        token: str,
+        *,
+        attempts: int,
+        message_id: str | None,
+        carried: list[CarriedClaim],
+    ) -> tuple[float, list[str]]:
+        """The carrier's ``delivered`` and its carried deliveries' ``delivered`` (``delivered_via`` = the
+        carrier, no provider id), in one transaction, each fenced on its own claim.
+
+        A lost carrier claim writes nothing (``ClaimLostError``). Returns the carrier's latency and the
+        carried ids whose claim was lost (written nothing: the caller keeps their sent markers).
+        """
+        with self._pool.connection() as conn, conn.transaction():
+            found = conn.execute(
+                _MARK_DELIVERED + " WHERE id = %(id)s AND claim_token = %(token)s AND status = 'in_progress' "
+                "RETURNING EXTRACT(EPOCH FROM now() - created_at)::float8",
+                {"id": delivery_id, "token": token, "attempts": attempts, "mid": message_id, "via": None},
+            ).fetchone()
+            if found is None:
+                raise ClaimLostError(f"claim on delivery {delivery_id!r} was lost")
+            written = conn.execute(
+                """
+                UPDATE alert_deliveries AS d
+                   SET status = 'delivered', attempts = d.attempts + 1, delivered_at = now(),
+                       delivered_via = %(via)s, provider_message_id = NULL, error_message = NULL, payload = NULL,
+                       next_attempt_at = NULL, deferred_since = NULL, updated_at = now()
+                  FROM unnest(%(ids)s::text[], %(tokens)s::uuid[]) AS c(id, token)
+                 WHERE d.id = c.id AND d.claim_token = c.token AND d.status = 'in_progress'
+                RETURNING d.id
+                """,
+                {"via": delivery_id, "ids": [c.row.id for c in carried], "tokens": [c.token for c in carried]},
+            ).fetchall()
+        done = {r[0] for r in written}
+        return float(found[0]), [c.row.id for c in carried if c.row.id not in done]
+
+    def oldest_held(self, *, channel: str, recipient_hash: str) -> RecoveredDelivery | None:
+        """The oldest held delivery of a recipient, made due now (``alert-worker release``), or ``None``."""
+        with self._pool.connection() as conn:
+            found = conn.execute(
+                f"""
+                UPDATE alert_deliveries SET next_attempt_at = now(), updated_at = now()
+                 WHERE id = (SELECT id FROM alert_deliveries
+                              WHERE channel = %s AND recipient_hash = %s AND payload IS NOT NULL AND {HELD_SQL}
+                              ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                RETURNING id, channel, payload, queue, attempts, now()
+                """,
+                (channel, recipient_hash),
+            ).fetchone()
+        return None if found is None else RecoveredDelivery(*found)
+
+    def carried_count(self, delivery_id: str) -> int:
+        """How many deliveries name ``delivery_id`` in ``delivered_via``."""
+        with self._pool.connection() as conn:
+            found = conn.execute(
+                "SELECT count(*) FROM alert_deliveries WHERE delivered_via = %s AND status = 'delivered'",
+                (delivery_id,),
+            ).fetchone()
+        return int(found[0]) if found else 0
 
     def schedule_retry(
         self, delivery_id: str, token: str, *, attempts: int, delay_seconds: float, error: str

@@ -21,6 +21,7 @@ import requests
 
 from alert_worker.channels.base import Channel
 from alert_worker.channels.http import map_request_errors
+from alert_worker.digest import slack_digest
 from alert_worker.errors import (
     ChannelNotConfiguredError,
     InvalidInputError,
@@ -113,6 +114,13 @@ def slack_text(subject: str, body: str) -> str:
     return _head(subject, body) + _escape(body)
 
 
+def message_text(message: Message) -> str:
+    """The posted text: one alert, or, when it carries held alerts, the count and each one (§8)."""
+    if message.carried:
+        return slack_digest(message, MAX_SLACK_TEXT_CHARS, escape=_escape)
+    return slack_text(message.subject, message.body)
+
+
 class SlackChannel(Channel):
     name = ChannelType.SLACK
     max_text_chars = MAX_SLACK_TEXT_CHARS
@@ -150,7 +158,7 @@ class SlackChannel(Channel):
 
     def send(self, message: Message) -> SendReceipt:
         url = self.webhook_url(message.recipient)
-        text = slack_text(message.subject, message.body)
+        text = message_text(message)
         if self._session is None:
             self._session = self._session_factory()
         with map_request_errors("slack"):

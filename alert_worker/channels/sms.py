@@ -22,6 +22,7 @@ import requests
 
 from alert_worker.channels.base import Channel
 from alert_worker.channels.http import map_request_errors
+from alert_worker.digest import sms_digest
 from alert_worker.errors import (
     DeliveryError,
     InvalidInputError,
@@ -78,6 +79,13 @@ def sms_text(subject: str, body: str) -> str:
     if subject and body:
         return f"{subject}: {body}"
     return subject or body
+
+
+def message_text(message: Message) -> str:
+    """The SMS body: one alert, or, when it carries held alerts, the count and their subjects (§8)."""
+    if message.carried:
+        return sms_digest(message, MAX_SMS_UNITS, utf16_units)
+    return sms_text(message.subject, message.body)
 
 
 def classify_twilio(
@@ -160,9 +168,7 @@ class SmsChannel(Channel):
         self._retry_after = None
         try:
             with map_request_errors("twilio"):
-                created = self._client.messages.create(
-                    to=message.recipient, body=sms_text(message.subject, message.body), **route
-                )
+                created = self._client.messages.create(to=message.recipient, body=message_text(message), **route)
         except TwilioException as exc:
             raise self._classify(exc) from exc
         except ValueError as exc:  # a 2xx whose body is not JSON: the message may have gone out
@@ -185,7 +191,7 @@ class SmsChannel(Channel):
 
         if self._client is None:
             self._client = self._build_client()
-        text = sms_text(message.subject, message.body)
+        text = message_text(message)
         sender = self._settings.from_number
         service = sender if sender.startswith("MG") else None  # a Messaging Service picks the From number
         try:
