@@ -19,7 +19,7 @@ from alert_worker.executor import DeliveryRequest
 from alert_worker.logs import ensure_logging
 from alert_worker.models import DeliveryResult
 from alert_worker.resources import JobResources, closing_resources, open_resources_for
-from alert_worker.rq_jobs import RqEnqueuer, current_job
+from alert_worker.rq_jobs import RELEASE_META, RqEnqueuer, current_job
 from alert_worker.settings import Settings
 from alert_worker.validation import validate_job_arguments
 from alert_worker.wiring import DatabaseUnreachableError, build_executor, enqueuer_for
@@ -27,7 +27,6 @@ from alert_worker.wiring import DatabaseUnreachableError, build_executor, enqueu
 log = structlog.get_logger("alert_worker.job")
 
 DB_WAIT_META = "alert_db_wait"  # job meta of a database-wait copy: {"since": epoch s, "copies": n}
-RELEASE_META = "alert_release"  # job meta of `alert-worker release`: past the per-recipient limit once (§8)
 
 
 def job_request(

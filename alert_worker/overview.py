@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import redis
 
+from alert_worker.digest import HELD_SQL
 from alert_worker.keys import RedisKeys
 
 STATUSES: tuple[str, ...] = ("pending", "in_progress", "delivered", "failed", "poison")
@@ -41,6 +42,7 @@ OLDEST_DUE_SQL = (
     "SELECT EXTRACT(EPOCH FROM now() - min(COALESCE(next_attempt_at, created_at)))::float8 "
     "FROM alert_deliveries WHERE status = 'pending' AND COALESCE(next_attempt_at, created_at) <= now()"
 )
+HELD_COUNT_SQL = f"SELECT channel, count(*) FROM alert_deliveries WHERE {HELD_SQL} GROUP BY channel"
 SUPPRESSIONS_SQL = "SELECT count(*) FROM alert_suppressions"
 SUPPRESSIONS_EXIST_SQL = "SELECT to_regclass('alert_suppressions') IS NOT NULL"
 
@@ -66,6 +68,7 @@ class Overview:
     workers: list[WorkerInfo]
     scheduler: dict[str, bool]
     estimated: frozenset[str] = field(default_factory=frozenset)
+    held: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHANNELS, 0))  # §8
 
     def as_json(self) -> dict[str, Any]:
         """Exactly the §6.4 object."""
@@ -77,6 +80,7 @@ class Overview:
             "suppressions": self.suppressions,
             "workers": [{"name": w.name, "threads": w.threads, "in_flight": w.in_flight} for w in self.workers],
             "scheduler": self.scheduler,
+            "held": self.held,
         }
 
 
@@ -112,6 +116,15 @@ def oldest_due_pending_seconds(conn: Any) -> float | None:
     """Seconds since the oldest due pending delivery became due; ``None`` when nothing is due."""
     value = conn.execute(OLDEST_DUE_SQL).fetchone()[0]
     return None if value is None else max(0.0, float(value))
+
+
+def held_counts(conn: Any) -> dict[str, int]:
+    """Held deliveries per channel (§8), every channel present: pending rows whose last deferral was the
+    per-recipient limit or a cooldown (an index range scan of the pending rows)."""
+    held = dict.fromkeys(CHANNELS, 0)
+    for channel, n in conn.execute(HELD_COUNT_SQL).fetchall():
+        held[channel] = int(n)
+    return held
 
 
 def suppression_count(conn: Any) -> int:
@@ -177,6 +190,7 @@ def collect_overview(
         counts, estimated = delivery_counts(conn, exact_limit=exact_limit)
         oldest = oldest_due_pending_seconds(conn)
         suppressions = suppression_count(conn)
+        held = held_counts(conn)
     return Overview(
         deliveries=counts,
         oldest_due_pending_seconds=oldest,
@@ -186,6 +200,7 @@ def collect_overview(
         workers=live_workers(redis_client, prefix),
         scheduler=scheduler_probe(list(queues)),
         estimated=frozenset(ESTIMATED_STATUSES) if estimated else frozenset(),
+        held=held,
     )
 
 
@@ -211,6 +226,8 @@ def render_text(view: Overview) -> str:
         lines.append("  (~ planner estimate: the table is large; every other count is exact)")
     lines.append(f"oldest due pending: {_age(view.oldest_due_pending_seconds)}")
     lines.append(f"poison: {view.poison}   cooldowns: {view.cooldowns}   suppressions: {view.suppressions}")
+    waiting = "  ".join(f"{c} {view.held.get(c, 0)}" for c in CHANNELS)
+    lines.append(f"held (the recipient's next message carries them): {waiting}")
     busy = sum(w.in_flight for w in view.workers)
     threads = sum(w.threads for w in view.workers)
     lines.append(f"workers: {len(view.workers)} live, {busy}/{threads} threads busy")

@@ -124,6 +124,11 @@ def held_by(error_message: str | None) -> str | None:
         return "the suppression list: lift it with `alert-worker suppression remove`, then `poison replay`"
     if text.startswith("rate_limited: cooldown"):
         return "a fleet-wide cooldown (the provider asked to slow down); it resumes by itself"
+    if text.startswith("rate_limited: recipient limit"):
+        return (
+            "the recipient's per-recipient limit: the next message to this recipient carries it "
+            "(`alert-worker release` sends it now)"
+        )
     if text.startswith("outcome_unknown:"):
         return "an attempt with no answer: SMS is looked up at Twilio before any resend"
     return None

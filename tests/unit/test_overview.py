@@ -61,7 +61,7 @@ def _view(**overrides: object) -> Overview:
 
 
 def test_the_json_is_exactly_the_contract_object() -> None:
-    """§6.4: these keys and nothing else; workers as objects with name, threads, in_flight."""
+    """§6.4 (with §8's held): these keys and nothing else; workers as objects with name, threads, in_flight."""
     data = _view().as_json()
     assert list(data) == [
         "deliveries",
@@ -71,7 +71,9 @@ def test_the_json_is_exactly_the_contract_object() -> None:
         "suppressions",
         "workers",
         "scheduler",
+        "held",
     ]
+    assert data["held"] == {"email": 0, "slack": 0, "sms": 0}
     assert data["workers"] == [{"name": "w-1", "threads": 8, "in_flight": 3}]
     assert data["scheduler"] == {"alerts": True, "bulk": False}
 
