@@ -178,15 +178,17 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
         with self._pool.connection() as conn:
             rows = conn.execute(
                 f"""
+                WITH c AS MATERIALIZED (
+                    SELECT id FROM alert_deliveries
+                     WHERE channel = %(channel)s AND recipient_hash = %(hash)s AND id <> %(id)s
+                       AND payload IS NOT NULL AND {HELD_SQL}
+                     ORDER BY created_at, id
+                     LIMIT %(limit)s
+                     FOR UPDATE SKIP LOCKED)
                 UPDATE alert_deliveries AS d
                    SET status = 'in_progress', claim_token = gen_random_uuid(), claimed_by = %(claimed_by)s,
                        last_attempt_at = now(), updated_at = now()
-                  FROM (SELECT id FROM alert_deliveries
-                         WHERE channel = %(channel)s AND recipient_hash = %(hash)s AND id <> %(id)s
-                           AND payload IS NOT NULL AND {HELD_SQL}
-                         ORDER BY created_at, id
-                         LIMIT %(limit)s
-                         FOR UPDATE SKIP LOCKED) AS c
+                  FROM c
                  WHERE d.id = c.id AND d.status = 'pending'
                 RETURNING {", ".join("d." + c.strip() for c in _ROW_COLUMNS.split(","))}, now(), d.created_at
                 """,

@@ -44,7 +44,8 @@ import os, sys
 from twilio.http.http_client import TwilioHttpClient
 _request = TwilioHttpClient.request
 def request(self, method, url, *args, **kwargs):
-    return _request(self, method, url.replace("https://api.twilio.com", os.environ["STORM_TWILIO_BASE"]), *args, **kwargs)
+    url = url.replace("https://api.twilio.com", os.environ["STORM_TWILIO_BASE"])
+    return _request(self, method, url, *args, **kwargs)
 TwilioHttpClient.request = request
 from alert_worker.cli import main
 sys.exit(main(sys.argv[1:]))
