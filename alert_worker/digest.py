@@ -91,9 +91,9 @@ def email_digest_body(message: Message) -> str:
     """One section per alert: its subject, its delivery id and its body."""
     listed = items(message)
     n = len(listed)
-    parts = [f"This message carries {count_line(n)} for this recipient, held back by the rate limit."]
+    parts = [f"This message carries {count_line(n)} (held back by a rate limit or a cooldown)."]
     for i, m in enumerate(listed, start=1):
-        parts.append(f"=== Alert {i} of {n}: {m.subject or '(no subject)'}\nDelivery: {m.delivery_id}\n\n{m.body}")
+        parts.append(f"--- Alert {i} of {n}: {m.subject or '(no subject)'}\nDelivery: {m.delivery_id}\n\n{m.body}")
     return "\n\n".join(parts) + "\n"
 
 
