@@ -281,13 +281,14 @@ class DeliveryExecutor:
             log.info("delivery_carrying", carried=len(carried))
         return carried, replace(message, carried=tuple(messages))
 
-    def _release_carried(self, carried: list[CarriedClaim], log: Any) -> None:
-        """Back to held (pending) after a send that was not accepted; a failure here leaves them to the
-        dead-worker or stuck reclaim, like any ``in_progress`` row. Never raises."""
+    def _release_carried(self, carried: list[CarriedClaim], log: Any, *, sent_unrecorded: bool = False) -> None:
+        """Back to held (pending) after a send that was not accepted (``sent_unrecorded``: accepted but not
+        written: pending and not held). A failure here leaves them to the dead-worker or stuck reclaim,
+        like any ``in_progress`` row. Never raises."""
         if not carried:
             return
         try:
-            self.store.release_carried(carried)
+            self.store.release_carried(carried, sent_unrecorded=sent_unrecorded)
         except Exception as exc:  # noqa: BLE001 - the send's own outcome is what the job reports
             log.error("carried_release_failed", error=type(exc).__name__, carried=len(carried))
 
@@ -303,8 +304,9 @@ class DeliveryExecutor:
             latency, lost = self.store.mark_delivered_carrying(
                 row.id, claim.token, attempts=attempts + 1, message_id=sent_id, carried=carried
             )
-        except BaseException:  # carried rows keep their markers and their claims: a reclaim ends them delivered
+        except BaseException:  # sent but not recorded: every id keeps a sent marker; its next claim ends it delivered
             self.sent_marks.record(row.id, sent_id, log=log)
+            self._release_carried(carried, log, sent_unrecorded=True)  # not held: no other message may carry it
             raise
         if lost:  # reclaimed meanwhile: their markers end them delivered via this carrier at their next claim
             log.warning("carried_claim_lost", lost=len(lost))

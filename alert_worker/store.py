@@ -205,20 +205,28 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
         ]
         return sorted(claims, key=lambda c: (c.row.created_at or datetime.min, c.row.id))
 
-    def release_carried(self, carried: list[CarriedClaim]) -> int:
-        """Hand carried claims back (their message was not sent): pending and held again, as they were."""
+    def release_carried(self, carried: list[CarriedClaim], *, sent_unrecorded: bool = False) -> int:
+        """Hand carried claims back. Their message was not sent: pending and held again, as they were.
+        ``sent_unrecorded``: it was sent but not recorded: pending, due now and *not* held (so no other
+        message carries it), for its own job to find its sent marker (the sweep enqueues it)."""
         if not carried:
             return 0
         with self._pool.connection() as conn:
             rows = conn.execute(
                 """
                 UPDATE alert_deliveries AS d
-                   SET status = 'pending', claim_token = NULL, updated_at = now()
+                   SET status = 'pending', claim_token = NULL, updated_at = now(),
+                       error_message = CASE WHEN %(unrecorded)s THEN 'sent_unrecorded: carried' ELSE error_message END,
+                       next_attempt_at = CASE WHEN %(unrecorded)s THEN now() ELSE next_attempt_at END
                   FROM unnest(%(ids)s::text[], %(tokens)s::uuid[]) AS c(id, token)
                  WHERE d.id = c.id AND d.claim_token = c.token AND d.status = 'in_progress'
                 RETURNING d.id
                 """,
-                {"ids": [c.row.id for c in carried], "tokens": [c.token for c in carried]},
+                {
+                    "ids": [c.row.id for c in carried],
+                    "tokens": [c.token for c in carried],
+                    "unrecorded": sent_unrecorded,
+                },
             ).fetchall()
         return len(rows)
 

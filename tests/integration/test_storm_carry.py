@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import urllib.parse
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -261,3 +262,39 @@ def test_a_carried_row_reclaimed_after_its_carrier_died_ends_delivered_via_the_m
 class _NoLog:
     def __getattr__(self, name: str) -> Any:
         return lambda *args, **kwargs: None
+
+
+class _ClaimStolenDuringSend(deque[Any]):
+    """Twilio's answer for the carrier, given after another job took the carrier's claim (as a reclaim would)."""
+
+    def __init__(self, database_url: str) -> None:
+        super().__init__([(201, '{"sid": "SM' + "7" * 32 + '", "status": "queued"}', {})])
+        self.database_url = database_url
+
+    def popleft(self) -> Any:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            conn.execute("UPDATE alert_deliveries SET claim_token = gen_random_uuid() WHERE id = 'carrier'")
+        return super().popleft()
+
+
+def test_a_carrying_send_accepted_but_not_recorded_leaves_the_carried_unheld_and_ends_them_via_their_markers(
+    providers: MockedProviders, database_url: str, redis_client: redis.Redis
+) -> None:
+    """The carrier's claim is lost between the acceptance and the write: nothing is written, the carried rows go
+    back pending but not held (no other message may carry them), and their own jobs end them delivered via the
+    carrier with no request."""
+    ids = _storm("sms", 3)
+    _window_passes(redis_client)
+    providers.twilio_replies = _ClaimStolenDuringSend(database_url)
+    result = execute_delivery_job("carrier", "sms", RECIPIENT["sms"], "s", "b")
+    assert result["outcome"] == "skipped" and result["error"] == "claim_lost"
+    rows = _rows(database_url)
+    assert [(rows[i]["status"], rows[i]["error"]) for i in ids[1:]] == [("pending", "sent_unrecorded: carried")] * 2
+    sent = len(providers.twilio_requests)
+    for delivery_id in ids[1:]:
+        assert execute_delivery_job(delivery_id, "sms", RECIPIENT["sms"], "x", "y")["outcome"] == "delivered"
+    rows = _rows(database_url)
+    assert [(rows[i]["status"], rows[i]["via"], rows[i]["mid"]) for i in ids[1:]] == [
+        ("delivered", "carrier", None)
+    ] * 2
+    assert len(providers.twilio_requests) == sent, "nothing sent again"
