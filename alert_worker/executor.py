@@ -225,7 +225,7 @@ class DeliveryExecutor:
                     claim, log, attempts, decision.wait_seconds, decision.limit_name or "unknown", request.queue
                 )
             carried: list[CarriedClaim] = []
-            if self.digest or request.release:
+            if (self.digest or request.release) and claim.others_held:  # the claim looked: one probe, no round trip
                 carried, message = self._carry_held(row, bucket, channel, message, log)
             log.info("delivery_attempt", carried=len(carried))
             try:

@@ -69,6 +69,7 @@ class Claim:
     row: DeliveryRow
     token: str
     created: bool
+    others_held: bool = True  # some delivery to this channel and recipient is held (§8): worth carrying
 
 
 class DeliveryStore(IntakeStatements, RecoveryStatements):
@@ -108,7 +109,10 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
                  WHERE (d.status = 'pending' AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= now()))
                     OR (d.status = 'in_progress'
                         AND d.last_attempt_at < now() - make_interval(secs => %(stuck)s))
-                RETURNING {_ROW_COLUMNS}, (xmax = 0) AS created, now()
+                RETURNING {_ROW_COLUMNS}, (xmax = 0) AS created, now(),
+                          EXISTS (SELECT 1 FROM alert_deliveries AS h
+                                   WHERE h.channel = d.channel AND h.recipient_hash = d.recipient_hash
+                                     AND h.id <> d.id AND {HELD_SQL}) AS others_held
                 """,
                 {
                     "id": new.id,
@@ -124,7 +128,9 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
             ).fetchone()
         if found is None:
             return None
-        return Claim(row=_row(found[:11], db_now=found[12]), token=token, created=bool(found[11]))
+        return Claim(
+            row=_row(found[:11], db_now=found[12]), token=token, created=bool(found[11]), others_held=bool(found[13])
+        )
 
     def get(self, delivery_id: str) -> DeliveryRow | None:
         with self._pool.connection() as conn:
