@@ -83,7 +83,10 @@ class Setbacks:
             return self.poison(claim, log, attempts, f"rate_limited_too_long: {limit_name} limit")
         delay = decision.delay_seconds
         error = error or f"rate_limited: {limit_name} limit"
-        next_at, _ = self.store.defer(row.id, claim.token, delay_seconds=delay, error=error)
+        if held:  # the hold's wait is not a deferral run: a later channel-limit or cooldown deferral starts afresh
+            next_at, _ = self.store.defer(row.id, claim.token, delay_seconds=delay, error=error, budgeted=False)
+        else:
+            next_at, _ = self.store.defer(row.id, claim.token, delay_seconds=delay, error=error)
         self.schedule(row, log, attempts, delay, "defer", queue, token=claim.token)
         self.metrics.deferred(row.channel, limit_name)
         log.info(

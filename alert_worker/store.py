@@ -320,13 +320,20 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
         )
         return next_at, now
 
-    def defer(self, delivery_id: str, token: str, *, delay_seconds: float, error: str) -> tuple[datetime, datetime]:
-        """Back to pending after a rate-limit denial, without using an attempt."""
+    def defer(
+        self, delivery_id: str, token: str, *, delay_seconds: float, error: str, budgeted: bool = True
+    ) -> tuple[datetime, datetime]:
+        """Back to pending after a rate-limit denial, without using an attempt.
+
+        ``budgeted=False``: a hold on the per-recipient limit (§8), which never counts toward
+        ``ALERT_MAX_DEFER_SECONDS``: it ends the run of deferrals instead of extending it.
+        """
         next_at, now = self._fenced(
             """
             UPDATE alert_deliveries
                SET status = 'pending', deferrals = deferrals + 1,
-                   deferred_since = COALESCE(deferred_since, now()), error_message = %(error)s,
+                   deferred_since = CASE WHEN %(budgeted)s THEN COALESCE(deferred_since, now()) END,
+                   error_message = %(error)s,
                    next_attempt_at = now() + make_interval(secs => %(delay)s), updated_at = now()
             """,
             {
@@ -334,6 +341,7 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
                 "token": token,
                 "delay": delay_seconds,
                 "error": error,
+                "budgeted": budgeted,
                 "_returning": "next_attempt_at, now()",
             },
         )

@@ -170,7 +170,9 @@ class FakeStore:
         found.error = error
         return next_at, self.clock.now
 
-    def defer(self, delivery_id: str, token: str, *, delay_seconds: float, error: str) -> tuple[datetime, datetime]:
+    def defer(
+        self, delivery_id: str, token: str, *, delay_seconds: float, error: str, budgeted: bool = True
+    ) -> tuple[datetime, datetime]:
         found = self._fenced(delivery_id, token)
         next_at = self.clock.now + timedelta(seconds=delay_seconds)
         found.row = replace(
@@ -178,7 +180,7 @@ class FakeStore:
             status=DeliveryStatus.PENDING,
             deferrals=found.row.deferrals + 1,
             next_attempt_at=next_at,
-            deferred_since=found.row.deferred_since or self.clock.now,
+            deferred_since=(found.row.deferred_since or self.clock.now) if budgeted else None,
         )
         found.error = error
         return next_at, self.clock.now

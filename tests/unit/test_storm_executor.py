@@ -99,3 +99,17 @@ def test_release_passes_the_limit_once_and_carries_the_held_even_with_the_digest
     assert h.executor.run(request)["outcome"] == "delivered"
     assert h.limiter.calls == []
     assert h.store.rows["held-0"].delivered_via == "oldest"
+
+
+def test_an_hour_held_by_the_recipient_limit_does_not_spend_the_budget_of_a_later_channel_limit_deferral() -> None:
+    """Held for an hour, then the per-minute channel limit denies for 20 s: deferred, not poisoned, because the
+    hold ended the run of deferrals (``deferred_since`` cleared) instead of extending it."""
+    channel_denied = RateDecision(allowed=False, wait_seconds=20.0, limit_name="channel")
+    h = _storm_harness(limiter=FakeLimiter(RECIPIENT_DENIED, channel_denied))
+    h.store.add(_pending_row(deferrals=3, deferred_since=h.store.clock.now - timedelta(seconds=100)))
+    h.run()
+    assert h.row().deferred_since is None
+    h.store.clock.advance(3600)
+    h.store.add(replace(h.row(), next_attempt_at=None), error="rate_limited: recipient limit")
+    assert h.run()["outcome"] == "retry_scheduled"
+    assert h.row().deferred_since == h.store.clock.now
