@@ -47,9 +47,18 @@ def request(self, method, url, *args, **kwargs):
     url = url.replace("https://api.twilio.com", os.environ["STORM_TWILIO_BASE"])
     return _request(self, method, url, *args, **kwargs)
 TwilioHttpClient.request = request
+if sys.argv[1] == "rq":  # plain `rq worker ...`
+    from rq.cli.cli import main as rq_main
+    sys.argv = sys.argv[1:]
+    rq_main()
 from alert_worker.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+WORKERS = {
+    "threaded": ["run"],
+    "forking": ["run", "--worker-class", "rq.worker.Worker"],
+    "plain-rq-worker": ["rq", "worker", "alerts", "--with-scheduler", "--disable-job-desc-logging"],
+}
 
 
 @dataclass
@@ -116,10 +125,11 @@ def env(worker_env: dict[str, str], twilio: StormTwilio) -> dict[str, str]:
 
 
 @contextmanager
-def storm_worker(env: dict[str, str]) -> Iterator[WorkerProcess]:
+def storm_worker(env: dict[str, str], kind: str = "threaded") -> Iterator[WorkerProcess]:
+    args = WORKERS[kind] + (["--url", env["REDIS_URL"]] if kind == "plain-rq-worker" else [])
     with tempfile.TemporaryDirectory(prefix="alert-storm-") as tmp:
         worker = WorkerProcess(log_path=Path(tmp) / "worker.log", env=subprocess_env(env))
-        worker.launch([sys.executable, "-c", LAUNCHER, "run"])
+        worker.launch([sys.executable, "-c", LAUNCHER, *args])
         try:
             yield worker
         finally:
@@ -151,12 +161,13 @@ def _three_sent_and_seventeen_held(database_url: str) -> bool:
     return len(rows) == STORM and statuses.count("delivered") == 3 and len(held) == STORM - 3
 
 
+@pytest.mark.parametrize("kind", list(WORKERS))
 def test_twenty_sms_to_one_number_send_three_hold_seventeen_and_release_sends_them_in_one_message(
-    env: dict[str, str], twilio: StormTwilio, database_url: str
+    kind: str, env: dict[str, str], twilio: StormTwilio, database_url: str
 ) -> None:
     """3 messages, 17 held; `release` prints `carried 17` and sends 1 message; all 20 delivered, the 16 carried
     ones naming the carrier (the oldest held alert, which holds the message's SID) in ``delivered_via``."""
-    with storm_worker(env) as worker:
+    with storm_worker(env, kind) as worker:
         _storm(env)
         wait_until(lambda: _three_sent_and_seventeen_held(database_url), timeout=90, what="3 sent, 17 held")
         assert len(twilio.bodies()) == 3
