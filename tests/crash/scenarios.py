@@ -411,14 +411,22 @@ def storm_carry(cluster: Cluster, scale: Scale) -> Outcome:
         carried_by: dict[str, list[str]] = {}
         for m in messages:
             carried_by.setdefault(m.delivery_id, []).extend(m.carried)
-        events = [Event(k.kind, k.delivery_id) for k in kills]
-        events += [  # accepted, then killed before the writes: the carrier and what it carried may go again
+        # The duplicates a kill may explain (the forced kind: accepted, then the writes lost). After the
+        # provider accepted, before the sent markers: the carrier and everything it carried. Before the
+        # writes: the carrier only (each carried id has its marker by then). Elsewhere: none.
+        events = [Event(k.kind, k.delivery_id) for k in kills if k.kind in ("carry_after_send", "carry_before_write")]
+        events += [
             Event(k.kind, carried)
             for k in kills
-            if k.kind in ("carry_after_send", "carry_before_write")
+            if k.kind == "carry_after_send"
             for carried in carried_by.get(k.delivery_id, [])
         ]
-        judge(run, outcome, finished=finished, events=[e for e in events if e.kind != "carry_after_claim"])
+        judge(run, outcome, finished=finished, events=events)
+        accepted = cluster.provider.accepted_counts()
+        outcome.notes["duplicates_by_boundary"] = {
+            kind: sum(max(0, accepted.get(e.delivery_id, 0) - 1) for e in events if e.kind == kind)
+            for kind in ("carry_after_send", "carry_before_write")
+        }
         outcome.kills = len(kills)
         by_boundary = {b: sum(1 for k in kills if k.kind == b) for b in CARRY_BOUNDARIES}
         outcome.notes["kills_by_boundary"] = by_boundary
