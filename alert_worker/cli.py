@@ -144,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("ids", nargs="+", metavar="ID")
     resolve.add_argument("--note", help="replaces the stored error (sanitized)")
 
+    release = sub.add_parser(
+        "release",
+        help="send a recipient's held deliveries now, in one message past the limit; prints `carried N`",
+        description="Send the deliveries held for one recipient (by its per-recipient limit or a cooldown) now, "
+        "in one message that passes the per-recipient limit once: the oldest held delivery carries the others "
+        "(at most ALERT_DIGEST_MAX_ITEMS). A worker sends it; this waits for the outcome. The last line is "
+        "`carried N` (N = every delivery that message delivered, the carrier included; 0 when nothing is held).",
+    )
+    release.add_argument("--channel", required=True, choices=["email", "slack", "sms"])
+    release.add_argument("--to", required=True, help="the recipient, as given to send (any variant of it)")
+    release.add_argument("--timeout", type=_positive, default=60, help="seconds to wait for the worker (default 60)")
+    release.add_argument("--json", action="store_true", help='print {"carried": N, "delivery_id": ID}')
+
     sweep = sub.add_parser("sweep", help="re-enqueue overdue and stuck deliveries once (for cron/systemd timers)")
     sweep.add_argument("--json", action="store_true", help="print JSON")
     add_suppression_parser(sub)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import psycopg
 import redis
+import structlog
 
 from alert_worker.console import (
     CommandFailed,
@@ -93,7 +94,7 @@ def _recipient_refused(channel: str, recipient: str, settings: Settings) -> str 
 
 _STATUS_COLUMNS = (
     *("id", "status", "channel", "recipient", "attempts", "deferrals", "next_attempt_at", "last_attempt_at"),
-    *("error_message", "delivered_at", "poison_at", "provider_message_id", "queue", "alert_id"),
+    *("error_message", "delivered_at", "poison_at", "provider_message_id", "delivered_via", "queue", "alert_id"),
     *("created_at", "updated_at"),
 )
 _STATUS_FIELDS = tuple(("last_error" if c == "error_message" else c, c) for c in _STATUS_COLUMNS)
@@ -158,6 +159,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if row is None:
         raise CommandFailed(f"no delivery with id {args.id!r}")
     view = {label: row[column] for label, column in _STATUS_FIELDS}
+    from alert_worker.digest import is_held
+
+    if is_held(row["status"], row["error_message"]):  # §8: what the recipient's next message carries
+        view["held"] = True
     holder = held_by(row["error_message"], str(row["channel"]))
     if holder is not None:  # provider feedback (§6.2): which rule holds it and what to do
         view["held_by"] = holder
@@ -275,6 +280,58 @@ def cmd_poison_resolve(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if result.skipped else 0
 
 
+_RELEASE_ROUNDS = 3  # a held row claimed by its own wake-up job at that moment is tried again
+
+
+def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
+    """``release``: the oldest held delivery's job, flagged to pass the limit once, carries the others (§8).
+
+    The send runs in a worker (the providers' settings and clients stay there); this enqueues it at the
+    front of its queue and waits, bounded by ``--timeout``, for the outcome.
+    """
+    from alert_worker.delivery import recipient_identity
+    from alert_worker.models import ChannelType
+    from alert_worker.wiring import collaborators
+
+    require_connection_settings_or_fail(settings)
+    channel = ChannelType(args.channel)
+    carrier: str | None = None
+    carried = 0
+    with connections(settings) as conns:
+        tools = collaborators(settings, pool=conns.database, client=conns.redis)
+        secret = tools.store.recipient_hash_secret(settings.recipient_hash_secret)
+        rhash, _ = recipient_identity(secret, channel, args.to, default_webhook_url=settings.slack.default_webhook_url)
+        for _ in range(_RELEASE_ROUNDS):
+            row = tools.store.oldest_held(channel=channel.value, recipient_hash=rhash)
+            if row is None:
+                break
+            job_id = tools.enqueuer.enqueue_release(row)
+            structlog.get_logger("alert_worker.cli").info(
+                "held_release_enqueued", delivery_id=row.id, channel=row.channel, recipient_hash=rhash
+            )
+            result = tools.enqueuer.wait_for_result(job_id, timeout_seconds=args.timeout)
+            if result is None:
+                raise CommandFailed(
+                    f"release of {sanitize_text(row.id)!r}: no outcome within {args.timeout} s; "
+                    "its job stays queued and a worker will send it (see `alert-worker status`)"
+                )
+            if result.get("outcome") == "delivered":
+                carrier, carried = row.id, 1 + tools.store.carried_count(row.id)
+                break
+            if result.get("outcome") != "skipped":  # e.g. a cooldown still holds it, or the send failed
+                raise CommandFailed(
+                    f"release of {sanitize_text(row.id)!r}: {result.get('outcome')} ({result.get('error')}); "
+                    "it stays held"
+                )
+    if args.json:
+        print_json({"carried": carried, "delivery_id": carrier})
+    else:
+        if carrier is not None:
+            out(f"released {sanitize_text(carrier)}")
+        out(f"carried {carried}")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
     from alert_worker.sweep import sweep_pass
 
@@ -390,6 +447,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "poison replay": cmd_poison_replay,
     "poison resolve": cmd_poison_resolve,
     "sweep": cmd_sweep,
+    "release": cmd_release,
     "check": cmd_check,
     "cooldown list": cmd_cooldown_list,
     "cooldown clear": cmd_cooldown_clear,

@@ -29,6 +29,7 @@ class DeliveryRequest:
     attempt: int = 0
     queue: str = "alerts"
     job_id: str | None = None  # the running RQ job, so a wake-up it schedules never reuses its id
+    release: bool = False  # `alert-worker release`: send past the per-recipient limit once, carrying the held
 
 
 def delivered_result(delivery_id: str, channel: str, message_id: str | None) -> DeliveryResult:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ import structlog
 from alert_worker import delivery
 from alert_worker.channels.base import Channel
 from alert_worker.delivery import DeliveryRequest
+from alert_worker.digest import DEFAULT_MAX_ITEMS
 from alert_worker.errors import (
     ChannelMisconfiguredError,
     ClaimLostError,
@@ -36,7 +37,15 @@ from alert_worker.errors import (
     TransientDeliveryError,
 )
 from alert_worker.feedback import Feedback, Hold, NoFeedback, paused_error
-from alert_worker.models import ChannelType, DeliveryResult, DeliveryStatus, Message, Outcome, make_result
+from alert_worker.models import (
+    ChannelType,
+    DeliveryResult,
+    DeliveryRow,
+    DeliveryStatus,
+    Message,
+    Outcome,
+    make_result,
+)
 from alert_worker.ports import (
     DeliveryMetrics,
     DeliveryStorePort,
@@ -48,11 +57,12 @@ from alert_worker.ports import (
     PoisonQueuePort,
     SentMarksPort,
 )
+from alert_worker.rate_limit import RateDecision
 from alert_worker.retry import DeferralPolicy, RetryPolicy
 from alert_worker.sent_marks import NoSentMarks, kept_until_recorded
 from alert_worker.setbacks import SEND_INTERRUPTED_NOTE, Setbacks
 from alert_worker.settings import RateLimits
-from alert_worker.store import Claim, NewDelivery
+from alert_worker.store import CarriedClaim, Claim, NewDelivery
 from alert_worker.validation import storable_payload
 
 
@@ -77,6 +87,8 @@ class DeliveryExecutor:
     feedback: Feedback = field(default_factory=NoFeedback)  # suppression, cooldowns, unknown outcomes (§6.2)
     close_channels: bool = True  # False: the factory's channels outlive the job (kept per thread, channels.kept)
     sent_marks: SentMarksPort = field(default_factory=NoSentMarks)  # acceptances Postgres could not record
+    digest: bool = False  # ALERT_DIGEST: a message carries its recipient's held deliveries (§8)
+    digest_max_items: int = DEFAULT_MAX_ITEMS  # deliveries in one message, the carrier included
     logger: Any = field(default_factory=lambda: structlog.get_logger("alert_worker.executor"))
 
     @property
@@ -94,6 +106,7 @@ class DeliveryExecutor:
             retry_policy=self.retry_policy,
             deferral_policy=self.deferral_policy,
             metrics=self.metrics,
+            hold_for_recipient=self.digest,
         )
 
     def identity(self, channel: ChannelType, recipient: Any) -> tuple[str, str]:
@@ -178,7 +191,7 @@ class DeliveryExecutor:
         row = claim.row
         attempts = max(request.attempt, row.attempts)  # a reclaim already counted the attempt that sent it
         if (mark := self.sent_marks.find(row.id, log=log)) is not None:  # before anything that could end it
-            return self._already_sent(claim, log, attempts, mark.message_id, source="sent_marker")
+            return self._already_sent(claim, log, attempts, mark.message_id, source="sent_marker", via=mark.via)
         if row.payload is None:
             return self.setbacks.poison(claim, log, attempts, delivery.why_unstorable(request))
         if attempts >= self.retry_policy.max_attempts:
@@ -200,20 +213,32 @@ class DeliveryExecutor:
             if held is not None:
                 return held
             bucket, _ = self.identity(channel_type, (row.payload or {}).get("recipient"))
-            try:
-                decision = self.limiter.acquire(row.channel, bucket, self.rate_limits.for_delivery(channel_type))
-            except RateLimiterUnavailableError as exc:
-                self.store.release(row.id, claim.token, error="rate_limiter_unavailable")
-                log.error("delivery_released", reason="rate_limiter_unavailable", error=str(exc))
-                return delivery.waiting_result(row, "rate_limiter_unavailable")
+            if request.release:  # an operator's `release`: past the limit once, carrying the held ones (§8)
+                decision = RateDecision(allowed=True)
+                self.metrics.released(row.channel)
+                log.info("held_released")
+            else:
+                try:
+                    decision = self.limiter.acquire(row.channel, bucket, self.rate_limits.for_delivery(channel_type))
+                except RateLimiterUnavailableError as exc:
+                    self.store.release(row.id, claim.token, error="rate_limiter_unavailable")
+                    log.error("delivery_released", reason="rate_limiter_unavailable", error=str(exc))
+                    return delivery.waiting_result(row, "rate_limiter_unavailable")
             if not decision.allowed:
                 self.metrics.throttled(row.channel, decision.limit_name or "unknown")
                 return self.setbacks.defer(
                     claim, log, attempts, decision.wait_seconds, decision.limit_name or "unknown", request.queue
                 )
-            log.info("delivery_attempt")
+            carried: list[CarriedClaim] = []
+            if (self.digest or request.release) and claim.others_held:  # the claim looked: one probe, no round trip
+                carried, message = self._carry_held(row, bucket, channel, message, log)
+            log.info("delivery_attempt", carried=len(carried))
             try:
-                receipt = channel.send(message)
+                try:
+                    receipt = channel.send(message)
+                except BaseException:  # not accepted (or unknown): the carried ones are held again
+                    self._release_carried(carried, log)
+                    raise
             except DeliveryError as exc:
                 self.feedback.after_failure(row, channel, message, exc, log=log)
                 self.limiter.after_failure(decision, exc, log=log)  # a definite failure gives its slots back
@@ -229,6 +254,8 @@ class DeliveryExecutor:
             if self.close_channels:
                 channel.close()
         sent_id = receipt.message_id
+        if carried:
+            return self._delivered_carrying(claim, log, attempts, sent_id, carried)
         with kept_until_recorded(self.sent_marks, row.id, sent_id, log=log):  # a write that fails or hangs
             latency, recorded_id = delivery.mark_delivered(self.store, claim, log, attempts + 1, sent_id)
         self.feedback.after_delivered(row)
@@ -236,6 +263,72 @@ class DeliveryExecutor:
         self.metrics.latency(row.channel, latency)
         log.info("delivery_delivered", latency_seconds=round(latency, 3))
         return delivery.delivered_result(row.id, row.channel, recorded_id)
+
+    # -- alert storms (§8) ---------------------------------------------------------------------------
+    def _carry_held(
+        self, row: DeliveryRow, bucket: str, channel: Channel, message: Message, log: Any
+    ) -> tuple[list[CarriedClaim], Message]:
+        """Claim this recipient's held deliveries (oldest first, up to the digest size) into ``message``.
+
+        A carried row whose stored message no longer passes the channel's checks is handed back.
+        """
+        claimed = self.store.claim_held(
+            channel=row.channel, recipient_hash=bucket, exclude_id=row.id, limit=self.digest_max_items - 1
+        )
+        carried: list[CarriedClaim] = []
+        messages: list[Message] = []
+        unfit: list[CarriedClaim] = []
+        for c in claimed:
+            try:
+                messages.append(channel.prepare(delivery.message_from_row(c.row, c.row.attempts)))
+            except DeliveryError:
+                unfit.append(c)
+                continue
+            carried.append(c)
+        self._release_carried(unfit, log)
+        if carried:
+            log.info("delivery_carrying", carried=len(carried))
+        return carried, replace(message, carried=tuple(messages))
+
+    def _release_carried(self, carried: list[CarriedClaim], log: Any, *, sent_unrecorded: bool = False) -> None:
+        """Back to held (pending) after a send that was not accepted (``sent_unrecorded``: accepted but not
+        written: pending and not held). A failure here leaves them to the dead-worker or stuck reclaim,
+        like any ``in_progress`` row. Never raises."""
+        if not carried:
+            return
+        try:
+            self.store.release_carried(carried, sent_unrecorded=sent_unrecorded)
+        except Exception as exc:  # noqa: BLE001 - the send's own outcome is what the job reports
+            log.error("carried_release_failed", error=type(exc).__name__, carried=len(carried))
+
+    def _delivered_carrying(
+        self, claim: Claim, log: Any, attempts: int, sent_id: str | None, carried: list[CarriedClaim]
+    ) -> DeliveryResult:
+        """The provider accepted one message for the carrier and ``carried``: mark every carried id as
+        sent (so no crash from here on sends it again), then write all ``delivered`` in one transaction."""
+        row = claim.row
+        ids = [c.row.id for c in carried]
+        self.sent_marks.record_carried(ids, via=row.id, message_id=sent_id, log=log)
+        try:
+            with kept_until_recorded(self.sent_marks, row.id, sent_id, log=log):  # the carrier's own marker
+                latency, lost = self.store.mark_delivered_carrying(
+                    row.id, claim.token, attempts=attempts + 1, message_id=sent_id, carried=carried
+                )
+        except BaseException:  # sent but not recorded: every id keeps a sent marker; its next claim ends it delivered
+            self._release_carried(carried, log, sent_unrecorded=True)  # not held: no other message may carry it
+            raise
+        if lost:  # reclaimed meanwhile: their markers end them delivered via this carrier at their next claim
+            log.warning("carried_claim_lost", lost=len(lost))
+        written = [i for i in ids if i not in set(lost)]
+        self.sent_marks.clear_carried(written, log=log)
+        if written:
+            self.queue_depth.add(-len(written))
+        self.feedback.after_delivered(row)
+        self.metrics.attempt(row.channel, Outcome.DELIVERED.value)
+        self.metrics.carried(row.channel, len(written))
+        self.metrics.latency(row.channel, latency)
+        log.info("delivery_delivered", latency_seconds=round(latency, 3), carried=len(written))
+        return delivery.delivered_result(row.id, row.channel, sent_id)
 
     def _held(
         self, claim: Claim, log: Any, attempts: int, channel: Channel, message: Message, queue: str
@@ -282,16 +375,24 @@ class DeliveryExecutor:
         return self.setbacks.defer(claim, log, attempts, wait, "lookup_failed", queue, error=exc.reason)
 
     def _already_sent(
-        self, claim: Claim, log: Any, attempts: int, message_id: str | None, *, source: str
+        self, claim: Claim, log: Any, attempts: int, message_id: str | None, *, source: str, via: str | None = None
     ) -> DeliveryResult:
-        """The provider has the message (a sent marker, or Twilio's list): delivered, no request, no new attempt."""
+        """The provider has the message (a sent marker, or Twilio's list): delivered, no request, no new attempt.
+
+        ``via``: the message was another delivery's that carried this one (§8); that row holds the provider id.
+        """
         row = claim.row
-        _, recorded_id = delivery.mark_delivered(
-            self.store, claim, log, attempts, message_id, guessed=source == "provider_lookup"
-        )
+        recorded_id: str | None = None
+        if via is not None:
+            message_id = None
+            self.store.mark_delivered(row.id, claim.token, attempts=attempts, message_id=None, delivered_via=via)
+        else:
+            _, recorded_id = delivery.mark_delivered(
+                self.store, claim, log, attempts, message_id, guessed=source == "provider_lookup"
+            )
         self.feedback.after_delivered(row)
         self.metrics.attempt(row.channel, Outcome.DELIVERED.value)
-        log.info("delivery_found_already_sent", message_id=message_id, source=source)
+        log.info("delivery_found_already_sent", message_id=message_id, source=source, delivered_via=via)
         self.sent_marks.clear(row.id, log=log)  # after the row says delivered; a leftover one just expires
         return delivery.delivered_result(row.id, row.channel, recorded_id)
 

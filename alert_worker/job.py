@@ -19,7 +19,7 @@ from alert_worker.executor import DeliveryRequest
 from alert_worker.logs import ensure_logging
 from alert_worker.models import DeliveryResult
 from alert_worker.resources import JobResources, closing_resources, open_resources_for
-from alert_worker.rq_jobs import RqEnqueuer, current_job
+from alert_worker.rq_jobs import RELEASE_META, RqEnqueuer, current_job
 from alert_worker.settings import Settings
 from alert_worker.validation import validate_job_arguments
 from alert_worker.wiring import DatabaseUnreachableError, build_executor, enqueuer_for
@@ -46,6 +46,7 @@ def job_request(
         attempt=attempt,
         queue=job.origin if job is not None else settings.queues[0],
         job_id=job.id if job is not None else None,
+        release=job is not None and job.meta.get(RELEASE_META) is True,
     )
     return settings, request
 

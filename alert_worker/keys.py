@@ -142,6 +142,14 @@ class RedisKeys:
         return f"{self.prefix}metrics:unknown_outcomes"
 
     @property
+    def metrics_carried(self) -> str:
+        return f"{self.prefix}metrics:carried"
+
+    @property
+    def metrics_released(self) -> str:
+        return f"{self.prefix}metrics:released"
+
+    @property
     def metrics_latency_buckets(self) -> str:
         return f"{self.prefix}metrics:latency:buckets"
 

@@ -95,6 +95,14 @@ class RedisMetrics:
         """An attempt that may have reached the provider with no answer (``outcome_unknown:``)."""
         self._write(lambda p: p.hincrby(self._keys.metrics_unknown_outcomes, channel, 1))
 
+    def carried(self, channel: str, count: int) -> None:
+        """Held deliveries a message carried (§8): ``alert_carried_total``."""
+        self._write(lambda p: p.hincrby(self._keys.metrics_carried, channel, count))
+
+    def released(self, channel: str) -> None:
+        """An operator's ``alert-worker release`` sent a recipient's held deliveries past the limit."""
+        self._write(lambda p: p.hincrby(self._keys.metrics_released, channel, 1))
+
     def latency(self, channel: str, seconds: float) -> None:
         def write(p: Any) -> None:
             p.hincrby(self._keys.metrics_latency_buckets, f"{channel}{SEP}{bucket_for(seconds)}", 1)

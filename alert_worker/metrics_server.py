@@ -37,7 +37,7 @@ from alert_worker.connect import postgres_kwargs
 from alert_worker.cooldown import paused_channels
 from alert_worker.keys import RedisKeys
 from alert_worker.metrics import CHANNELS, LATENCY_BUCKETS, le_label, split_field
-from alert_worker.overview import live_workers, oldest_due_pending_seconds
+from alert_worker.overview import held_counts, live_workers, oldest_due_pending_seconds
 from alert_worker.settings import Settings
 
 log = structlog.get_logger("alert_worker.metrics")
@@ -56,6 +56,8 @@ _LABELLED_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
 _CHANNEL_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("suppressed", "alert_suppressed", "Deliveries poisoned because the recipient is suppressed"),
     ("unknown_outcomes", "alert_unknown_outcomes", "Attempts that may have reached the provider with no answer"),
+    ("carried", "alert_carried", "Held deliveries delivered inside another delivery's message (§8)"),
+    ("released", "alert_held_released", "Operator releases (`alert-worker release`) that passed the limit once"),
 )
 
 
@@ -73,7 +75,9 @@ class AlertCollector(Collector):
         prefix: str = "alert:",
         oldest_due_pending: Callable[[], float | None] | None = None,
         scheduler_probe: Callable[[redis.Redis], dict[str, bool]] | None = None,
+        held: Callable[[], dict[str, int]] | None = None,
     ) -> None:
+        self._held = held
         self._client_factory = client_factory
         self._client: redis.Redis | None = None
         self._prefix = prefix
@@ -146,6 +150,18 @@ class AlertCollector(Collector):
             "Seconds since the oldest due pending delivery became due (0 when none is due)",
             value=age or 0.0,
         )
+        if self._held is not None:
+            try:
+                counts = self._held()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("metrics_database_read_failed", error=type(exc).__name__)
+                return
+            held = GaugeMetricFamily(
+                "alert_held", "Deliveries held for their recipient's next message (§8)", labels=["channel"]
+            )
+            for channel in sorted(set(CHANNELS) | set(counts)):
+                held.add_metric([channel], counts.get(channel, 0))
+            yield held
 
     def _read(self, client: redis.Redis) -> list[Metric]:
         keys = self._keys
@@ -168,9 +184,9 @@ class AlertCollector(Collector):
         ]
         families += [
             _per_channel(name, doc, values)
-            for (_, name, doc), values in zip(_CHANNEL_COUNTERS, replies[n : n + 2], strict=True)
+            for (_, name, doc), values in zip(_CHANNEL_COUNTERS, replies[n : n + len(_CHANNEL_COUNTERS)], strict=True)
         ]
-        buckets, sums, gauges = replies[n + 2 :]
+        buckets, sums, gauges = replies[n + len(_CHANNEL_COUNTERS) :]
         families.append(_histogram(buckets, sums))
         poison, depth = (int(v) if v is not None else 0 for v in gauges)
         families += [
@@ -285,6 +301,17 @@ class DatabaseProbe:
 database_probe = DatabaseProbe  # what ``AlertCollector`` calls for ``alert_oldest_due_pending_age_seconds``
 
 
+def held_probe(database_url: str, *, timeout_seconds: int = 5) -> Callable[[], dict[str, int]]:
+    """Held deliveries per channel (``overview.held_counts``) on a fresh, bounded connection per scrape."""
+
+    def probe() -> dict[str, int]:
+        with psycopg.connect(database_url, connect_timeout=timeout_seconds) as conn, conn.transaction():
+            conn.execute(f"SET LOCAL statement_timeout = {int(timeout_seconds * 1000)}")
+            return held_counts(conn)
+
+    return probe
+
+
 def collector_for(
     settings: Settings,
     *,
@@ -303,6 +330,7 @@ def collector_for(
             else None
         ),
         scheduler_probe=probe,
+        held=held_probe(settings.database_url) if settings.database_url else None,
     )
 
 

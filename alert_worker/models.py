@@ -39,6 +39,7 @@ class Message:
     subject: str
     body: str
     attempt: int = 0
+    carried: tuple[Message, ...] = ()  # held deliveries this message carries, oldest first (§8; ``digest``)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class DeliveryRow:
     next_attempt_at: datetime | None
     claim_token: str | None
     db_now: datetime | None = None
+    created_at: datetime | None = None  # read only where order matters (carried deliveries, oldest first)
 
 
 class DeliveryResult(TypedDict):

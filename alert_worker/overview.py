@@ -24,6 +24,7 @@ import psycopg
 import redis
 
 from alert_worker.cooldown import paused_channels
+from alert_worker.digest import HELD_SQL
 from alert_worker.keys import RedisKeys
 
 STATUSES: tuple[str, ...] = ("pending", "in_progress", "delivered", "failed", "poison")
@@ -43,6 +44,7 @@ OLDEST_DUE_SQL = (
     "SELECT EXTRACT(EPOCH FROM now() - min(COALESCE(next_attempt_at, created_at)))::float8 "
     "FROM alert_deliveries WHERE status = 'pending' AND COALESCE(next_attempt_at, created_at) <= now()"
 )
+HELD_COUNT_SQL = f"SELECT channel, count(*) FROM alert_deliveries WHERE {HELD_SQL} GROUP BY channel"
 SUPPRESSIONS_SQL = "SELECT count(*) FROM alert_suppressions"
 SUPPRESSIONS_EXIST_SQL = "SELECT to_regclass('alert_suppressions') IS NOT NULL"
 
@@ -70,6 +72,7 @@ class Overview:
     estimated: frozenset[str] = field(default_factory=frozenset)
     paused: dict[str, str] = field(default_factory=dict)  # channel -> reason (docs/contract.md §7.7)
     unknown: dict[str, str] = field(default_factory=dict)  # "postgres"/"redis" -> why it did not answer
+    held: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHANNELS, 0))  # §8
 
     def as_json(self) -> dict[str, Any]:
         """Exactly the §6.4 object; with a side unknown, its parts are ``null`` and ``unknown`` says why."""
@@ -82,6 +85,7 @@ class Overview:
             "workers": [{"name": w.name, "threads": w.threads, "in_flight": w.in_flight} for w in self.workers],
             "scheduler": self.scheduler,
             "paused": self.paused,
+            "held": self.held,
         }
         if not self.unknown:
             return view
@@ -92,7 +96,7 @@ class Overview:
         return view
 
 
-_POSTGRES_PARTS = ("deliveries", "oldest_due_pending_seconds", "poison", "suppressions")
+_POSTGRES_PARTS = ("deliveries", "oldest_due_pending_seconds", "poison", "suppressions", "held")
 _REDIS_PARTS = ("cooldowns", "workers", "scheduler", "paused")
 
 
@@ -128,6 +132,15 @@ def oldest_due_pending_seconds(conn: Any) -> float | None:
     """Seconds since the oldest due pending delivery became due; ``None`` when nothing is due."""
     value = conn.execute(OLDEST_DUE_SQL).fetchone()[0]
     return None if value is None else max(0.0, float(value))
+
+
+def held_counts(conn: Any) -> dict[str, int]:
+    """Held deliveries per channel (§8), every channel present: pending rows whose last deferral was the
+    per-recipient limit or a cooldown (an index range scan of the pending rows)."""
+    held = dict.fromkeys(CHANNELS, 0)
+    for channel, n in conn.execute(HELD_COUNT_SQL).fetchall():
+        held[channel] = int(n)
+    return held
 
 
 def suppression_count(conn: Any) -> int:
@@ -218,6 +231,7 @@ def collect_what_answers(
     ``Overview.unknown`` with the reason, and its parts are shown as unknown, never as zero."""
     missing = dict(unknown or {})
     counts, estimated, oldest, suppressions = _empty_counts(), False, None, 0
+    held: dict[str, int] = dict.fromkeys(CHANNELS, 0)
     try:
         if database is None:
             raise _Unanswered(missing.get(POSTGRES, "not reached"))
@@ -225,6 +239,7 @@ def collect_what_answers(
             counts, estimated = delivery_counts(conn, exact_limit=exact_limit)
             oldest = oldest_due_pending_seconds(conn)
             suppressions = suppression_count(conn)
+            held = held_counts(conn)
     except (_Unanswered, psycopg.Error, OSError) as exc:
         if strict and not isinstance(exc, _Unanswered):
             raise
@@ -252,6 +267,7 @@ def collect_what_answers(
         estimated=frozenset(ESTIMATED_STATUSES) if estimated else frozenset(),
         paused=paused,
         unknown=missing,
+        held=held,
     )
 
 
@@ -295,6 +311,9 @@ def render_text(view: Overview) -> str:
     poison, suppressions = (view.poison, view.suppressions) if db else ("unknown", "unknown")
     cooldowns = view.cooldowns if rd else "unknown"
     lines.append(f"poison: {poison}   cooldowns: {cooldowns}   suppressions: {suppressions}")
+    if db:
+        waiting = "  ".join(f"{c} {view.held.get(c, 0)}" for c in CHANNELS)
+        lines.append(f"held (the recipient's next message carries them): {waiting}")
     lines.extend(
         f"PAUSED {channel}: {reason} (its deliveries wait; see docs/operations.md)"
         for channel, reason in sorted(view.paused.items())

@@ -25,6 +25,7 @@ _STATUS_COLUMNS = (
     "poison_at",
     "error_message",
     "provider_message_id",
+    "delivered_via",
     "queue",
     "created_at",
     "updated_at",

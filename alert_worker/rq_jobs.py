@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 JOB_FUNC = "alert_worker.entrypoint.execute_delivery_job"
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
+RELEASE_META = "alert_release"  # job meta of `alert-worker release`: past the per-recipient limit once (§8)
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,80}")
 _SAFE_SUFFIX = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -39,7 +40,7 @@ _SAFE_SUFFIX = re.compile(r"[^A-Za-z0-9_-]")
 # replay, the executor's follow-ups (retry/defer + claim token) and the database-wait copies.
 _JOB_ID = re.compile(
     r"(?<![A-Za-z0-9_-])alert-(?P<key>[A-Za-z0-9_-]+?)"
-    r"-(?P<suffix>send|sweep-\d+|replay-\d+|dbwait-\d+-\d+|(?:retry|defer)-[0-9a-f-]{36})(?![A-Za-z0-9_-])"
+    r"-(?P<suffix>send|sweep-\d+|replay-\d+|dbwait-\d+-\d+|release-\d+|(?:retry|defer)-[0-9a-f-]{36})(?![A-Za-z0-9_-])"
 )
 _HASHED_KEY = re.compile(r"h[0-9a-f]{32}")
 
@@ -197,6 +198,42 @@ class RqEnqueuer:
         except DuplicateJobError:
             return False
         return True
+
+    def enqueue_release(self, row: RecoveredDelivery) -> str:
+        """`alert-worker release`: the held delivery's job, flagged to pass its per-recipient limit once (§8).
+
+        Enqueued at the front of its queue (an operator is waiting); returns the job id.
+        """
+        job_id = job_id_for(row.id, f"release-{int(row.stamp.timestamp() * 1000)}")
+        Queue(row.queue, connection=self._connection).enqueue(
+            JOB_FUNC,
+            *job_args(row.id, row.channel, job_payload(row.payload)),
+            attempt=row.attempts,
+            at_front=True,
+            **self._options(row.id, job_id, {RELEASE_META: True}),
+        )
+        return job_id
+
+    def wait_for_result(
+        self, job_id: str, *, timeout_seconds: float, poll_seconds: float = 0.1
+    ) -> dict[str, Any] | None:
+        """The job's return value once it finished; ``None`` if it failed, vanished or the deadline passed."""
+        from rq.job import Job, JobStatus
+
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            try:
+                job = Job.fetch(job_id, connection=self._connection)
+            except Exception:  # noqa: BLE001 - rq raises NoSuchJobError: gone (expired or deleted)
+                return None
+            status = job.get_status(refresh=False)
+            if status == JobStatus.FINISHED:
+                value = job.return_value()
+                return dict(value) if isinstance(value, dict) else None
+            if status in (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED):
+                return None
+            time.sleep(poll_seconds)
+        return None
 
     def enqueue_recovered(self, row: RecoveredDelivery, *, kind: str) -> bool:
         """Enqueue a row the sweep or a replay moved, under an id stamped with the move: once per move."""

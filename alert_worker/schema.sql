@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS alert_deliveries (
 -- is no longer alive after the job timeout instead of the much longer stuck threshold.
 ALTER TABLE alert_deliveries ADD COLUMN IF NOT EXISTS claimed_by text NULL;
 
+-- The delivery whose message carried this one (CONTRACT §8, alert storms); NULL for a message of its own.
+ALTER TABLE alert_deliveries ADD COLUMN IF NOT EXISTS delivered_via text NULL;
+
 -- The sweep scans only rows that can still move; the poison list reads newest first.
 CREATE INDEX IF NOT EXISTS alert_deliveries_open_idx
     ON alert_deliveries (status, (COALESCE(next_attempt_at, updated_at)))
@@ -56,6 +59,10 @@ CREATE INDEX IF NOT EXISTS alert_deliveries_due_pending_idx
 CREATE INDEX IF NOT EXISTS alert_deliveries_status_channel_idx ON alert_deliveries (status, channel);
 CREATE STATISTICS IF NOT EXISTS alert_deliveries_status_channel_stats (mcv) ON status, channel
     FROM alert_deliveries;
+
+-- Held deliveries of one recipient, oldest first (CONTRACT §8): what the next message to it carries.
+CREATE INDEX IF NOT EXISTS alert_deliveries_held_idx
+    ON alert_deliveries (channel, recipient_hash, created_at) WHERE status = 'pending';
 
 -- Recipients a provider said can never receive (CONTRACT §6.2): later deliveries are poisoned unsent.
 CREATE TABLE IF NOT EXISTS alert_suppressions (

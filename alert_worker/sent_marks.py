@@ -8,6 +8,10 @@ the acceptance and before the ``delivered`` write, and deletes it once that writ
 reads it before any rate-limit slot or request: found means delivered with that message id, and nothing
 is sent.
 
+A message that carried held deliveries (docs/contract.md §8) marks each carried id too, right after the
+provider accepted it, with ``via`` = the carrier: a carried row that goes back to a claim (its worker died
+before the ``delivered`` write, or its claim was lost) ends ``delivered`` via that carrier, unsent.
+
 Every method is best effort and never raises: a marker that cannot be written or read leaves the
 delivery as it was before markers existed (it may be sent again), which is logged. The remaining bound
 is a crash between the provider's acceptance and the marker write (``kill -9``), or Redis being down at
@@ -42,6 +46,7 @@ class SentMark:
 
     message_id: str | None
     sent_at: float | None
+    via: str | None = None  # the carrier whose message carried this delivery (§8)
 
 
 class SentMarks:
@@ -70,6 +75,28 @@ class SentMarks:
             return False
         return True
 
+    def record_carried(self, delivery_ids: list[str], *, via: str, message_id: str | None, log: Any) -> None:
+        """One pipelined ``SET … EX`` per carried id, ``via`` the carrier; logs instead of raising."""
+        if not delivery_ids:
+            return
+        value = json.dumps({"message_id": message_id, "sent_at": self._clock(), "via": via})
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for delivery_id in delivery_ids:
+                pipe.set(self._keys.sent(delivery_id), value, ex=self._ttl)
+            pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - best effort: without it a carried row may be re-sent
+            log.error("sent_marker_failed", error=type(exc).__name__, carried=len(delivery_ids))
+
+    def clear_carried(self, delivery_ids: list[str], *, log: Any) -> None:
+        """Delete the carried ids' markers once their rows say delivered."""
+        if not delivery_ids:
+            return
+        try:
+            self._client.delete(*(self._keys.sent(d) for d in delivery_ids))
+        except Exception as exc:  # noqa: BLE001 - the rows are already delivered
+            log.warning("sent_marker_not_cleared", error=type(exc).__name__, carried=len(delivery_ids))
+
     def find(self, delivery_id: str, *, log: Any) -> SentMark | None:
         """The marker, or ``None`` when there is none or Redis cannot be asked (then the delivery is sent)."""
         try:
@@ -93,12 +120,13 @@ def _parse(raw: Any) -> SentMark:
     """A marker that exists means the provider accepted, even if its value cannot be read."""
     try:
         data = json.loads(raw)
-        message_id, sent_at = data.get("message_id"), data.get("sent_at")
+        message_id, sent_at, via = data.get("message_id"), data.get("sent_at"), data.get("via")
     except (ValueError, TypeError, AttributeError):
         return SentMark(message_id=None, sent_at=None)
     return SentMark(
         message_id=message_id if isinstance(message_id, str) else None,
         sent_at=float(sent_at) if isinstance(sent_at, int | float) else None,
+        via=via if isinstance(via, str) else None,
     )
 
 
@@ -129,6 +157,12 @@ class NoSentMarks:
         return None
 
     def clear(self, delivery_id: str, *, log: Any) -> None:
+        pass
+
+    def record_carried(self, delivery_ids: list[str], *, via: str, message_id: str | None, log: Any) -> None:
+        pass
+
+    def clear_carried(self, delivery_ids: list[str], *, log: Any) -> None:
         pass
 
 

@@ -9,12 +9,14 @@ Split from ``executor`` so the state machine reads in one sitting; imports no RQ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from alert_worker import delivery
 from alert_worker.delivery import DeliveryRequest
+from alert_worker.digest import HELD_LIMITS
 from alert_worker.errors import DeliveryError, TransientDeliveryError
 from alert_worker.models import DeliveryResult, DeliveryRow, DeliveryStatus, Outcome, make_result
 from alert_worker.ports import DeliveryMetrics, DeliveryStorePort, FollowUp, FollowUpScheduler, PoisonQueuePort
@@ -35,6 +37,7 @@ class Setbacks:
     retry_policy: RetryPolicy
     deferral_policy: DeferralPolicy
     metrics: DeliveryMetrics
+    hold_for_recipient: bool = False  # ALERT_DIGEST on: a per-recipient denial holds, never poisons (§8)
 
     def failed(self, claim: Claim, log: Any, attempts: int, exc: DeliveryError, queue: str) -> DeliveryResult:
         """A failed attempt: retry with backoff while attempts remain, else poison."""
@@ -87,16 +90,27 @@ class Setbacks:
         row = claim.row
         since, now = row.deferred_since, row.db_now
         deferred_for = (now - since).total_seconds() if since is not None and now is not None else 0.0
-        decision = self.deferral_policy.after_denial(wait_seconds, deferred_for)
+        policy = self.deferral_policy
+        held = self.hold_for_recipient and limit_name == "recipient"
+        if held:  # the limit's window frees a slot within the hour, and that slot's message carries this one
+            policy = replace(policy, max_defer_seconds=math.inf)
+        decision = policy.after_denial(wait_seconds, deferred_for)
         if not decision.defer:
             return self.poison(claim, log, attempts, f"rate_limited_too_long: {limit_name} limit")
         delay = decision.delay_seconds
         error = error or f"rate_limited: {limit_name} limit"
-        next_at, _ = self.store.defer(row.id, claim.token, delay_seconds=delay, error=error)
+        if held:  # the hold's wait is not a deferral run: a later channel-limit or cooldown deferral starts afresh
+            next_at, _ = self.store.defer(row.id, claim.token, delay_seconds=delay, error=error, budgeted=False)
+        else:
+            next_at, _ = self.store.defer(row.id, claim.token, delay_seconds=delay, error=error)
         self.schedule(row, log, attempts, delay, "defer", queue, token=claim.token)
         self.metrics.deferred(row.channel, limit_name)
         log.info(
-            "delivery_deferred", limit=limit_name, delay_seconds=round(delay, 3), next_attempt_at=next_at.isoformat()
+            "delivery_deferred",
+            limit=limit_name,
+            held=limit_name in HELD_LIMITS,
+            delay_seconds=round(delay, 3),
+            next_attempt_at=next_at.isoformat(),
         )
         return delivery.waiting_result(row, error, next_at)
 

@@ -170,6 +170,8 @@ class Settings:
     max_defer_seconds: float = 3600.0
     cooldown_seconds: float = 30.0  # a provider's "slow down" without Retry-After (docs/contract.md §6.2)
     channel_pause_seconds: float = 300.0  # a channel whose own settings were refused (docs/contract.md §7.7)
+    digest: bool = True  # ALERT_DIGEST: held deliveries ride in the recipient's next message (§8)
+    digest_max_items: int = 50  # ALERT_DIGEST_MAX_ITEMS: deliveries in one message, the carrier included
     send_timeout_seconds: float = 10.0
     sweep_grace_seconds: int = 60
     sweep_interval_seconds: float = 30.0
@@ -243,6 +245,8 @@ class Settings:
             max_defer_seconds=_float(env, "ALERT_MAX_DEFER_SECONDS", 3600.0, minimum=0.0),
             cooldown_seconds=_float(env, "ALERT_COOLDOWN_SECONDS", 30.0, minimum=1.0),
             channel_pause_seconds=_float(env, "ALERT_CHANNEL_PAUSE_SECONDS", 300.0, minimum=1.0),
+            digest=_flag(env, "ALERT_DIGEST", True),
+            digest_max_items=_int(env, "ALERT_DIGEST_MAX_ITEMS", 50, minimum=1),
             send_timeout_seconds=send_timeout,
             sweep_grace_seconds=_sweep_grace(env),
             sweep_interval_seconds=_float(env, "ALERT_SWEEP_INTERVAL_SECONDS", 30.0, minimum=0.1),

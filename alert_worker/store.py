@@ -7,7 +7,7 @@ Writes made on behalf of a job are fenced by the row's ``claim_token``: a job wh
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +15,7 @@ from psycopg.errors import UniqueViolation
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from alert_worker.digest import HELD_SQL
 from alert_worker.errors import ClaimLostError, MessageIdTakenError
 from alert_worker.intake import IntakeStatements
 from alert_worker.intake import NewDelivery as NewDelivery  # re-exported: callers import it from here
@@ -26,6 +27,14 @@ _ROW_COLUMNS = (
     "id, channel, status, attempts, deferrals, recipient_hash, payload, queue, deferred_since, "
     "next_attempt_at, claim_token"
 )
+
+
+_MARK_DELIVERED = """
+    UPDATE alert_deliveries
+       SET status = 'delivered', attempts = %(attempts)s, delivered_at = now(),
+           provider_message_id = %(mid)s, delivered_via = %(via)s, error_message = NULL, payload = NULL,
+           next_attempt_at = NULL, deferred_since = NULL, updated_at = now()
+"""
 
 
 def _row(values: tuple[Any, ...], db_now: datetime | None = None) -> DeliveryRow:
@@ -47,12 +56,21 @@ def _row(values: tuple[Any, ...], db_now: datetime | None = None) -> DeliveryRow
 
 
 @dataclass(frozen=True)
+class CarriedClaim:
+    """A held delivery claimed to ride in another delivery's message (§8): its row and its own claim token."""
+
+    row: DeliveryRow
+    token: str
+
+
+@dataclass(frozen=True)
 class Claim:
     """A won claim: the row as it is now, and whether this job created it."""
 
     row: DeliveryRow
     token: str
     created: bool
+    others_held: bool = True  # some delivery to this channel and recipient is held (§8): worth carrying
 
 
 class DeliveryStore(IntakeStatements, RecoveryStatements):
@@ -97,7 +115,10 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
                  WHERE (d.status = 'pending' AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= now()))
                     OR (d.status = 'in_progress'
                         AND d.last_attempt_at < now() - make_interval(secs => %(stuck)s))
-                RETURNING {_ROW_COLUMNS}, (xmax = 0) AS created, now() AS db_now
+                RETURNING {_ROW_COLUMNS}, (xmax = 0) AS created, now() AS db_now,
+                          EXISTS (SELECT 1 FROM alert_deliveries AS h
+                                   WHERE h.channel = d.channel AND h.recipient_hash = d.recipient_hash
+                                     AND h.id <> d.id AND {HELD_SQL}) AS others_held
                 ), lost AS (
                 INSERT INTO alert_unknown_outcomes (delivery_id, channel, attempt_started_at)
                 SELECT c.id, c.channel, b.last_attempt_at FROM claimed c CROSS JOIN before b
@@ -122,7 +143,9 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
             ).fetchone()
         if found is None:
             return None
-        return Claim(row=_row(found[:11], db_now=found[12]), token=token, created=bool(found[11]))
+        return Claim(
+            row=_row(found[:11], db_now=found[12]), token=token, created=bool(found[11]), others_held=bool(found[13])
+        )
 
     def get(self, delivery_id: str) -> DeliveryRow | None:
         with self._pool.connection() as conn:
@@ -144,30 +167,155 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
             raise ClaimLostError(f"claim on delivery {params['id']!r} was lost")
         return tuple(found)
 
-    def mark_delivered(self, delivery_id: str, token: str, *, attempts: int, message_id: str | None) -> float:
+    def mark_delivered(
+        self, delivery_id: str, token: str, *, attempts: int, message_id: str | None, delivered_via: str | None = None
+    ) -> float:
         """Record acceptance; erase the payload. Returns seconds from row creation to acceptance.
 
+        ``delivered_via``: the delivery whose message carried this one (then ``message_id`` is ``None``).
         ``MessageIdTakenError`` when another row holds ``message_id`` (a unique index, docs/contract.md §7.1).
         """
         try:
             (latency,) = self._fenced(
-                """
-                UPDATE alert_deliveries
-                   SET status = 'delivered', attempts = %(attempts)s, delivered_at = now(),
-                       provider_message_id = %(mid)s, error_message = NULL, payload = NULL,
-                       next_attempt_at = NULL, deferred_since = NULL, updated_at = now()
-                """,
+                _MARK_DELIVERED,
                 {
                     "id": delivery_id,
                     "token": token,
                     "attempts": attempts,
                     "mid": message_id,
+                    "via": delivered_via,
                     "_returning": "EXTRACT(EPOCH FROM now() - created_at)::float8",
                 },
             )
         except UniqueViolation as exc:
             raise MessageIdTakenError(f"provider message id of delivery {delivery_id!r} is another's") from exc
         return float(latency)
+
+    # -- alert storms (§8): held deliveries carried by another delivery's message -----------------------
+    def claim_held(self, *, channel: str, recipient_hash: str, exclude_id: str, limit: int) -> list[CarriedClaim]:
+        """Claim up to ``limit`` held deliveries of this channel and recipient, oldest first, each with its
+        own claim token (fenced like any claim; reclaimable like any ``in_progress`` row if the worker dies).
+
+        ``SKIP LOCKED``: a row another job is claiming right now is left to it.
+        """
+        if limit < 1:
+            return []
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                f"""
+                WITH c AS MATERIALIZED (
+                    SELECT id FROM alert_deliveries
+                     WHERE channel = %(channel)s AND recipient_hash = %(hash)s AND id <> %(id)s
+                       AND payload IS NOT NULL AND {HELD_SQL}
+                     ORDER BY created_at, id
+                     LIMIT %(limit)s
+                     FOR UPDATE SKIP LOCKED)
+                UPDATE alert_deliveries AS d
+                   SET status = 'in_progress', claim_token = gen_random_uuid(), claimed_by = %(claimed_by)s,
+                       last_attempt_at = now(), updated_at = now()
+                  FROM c
+                 WHERE d.id = c.id AND d.status = 'pending'
+                RETURNING {", ".join("d." + c.strip() for c in _ROW_COLUMNS.split(","))}, now(), d.created_at
+                """,
+                {
+                    "channel": channel,
+                    "hash": recipient_hash,
+                    "id": exclude_id,
+                    "limit": limit,
+                    "claimed_by": self._claimed_by,
+                },
+            ).fetchall()
+        claims = [
+            CarriedClaim(row=replace(_row(r[:11], db_now=r[11]), created_at=r[12]), token=str(r[10])) for r in rows
+        ]
+        return sorted(claims, key=lambda c: (c.row.created_at or datetime.min, c.row.id))
+
+    def release_carried(self, carried: list[CarriedClaim], *, sent_unrecorded: bool = False) -> int:
+        """Hand carried claims back. Their message was not sent: pending and held again, as they were.
+        ``sent_unrecorded``: it was sent but not recorded: pending, due now and *not* held (so no other
+        message carries it), for its own job to find its sent marker (the sweep enqueues it)."""
+        if not carried:
+            return 0
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                """
+                UPDATE alert_deliveries AS d
+                   SET status = 'pending', claim_token = NULL, updated_at = now(),
+                       error_message = CASE WHEN %(unrecorded)s THEN 'sent_unrecorded: carried' ELSE error_message END,
+                       next_attempt_at = CASE WHEN %(unrecorded)s THEN now() ELSE next_attempt_at END
+                  FROM unnest(%(ids)s::text[], %(tokens)s::uuid[]) AS c(id, token)
+                 WHERE d.id = c.id AND d.claim_token = c.token AND d.status = 'in_progress'
+                RETURNING d.id
+                """,
+                {
+                    "ids": [c.row.id for c in carried],
+                    "tokens": [c.token for c in carried],
+                    "unrecorded": sent_unrecorded,
+                },
+            ).fetchall()
+        return len(rows)
+
+    def mark_delivered_carrying(
+        self,
+        delivery_id: str,
+        token: str,
+        *,
+        attempts: int,
+        message_id: str | None,
+        carried: list[CarriedClaim],
+    ) -> tuple[float, list[str]]:
+        """The carrier's ``delivered`` and its carried deliveries' ``delivered`` (``delivered_via`` = the
+        carrier, no provider id), in one transaction, each fenced on its own claim.
+
+        A lost carrier claim writes nothing (``ClaimLostError``). Returns the carrier's latency and the
+        carried ids whose claim was lost (written nothing: the caller keeps their sent markers).
+        """
+        with self._pool.connection() as conn, conn.transaction():
+            found = conn.execute(
+                _MARK_DELIVERED + " WHERE id = %(id)s AND claim_token = %(token)s AND status = 'in_progress' "
+                "RETURNING EXTRACT(EPOCH FROM now() - created_at)::float8",
+                {"id": delivery_id, "token": token, "attempts": attempts, "mid": message_id, "via": None},
+            ).fetchone()
+            if found is None:
+                raise ClaimLostError(f"claim on delivery {delivery_id!r} was lost")
+            written = conn.execute(
+                """
+                UPDATE alert_deliveries AS d
+                   SET status = 'delivered', attempts = d.attempts + 1, delivered_at = now(),
+                       delivered_via = %(via)s, provider_message_id = NULL, error_message = NULL, payload = NULL,
+                       next_attempt_at = NULL, deferred_since = NULL, updated_at = now()
+                  FROM unnest(%(ids)s::text[], %(tokens)s::uuid[]) AS c(id, token)
+                 WHERE d.id = c.id AND d.claim_token = c.token AND d.status = 'in_progress'
+                RETURNING d.id
+                """,
+                {"via": delivery_id, "ids": [c.row.id for c in carried], "tokens": [c.token for c in carried]},
+            ).fetchall()
+        done = {r[0] for r in written}
+        return float(found[0]), [c.row.id for c in carried if c.row.id not in done]
+
+    def oldest_held(self, *, channel: str, recipient_hash: str) -> RecoveredDelivery | None:
+        """The oldest held delivery of a recipient, made due now (``alert-worker release``), or ``None``."""
+        with self._pool.connection() as conn:
+            found = conn.execute(
+                f"""
+                UPDATE alert_deliveries SET next_attempt_at = now(), updated_at = now()
+                 WHERE id = (SELECT id FROM alert_deliveries
+                              WHERE channel = %s AND recipient_hash = %s AND payload IS NOT NULL AND {HELD_SQL}
+                              ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                RETURNING id, channel, payload, queue, attempts, now()
+                """,
+                (channel, recipient_hash),
+            ).fetchone()
+        return None if found is None else RecoveredDelivery(*found)
+
+    def carried_count(self, delivery_id: str) -> int:
+        """How many deliveries name ``delivery_id`` in ``delivered_via``."""
+        with self._pool.connection() as conn:
+            found = conn.execute(
+                "SELECT count(*) FROM alert_deliveries WHERE delivered_via = %s AND status = 'delivered'",
+                (delivery_id,),
+            ).fetchone()
+        return int(found[0]) if found else 0
 
     def schedule_retry(
         self, delivery_id: str, token: str, *, attempts: int, delay_seconds: float, error: str
@@ -191,13 +339,20 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
         )
         return next_at, now
 
-    def defer(self, delivery_id: str, token: str, *, delay_seconds: float, error: str) -> tuple[datetime, datetime]:
-        """Back to pending after a rate-limit denial, without using an attempt."""
+    def defer(
+        self, delivery_id: str, token: str, *, delay_seconds: float, error: str, budgeted: bool = True
+    ) -> tuple[datetime, datetime]:
+        """Back to pending after a rate-limit denial, without using an attempt.
+
+        ``budgeted=False``: a hold on the per-recipient limit (§8), which never counts toward
+        ``ALERT_MAX_DEFER_SECONDS``: it ends the run of deferrals instead of extending it.
+        """
         next_at, now = self._fenced(
             """
             UPDATE alert_deliveries
                SET status = 'pending', deferrals = deferrals + 1,
-                   deferred_since = COALESCE(deferred_since, now()), error_message = %(error)s,
+                   deferred_since = CASE WHEN %(budgeted)s THEN COALESCE(deferred_since, now()) END,
+                   error_message = %(error)s,
                    next_attempt_at = now() + make_interval(secs => %(delay)s), updated_at = now()
             """,
             {
@@ -205,6 +360,7 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
                 "token": token,
                 "delay": delay_seconds,
                 "error": error,
+                "budgeted": budgeted,
                 "_returning": "next_attempt_at, now()",
             },
         )

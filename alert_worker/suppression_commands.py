@@ -153,6 +153,11 @@ def held_by(error_message: str | None, channel: str = "") -> str | None:
         )
     if text.startswith("outcome_unknown: twilio lookup failed"):
         return "Twilio could not be asked whether the earlier attempt went out; it is asked again before any resend"
+    if text.startswith("rate_limited: recipient limit"):
+        return (
+            "the recipient's per-recipient limit: the next message to this recipient carries it "
+            "(`alert-worker release` sends it now)"
+        )
     if text.startswith("outcome_unknown:"):
         return UNKNOWN_OUTCOME_NEXT.get(channel, "an attempt with no answer: it is tried again")
     return None

@@ -139,6 +139,8 @@ def build_executor(settings: Settings, resources: JobResources) -> DeliveryExecu
         metrics=metrics,
         feedback=build_feedback(settings, resources.pool, resources.redis, hash_secret=secret, metrics=metrics),
         sent_marks=build_sent_marks(settings, resources.redis),
+        digest=settings.digest,
+        digest_max_items=settings.digest_max_items,
     )
 
 

@@ -48,6 +48,7 @@ from alert_worker.channels.smtp_errors import (
     has_no_reply,
     session_misconfiguration,
 )
+from alert_worker.digest import CARRIED_HEADER, carried_ids_header, email_digest_body, email_digest_subject
 from alert_worker.errors import (
     ChannelMisconfiguredError,
     ChannelNotConfiguredError,
@@ -57,7 +58,7 @@ from alert_worker.errors import (
 )
 from alert_worker.models import ChannelType, Message, SendReceipt
 from alert_worker.settings import SmtpSettings
-from alert_worker.validation import check_body_size, clean_body, clean_subject, one_line, truncate
+from alert_worker.validation import MAX_SUBJECT_CHARS, check_body_size, clean_body, clean_subject, one_line, truncate
 
 _MESSAGE_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _MESSAGE_ID_READABLE_CHARS = 40
@@ -116,7 +117,7 @@ def message_id_local_part(delivery_id: str) -> str:
     return f"{readable}.{digest}"
 
 
-def serialize(mail: EmailMessage, *, international: bool) -> bytes:
+def serialize(mail: EmailMessage, *, international: bool, carried: bool = False) -> bytes:
     """The bytes sent after DATA, refused unless their header block holds exactly the headers we set."""
     buffer = BytesIO()
     policy = default_policy.clone(utf8=True) if international else default_policy
@@ -130,7 +131,8 @@ def serialize(mail: EmailMessage, *, international: bool) -> bytes:
         for line in head.split(b"\r\n")
         if line and line[:1] not in (b" ", b"\t")
     )
-    if names != sorted(_HEADERS):
+    expected = sorted((*_HEADERS, CARRIED_HEADER.lower()) if carried else _HEADERS)
+    if names != expected:
         raise PermanentDeliveryError("invalid_input: the message would carry a header the alert did not set")
     return data
 
@@ -236,10 +238,15 @@ class EmailChannel(Channel):
         mail = EmailMessage()
         mail["From"] = sender
         mail["To"] = parse_address(message.recipient)
-        mail["Subject"] = header_safe_subject(message.subject)  # never trust the caller with CR/LF
+        subject = email_digest_subject(message) if message.carried else message.subject
+        mail["Subject"] = header_safe_subject(truncate(subject, MAX_SUBJECT_CHARS))  # never trust it with CR/LF
         mail["Date"] = formatdate(localtime=False, usegmt=True)
         mail["Message-ID"] = f"<{message_id_local_part(message.delivery_id)}@{sender.domain}>"
-        mail.set_content(truncate(check_body_size(message.body), self.max_text_chars) or " ")
+        if message.carried:  # one message, one Message-ID (the carrier's); the carried ids in a header of ours
+            mail[CARRIED_HEADER] = carried_ids_header(message)
+            mail.set_content(truncate(email_digest_body(message), self.max_text_chars))
+        else:
+            mail.set_content(truncate(check_body_size(message.body), self.max_text_chars) or " ")
         return mail
 
     def _connect(self) -> _BodyTracking:
@@ -336,7 +343,7 @@ class EmailChannel(Channel):
         options = ("SMTPUTF8", "BODY=8BITMIME") if international else ()
         smtp: _BodyTracking | None = None
         try:
-            data = serialize(mail, international=international)
+            data = serialize(mail, international=international, carried=bool(message.carried))
             smtp = self._reusable() or self._connect()
             smtp.body_written = False
             keep = False

@@ -26,6 +26,7 @@ import requests
 
 from alert_worker.channels.base import Channel
 from alert_worker.channels.http import map_request_errors, with_deadline
+from alert_worker.digest import count_line, items, slack_digest
 from alert_worker.errors import (
     ChannelNotConfiguredError,
     InvalidInputError,
@@ -158,6 +159,39 @@ def slack_blocks(subject: str, body: str) -> list[dict[str, Any]]:
     return blocks
 
 
+def digest_blocks(message: Message) -> list[dict[str, Any]]:
+    """A message carrying held alerts (§8): a header with the count, then one section per alert (its
+    subject, body and delivery id, escaped, no markup a ``*`` could break); at most 50 blocks, the last
+    one saying how many more when the alerts do not fit."""
+    listed = items(message)
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": count_line(len(listed)), "emoji": False}}
+    ]
+    room = MAX_BLOCKS - len(blocks)
+    shown = listed if len(listed) <= room else listed[: room - 1]
+    for m in shown:
+        raw = (f"{m.subject}\n" if m.subject else "") + f"{m.body}\nid: {m.delivery_id}"
+        pieces = _chunks(raw, MAX_SECTION_CHARS - 1)
+        text = (pieces[0] if pieces else _escape(m.delivery_id)) + ("…" if len(pieces) > 1 else "")
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+    if len(shown) < len(listed):
+        more = f"and {len(listed) - len(shown)} more"
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": more}})
+    return blocks
+
+
+def message_text(message: Message) -> str:
+    """The posted text (the notification fallback): one alert, or, when it carries held alerts, the count
+    and each one (§8)."""
+    if message.carried:
+        return slack_digest(message, MAX_SLACK_TEXT_CHARS, escape=_escape)
+    return slack_text(message.subject, message.body)
+
+
+def message_blocks(message: Message) -> list[dict[str, Any]]:
+    return digest_blocks(message) if message.carried else slack_blocks(message.subject, message.body)
+
+
 class SlackChannel(Channel):
     name = ChannelType.SLACK
     max_text_chars = MAX_SLACK_TEXT_CHARS
@@ -195,11 +229,11 @@ class SlackChannel(Channel):
 
     def send(self, message: Message) -> SendReceipt:
         url = self.webhook_url(message.recipient)
-        text = slack_text(message.subject, message.body)
+        text = message_text(message)
         if self._session is None:
             self._session = with_deadline(self._session_factory(), self._timeout)
         with map_request_errors("slack"):
-            payload = {"text": text, "blocks": slack_blocks(message.subject, message.body)}
+            payload = {"text": text, "blocks": message_blocks(message)}
             response = self._session.post(url, json=payload, timeout=self._timeout, allow_redirects=False)
         try:
             return self._receipt(response)

@@ -24,6 +24,7 @@ import requests
 from alert_worker.channel_settings import DEFAULT_TWILIO_API_BASE_URL
 from alert_worker.channels.base import Channel
 from alert_worker.channels.http import map_request_errors, with_deadline
+from alert_worker.digest import sms_digest
 from alert_worker.errors import (
     ChannelMisconfiguredError,
     DeliveryError,
@@ -80,6 +81,13 @@ def sms_text(subject: str, body: str) -> str:
     if subject and body:
         return f"{subject}: {body}"
     return subject or body
+
+
+def message_text(message: Message) -> str:
+    """The SMS body: one alert, or, when it carries held alerts, the count and their subjects (§8)."""
+    if message.carried:
+        return sms_digest(message, MAX_SMS_UNITS, utf16_units)
+    return sms_text(message.subject, message.body)
 
 
 def classify_twilio(
@@ -234,9 +242,7 @@ class SmsChannel(Channel):
         self._retry_after = None
         try:
             with map_request_errors("twilio"):
-                created = self._client.messages.create(
-                    to=message.recipient, body=sms_text(message.subject, message.body), **route
-                )
+                created = self._client.messages.create(to=message.recipient, body=message_text(message), **route)
         except TwilioException as exc:
             raise self._classify(exc) from exc
         except ValueError as exc:  # a 2xx whose body is not JSON: the message may have gone out
@@ -249,7 +255,7 @@ class SmsChannel(Channel):
         return f"{self._settings.account_sid}:{self._settings.from_number}"
 
     def sent_text(self, message: Message) -> str:
-        return sms_text(message.subject, message.body)
+        return message_text(message)
 
     def find_sent(self, message: Message, *, earliest: datetime, latest: datetime) -> list[str]:
         """SIDs of messages with this body to this number from our sender created in [earliest, latest].

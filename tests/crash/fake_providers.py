@@ -14,7 +14,9 @@ then drop the connection; nothing accepted) · ``slow:S`` (wait S seconds, then 
 ``slow_body:S`` (accept, headers at once, then the body a byte every S seconds).
 
 The delivery id is read from the e-mail Message-ID ``<{delivery_id}.{attempt}@domain>``, else from a
-``[[did:{delivery_id}]]`` tag anywhere in the message (the suite puts it in every subject).
+``[[did:{delivery_id}]]`` tag anywhere in the message (the suite puts it in every subject). A message that
+carries held deliveries (docs/contract.md §8) is recorded once, for its carrier (the first tag), with the
+ids it carried: from the e-mail header ``X-Alert-Carried-Ids``, or the further tags of a Slack text.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import re
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -55,6 +58,7 @@ class Received:
     channel: str
     at: float  # time.time() when the provider accepted it
     attempt: int | None = None
+    carried: tuple[str, ...] = ()  # held deliveries this message carried (§8)
 
 
 @dataclass
@@ -76,13 +80,18 @@ class ProviderLog:
             script = self.scripts.get(delivery_id, self.default_script)
         return script[n] if n < len(script) else "ok"
 
-    def record(self, delivery_id: str, channel: str, attempt: int | None = None) -> None:
+    def record(self, delivery_id: str, channel: str, attempt: int | None = None, carried: tuple[str, ...] = ()) -> None:
         with self.lock:
-            self.accepted.append(Received(delivery_id, channel, time.time(), attempt))
+            self.accepted.append(Received(delivery_id, channel, time.time(), attempt, carried))
 
     def accepted_counts(self) -> Counter[str]:
+        """Messages accepted per delivery id, a carried delivery counting the message that carried it."""
         with self.lock:
-            return Counter(r.delivery_id for r in self.accepted)
+            return Counter(i for r in self.accepted for i in (r.delivery_id, *r.carried))
+
+    def messages(self) -> list[Received]:
+        with self.lock:
+            return list(self.accepted)
 
     def receive_times(self) -> list[float]:
         with self.lock:
@@ -109,6 +118,15 @@ def max_window_rate(times: list[float], window_seconds: float) -> int:
 
 def _seconds(behaviour: str) -> float:
     return float(behaviour.split(":", 1)[1]) if ":" in behaviour else 1.0
+
+
+def carried_of(raw: bytes) -> tuple[str, ...]:
+    """The ids an e-mail carried (its ``X-Alert-Carried-Ids`` header, percent-decoded), else ``()``."""
+    header = message_from_bytes(raw).get("X-Alert-Carried-Ids")
+    if not header:
+        return ()
+    text = " ".join(str(header).split())
+    return tuple(urllib.parse.unquote(part.strip()) for part in text.split(",") if part.strip())
 
 
 def delivery_of(raw: bytes) -> tuple[str | None, int | None]:
@@ -140,7 +158,7 @@ class _SmtpHandler:
         if kind == "permanent":
             return "550 5.7.1 message refused"
         if delivery_id is not None:
-            self.log.record(delivery_id, "email", attempt)
+            self.log.record(delivery_id, "email", attempt, carried_of(raw if isinstance(raw, bytes) else raw.encode()))
         if kind == "accept_drop":
             server.transport.abort()
             return "421 4.4.2 dropped"
@@ -168,8 +186,8 @@ class _WebhookHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
-        tagged = _TAG.search(raw.decode("utf-8", "replace"))
-        delivery_id = tagged.group(1) if tagged else None
+        tags = _TAG.findall(raw.decode("utf-8", "replace"))
+        delivery_id = tags[0] if tags else None
         behaviour = self.log_book.next_behaviour(delivery_id)
         kind = behaviour.split(":", 1)[0]
         if kind in ("hang", "slow"):
@@ -191,7 +209,7 @@ class _WebhookHandler(BaseHTTPRequestHandler):
                 self._answer(400, b"invalid_payload")
                 return
             if delivery_id is not None:
-                self.log_book.record(delivery_id, "slack")
+                self.log_book.record(delivery_id, "slack", carried=tuple(tags[1:]))
             if kind == "accept_drop":
                 self.close_connection = True
                 self.connection.close()

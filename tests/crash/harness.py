@@ -58,6 +58,7 @@ class Delivery:
     script: tuple[str, ...] = ()
     expect: str = "delivered"  # or "poison"
     crash: bool = False  # first job is tests.crash.jobs.execute_with_crash
+    to: str | None = None  # a recipient shared with other deliveries (default: one of its own)
 
 
 def slack_available() -> bool:
@@ -373,6 +374,8 @@ class Run:
             conn.close()
 
     def recipient(self, d: Delivery) -> str:
+        if d.to is not None:
+            return d.to
         if d.channel == "slack":
             return ""  # the default webhook (SLACK_WEBHOOK_URL): our fake server
         if d.channel == "sms":  # one number per delivery, from the id's digits

@@ -23,6 +23,9 @@ from alert_worker.resources import JobResources
 from alert_worker.settings import Settings
 
 BOUNDARIES = ("after_claim", "after_send", "after_write", "enqueue_in_before", "enqueue_in_after")
+# The boundaries of a send that carries held deliveries (docs/contract.md §8): struck only when the job's
+# message does carry some (its first job found a free slot while others were held).
+CARRY_BOUNDARIES = ("carry_after_claim", "carry_after_send", "carry_before_write", "carry_after_write")
 
 
 def die(boundary: str, delivery_id: str) -> None:
@@ -55,6 +58,20 @@ class CrashingStore(_Proxy):
             die(self._boundary, new.id)
         return claim
 
+    def claim_held(self, **kwargs: Any) -> Any:
+        carried = self._inner.claim_held(**kwargs)
+        if carried and self._boundary == "carry_after_claim":
+            die(self._boundary, kwargs["exclude_id"])  # the carrier's id
+        return carried
+
+    def mark_delivered_carrying(self, delivery_id: str, token: str, **kwargs: Any) -> Any:
+        if self._boundary == "carry_before_write":
+            die(self._boundary, delivery_id)
+        written = self._inner.mark_delivered_carrying(delivery_id, token, **kwargs)
+        if self._boundary == "carry_after_write":
+            die(self._boundary, delivery_id)
+        return written
+
     def mark_delivered(self, delivery_id: str, token: str, **kwargs: Any) -> float:
         latency: float = self._inner.mark_delivered(delivery_id, token, **kwargs)
         if self._boundary == "after_write":
@@ -65,7 +82,7 @@ class CrashingStore(_Proxy):
 class CrashingChannel(_Proxy):
     def send(self, message: Any) -> Any:
         receipt = self._inner.send(message)  # the provider has accepted it
-        if self._boundary == "after_send":
+        if self._boundary == "after_send" or (self._boundary == "carry_after_send" and message.carried):
             die(self._boundary, message.delivery_id)
         return receipt
 
@@ -83,8 +100,9 @@ def boundary_for(delivery_id: str) -> str:
     configured = os.environ.get("ALERT_TEST_CRASH_AT", "")
     if configured == "by-id":
         parts = delivery_id.split("-")
-        return parts[1] if len(parts) > 2 and parts[1] in BOUNDARIES else ""
-    return configured if configured in BOUNDARIES else ""
+        known = (*BOUNDARIES, *CARRY_BOUNDARIES)
+        return parts[1] if len(parts) > 2 and parts[1] in known else ""
+    return configured if configured in (*BOUNDARIES, *CARRY_BOUNDARIES) else ""
 
 
 def crashing_executor(boundary: str) -> Any:

@@ -8,15 +8,19 @@ is in flight, polls until every row is terminal (with a deadline), then judges p
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tests.crash.fake_providers import max_window_rate
+import psycopg
+import redis
+
+from tests.crash.fake_providers import Received, max_window_rate
 from tests.crash.harness import Cluster, Delivery, Event, Outcome, Run, judge, slack_available, timed
-from tests.crash.jobs import BOUNDARIES
+from tests.crash.jobs import BOUNDARIES, CARRY_BOUNDARIES
 from tests.support.silent_network import Unavailable, silent_link
 
 
@@ -39,6 +43,7 @@ class Scale:
     rate_burst: int
     deadline: float
     grace_seconds: int  # ALERT_SWEEP_GRACE_SECONDS where a scenario needs the sweep to recover
+    storm_n: int  # alerts of the storm scenario, to STORM_RECIPIENTS recipients
 
 
 SMALL = Scale(
@@ -57,6 +62,7 @@ SMALL = Scale(
     rate_burst=8,
     deadline=120,
     grace_seconds=2,
+    storm_n=200,
 )
 FULL = Scale(
     transient_n=1000,
@@ -74,6 +80,7 @@ FULL = Scale(
     rate_burst=35,
     deadline=420,
     grace_seconds=8,
+    storm_n=600,
 )
 
 
@@ -430,6 +437,144 @@ def _wait_for_sends(cluster: Cluster, deliveries: list[Delivery], *, timeout: fl
     return False
 
 
+# -- 9 ---------------------------------------------------------------------------------------------------
+STORM_WAVES = 10
+STORM_RECIPIENT_LIMIT = 2  # per recipient per hour: two messages a wave, each carrying what is held
+
+
+def storm_carry(cluster: Cluster, scale: Scale) -> Outcome:
+    """An alert storm (docs/contract.md §8): ``storm_n`` alerts in waves to four recipients (three mailboxes,
+    one webhook) with a per-recipient limit of 2 an hour and digests of at most 10.
+
+    Between waves "an hour passes" for the limiter (the recipients' window entries are removed: the only
+    way a slot frees, no sleep), so each wave's first alerts to a recipient take its two slots and carry
+    what earlier waves left held. In waves 1-4 the first alert to each recipient is a crash delivery for
+    one boundary of a carrying send (after the claim of the carried rows, after the provider accepted,
+    before and after the ``delivered`` writes): its job kills its worker there if its message carries.
+    At the end the held rows are made due and the hour passes until every row is terminal.
+
+    Judged: lost=0; every carried delivery (``delivered_via``) is in a message its carrier's provider
+    accepted, every other delivered row in a message of its own; a delivery accepted more than once only
+    where a kill struck between acceptance and the write (the carrier, and what that message carried).
+    """
+    recipients = [("email", f"oncall-{n}@rcpt.crash.test") for n in range(3)]
+    recipients.append(("slack", f"{cluster.webhook_base}/services/T000/B000/storm"))
+    per_wave = scale.storm_n // STORM_WAVES
+    waves: list[list[Delivery]] = []
+    for w in range(STORM_WAVES):
+        boundary = CARRY_BOUNDARIES[w - 1] if 1 <= w <= len(CARRY_BOUNDARIES) else None
+        wave: list[Delivery] = []
+        for r, (channel, to) in enumerate(recipients):  # the crash delivery first: it is likeliest to carry
+            if boundary is not None:
+                wave.append(Delivery(f"s9-{boundary}-{w:02d}{r}", channel, crash=True, to=to))
+        for i in range(per_wave - len(wave)):
+            channel, to = recipients[i % len(recipients)]
+            wave.append(Delivery(f"s9-w{w:02d}-{i:04d}", channel, to=to))
+        waves.append(wave)
+    outcome = Outcome("storm_carry")
+    env = {
+        "ALERT_WORKER_THREADS": "1",  # a self-kill takes down only the delivery it names (and what it carries)
+        "ALERT_RATE_EMAIL_PER_RECIPIENT_HOUR": str(STORM_RECIPIENT_LIMIT),
+        "ALERT_RATE_SLACK_PER_RECIPIENT_HOUR": str(STORM_RECIPIENT_LIMIT),
+        "ALERT_DIGEST_MAX_ITEMS": "10",
+    }
+    with timed(outcome), Run(cluster, "s9", env_overrides=env, grace_seconds=scale.grace_seconds) as run:
+        for wave in waves:
+            _hour_passes(run)
+            run.produce(wave)
+            if not _wait_settled(run, timeout=scale.deadline):
+                outcome.failures.append(f"wave {wave[0].id}: rows still in flight at the deadline")
+        deadline = time.monotonic() + scale.deadline
+        while not run.wait_until_terminal(3.0) and time.monotonic() < deadline:
+            _hour_passes(run, wake_held=True)
+        finished = run.wait_until_terminal(1.0)
+        kills = run.kills()
+        messages = cluster.provider.messages()
+        carried_by: dict[str, list[str]] = {}
+        for m in messages:
+            carried_by.setdefault(m.delivery_id, []).extend(m.carried)
+        # The duplicates a kill may explain (the forced kind: accepted, then the writes lost). After the
+        # provider accepted, before the sent markers: the carrier and everything it carried. Before the
+        # writes: the carrier only (each carried id has its marker by then). Elsewhere: none.
+        events = [Event(k.kind, k.delivery_id) for k in kills if k.kind in ("carry_after_send", "carry_before_write")]
+        events += [
+            Event(k.kind, carried)
+            for k in kills
+            if k.kind == "carry_after_send"
+            for carried in carried_by.get(k.delivery_id, [])
+        ]
+        judge(run, outcome, finished=finished, events=events)
+        accepted = cluster.provider.accepted_counts()
+        outcome.notes["duplicates_by_boundary"] = {
+            kind: sum(max(0, accepted.get(e.delivery_id, 0) - 1) for e in events if e.kind == kind)
+            for kind in ("carry_after_send", "carry_before_write")
+        }
+        outcome.kills = len(kills)
+        by_boundary = {b: sum(1 for k in kills if k.kind == b) for b in CARRY_BOUNDARIES}
+        outcome.notes["kills_by_boundary"] = by_boundary
+        outcome.notes["messages"] = len(messages)
+        outcome.notes["carried"] = sum(len(m.carried) for m in messages)
+        for boundary, count in by_boundary.items():
+            if count == 0:
+                outcome.failures.append(f"{boundary}: no carrying send was killed there")
+        _judge_carriers(run, outcome, messages)
+    return outcome
+
+
+def _hour_passes(run: Run, *, wake_held: bool = False) -> None:
+    """What an hour does to the limiter: every recipient's window empties. ``wake_held``: and the held
+    rows' wake-ups come due (the sweep enqueues them)."""
+    conn = redis.Redis.from_url(run.cluster.redis.url, socket_timeout=5)
+    try:
+        for key in conn.scan_iter("alert:rl:recipient:*"):
+            conn.delete(key)
+    finally:
+        conn.close()
+    if wake_held:
+        with psycopg.connect(run.settings.database_url, autocommit=True, connect_timeout=5) as db:
+            db.execute(
+                "UPDATE alert_deliveries SET next_attempt_at = now() - interval '1 hour' "
+                "WHERE status = 'pending' AND next_attempt_at > now()"
+            )
+
+
+def _wait_settled(run: Run, *, timeout: float) -> bool:
+    """Every row produced so far is terminal or held (pending, not due for an hour): the wave is done."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(psycopg.Error):
+            with psycopg.connect(run.settings.database_url, connect_timeout=2) as db:
+                (moving,) = db.execute(
+                    "SELECT count(*) FROM alert_deliveries WHERE status = 'in_progress' "
+                    "OR (status = 'pending' AND COALESCE(next_attempt_at, now()) < now() + interval '10 minutes')"
+                ).fetchone() or (1,)
+                (rows,) = db.execute("SELECT count(*) FROM alert_deliveries").fetchone() or (0,)
+            if moving == 0 and rows == len(run.deliveries):
+                return True
+        time.sleep(0.3)
+    return False
+
+
+def _judge_carriers(run: Run, outcome: Outcome, messages: list[Received]) -> None:
+    """Every carried row names a carrier whose accepted message carried it; every other delivered row was
+    the carrier of a message of its own."""
+    with psycopg.connect(run.settings.database_url) as db:
+        rows = db.execute("SELECT id, delivered_via FROM alert_deliveries WHERE status = 'delivered'").fetchall()
+    own = {m.delivery_id for m in messages}
+    inside = {(m.delivery_id, c) for m in messages for c in m.carried}
+    via_rows = 0
+    for delivery_id, via in rows:
+        if via is None and delivery_id not in own:
+            outcome.failures.append(f"{delivery_id}: delivered, yet no message was its own")
+        if via is not None:
+            via_rows += 1
+            if (via, delivery_id) not in inside:
+                outcome.failures.append(f"{delivery_id}: delivered via {via}, yet no message of {via} carried it")
+    outcome.notes["delivered_via_rows"] = via_rows
+    if via_rows == 0:
+        outcome.failures.append("no delivery was carried: the storm never held anything")
+
+
 # A restarted worker needs its start-up checks and first dequeue before it can deliver what was reclaimed.
 _RESTART_ALLOWANCE_SECONDS = 2.0
 
@@ -449,4 +594,5 @@ SCENARIOS: dict[str, Callable[[Cluster, Scale], Outcome]] = {
     "provider_slow_answer": provider_slow_answer,
     "rate_limit_burst": rate_limit_burst,
     "threaded_kill_in_flight": threaded_kill_in_flight,
+    "storm_carry": storm_carry,
 }

@@ -20,6 +20,7 @@ from tests.crash.scenarios import (
     provider_slow_answer,
     rate_limit_burst,
     redis_restart,
+    storm_carry,
     threaded_kill_in_flight,
     transient_failures,
     worker_kills,
@@ -125,3 +126,17 @@ def test_a_threaded_worker_killed_with_16_deliveries_in_flight_has_all_16_delive
     assert outcome.failures == []
     assert (outcome.lost, outcome.duplicates) == (0, 0)
     assert outcome.notes["recovery_seconds"] <= outcome.notes["budget_seconds"] + 2.0
+
+
+def test_an_alert_storm_killed_at_each_boundary_of_a_carrying_send_loses_nothing_and_never_doubles_unforced(
+    cluster: Cluster,
+) -> None:
+    """§8: a storm to four recipients with a limit of 2 an hour, carrying sends killed at each boundary: every
+    carried delivery in exactly one accepted message (its carrier's), duplicates only where a kill struck
+    between the provider's acceptance and the writes."""
+    outcome = storm_carry(cluster, SMALL)
+    assert outcome.failures == []
+    assert outcome.lost == 0
+    assert outcome.duplicates == outcome.forced
+    assert all(n >= 1 for n in outcome.notes["kills_by_boundary"].values())
+    assert outcome.notes["delivered_via_rows"] > 0

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from alert_worker.metrics import RedisMetrics, bucket_for
 from alert_worker.metrics_server import AlertCollector, MetricsServer, collector_for, database_probe, render
+from alert_worker.settings import Settings
 from tests.support.smtp import free_port
 
 pytestmark = pytest.mark.integration
@@ -185,3 +186,34 @@ def test_the_channel_paused_gauge_is_one_for_each_paused_channel(
     assert found[("alert_channel_paused", (("channel", "sms"),))] == 1
     assert found[("alert_channel_paused", (("channel", "email"),))] == 0
     assert found[("alert_channel_paused", (("channel", "slack"),))] == 0
+
+
+def test_held_deliveries_and_carried_ones_are_exported_per_channel(
+    redis_url: str, redis_client: redis.Redis, database_url: str
+) -> None:
+    """§8: ``alert_held`` counts pending rows held by a recipient limit or a cooldown (not other deferrals);
+    ``alert_carried_total`` and ``alert_held_released_total`` count what jobs recorded."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO alert_deliveries (id, channel, recipient, recipient_hash, error_message) VALUES "
+            "('h1', 'sms', 'r', 'h', 'rate_limited: recipient limit'), "
+            "('h2', 'sms', 'r', 'h', 'rate_limited: cooldown, the sms provider asked to slow down (30s left)'), "
+            "('c1', 'sms', 'r', 'h', 'rate_limited: channel limit'), "
+            "('h3', 'slack', 'r', 'h', 'rate_limited: recipient limit')"
+        )
+    metrics = RedisMetrics(client=redis_client)
+    metrics.carried("sms", 16)
+    metrics.released("sms")
+    collector = collector_for(
+        _settings(database_url, redis_url), client_factory=lambda: redis.Redis.from_url(redis_url)
+    )
+    found = samples(render(collector).decode())
+    held = {dict(labels)["channel"]: v for (name, labels), v in found.items() if name == "alert_held"}
+    assert held == {"email": 0, "slack": 1, "sms": 2}
+    assert found[("alert_carried_total", (("channel", "sms"),))] == 16
+    assert found[("alert_carried_total", (("channel", "email"),))] == 0
+    assert found[("alert_held_released_total", (("channel", "sms"),))] == 1
+
+
+def _settings(database_url: str, redis_url: str) -> Settings:
+    return Settings(database_url=database_url, redis_url=redis_url)

@@ -78,7 +78,7 @@ def test_the_overview_counts_what_postgres_and_redis_hold(database_url: str, red
 
 @pytest.mark.usefixtures("populated")
 def test_status_json_prints_exactly_the_contract_object(worker_env: dict[str, str]) -> None:
-    """``alert-worker status --json`` (a real subprocess): one object, the §6.4 keys, nothing else."""
+    """``alert-worker status --json`` (a real subprocess): one object, the §6.4 keys and §8's held, nothing else."""
     done = run_cli(["status", "--json"], {**worker_env, "RQ_QUEUES": "alerts,bulk"})
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
@@ -91,8 +91,10 @@ def test_status_json_prints_exactly_the_contract_object(worker_env: dict[str, st
         "workers",
         "scheduler",
         "paused",
+        "held",
     }
     assert data["paused"] == {}
+    assert data["held"] == {"email": 0, "slack": 0, "sms": 0}
     assert data["deliveries"] == EXPECTED_DELIVERIES
     assert data["workers"] == [{"name": "w-live", "threads": 8, "in_flight": 2}]
     assert data["scheduler"] == {"alerts": True, "bulk": False}

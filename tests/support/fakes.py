@@ -12,10 +12,11 @@ from typing import Any
 
 from alert_worker.channels.base import Channel
 from alert_worker.channels.email import parse_address
+from alert_worker.digest import is_held
 from alert_worker.errors import ClaimLostError, DeliveryError, MessageIdTakenError, RateLimiterUnavailableError
 from alert_worker.models import ChannelType, DeliveryRow, DeliveryStatus, Message, SendReceipt
 from alert_worker.rate_limit import Acquisition, RateDecision
-from alert_worker.store import Claim, NewDelivery
+from alert_worker.store import CarriedClaim, Claim, NewDelivery
 
 
 @dataclass
@@ -24,6 +25,7 @@ class FakeRow:
     error: str | None = None
     message_id: str | None = None
     last_attempt_at: datetime | None = None
+    delivered_via: str | None = None
 
 
 class FakeClock:
@@ -98,7 +100,9 @@ class FakeStore:
             raise ClaimLostError(delivery_id)
         return found
 
-    def mark_delivered(self, delivery_id: str, token: str, *, attempts: int, message_id: str | None) -> float:
+    def mark_delivered(
+        self, delivery_id: str, token: str, *, attempts: int, message_id: str | None, delivered_via: str | None = None
+    ) -> float:
         found = self._fenced(delivery_id, token)
         if message_id is not None and any(
             other.message_id == message_id for key, other in self.rows.items() if key != delivery_id
@@ -112,8 +116,52 @@ class FakeStore:
             next_attempt_at=None,
             deferred_since=None,
         )
-        found.message_id, found.error = message_id, None
+        found.message_id, found.error, found.delivered_via = message_id, None, delivered_via
         return 1.5
+
+    # -- alert storms (§8), as DeliveryStore: held = pending after a recipient-limit or cooldown deferral --------
+    def claim_held(self, *, channel: str, recipient_hash: str, exclude_id: str, limit: int) -> list[CarriedClaim]:
+        held = [
+            f
+            for f in self.rows.values()
+            if f.row.channel == channel
+            and f.row.recipient_hash == recipient_hash
+            and f.row.id != exclude_id
+            and f.row.payload is not None
+            and is_held(f.row.status.value, f.error)
+        ]
+        claims = []
+        for found in sorted(held, key=lambda f: f.row.id)[: max(0, limit)]:
+            found.row = replace(found.row, status=DeliveryStatus.IN_PROGRESS, claim_token=str(uuid.uuid4()))
+            claims.append(CarriedClaim(row=found.row, token=str(found.row.claim_token)))
+        return claims
+
+    def release_carried(self, carried: list[CarriedClaim], *, sent_unrecorded: bool = False) -> int:
+        released = 0
+        for c in carried:
+            found = self.rows[c.row.id]
+            if found.row.claim_token == c.token and found.row.status is DeliveryStatus.IN_PROGRESS:
+                found.row = replace(found.row, status=DeliveryStatus.PENDING, claim_token=None)
+                if sent_unrecorded:
+                    found.error = "sent_unrecorded: carried"
+                released += 1
+        return released
+
+    def mark_delivered_carrying(
+        self, delivery_id: str, token: str, *, attempts: int, message_id: str | None, carried: list[CarriedClaim]
+    ) -> tuple[float, list[str]]:
+        latency = self.mark_delivered(delivery_id, token, attempts=attempts, message_id=message_id)
+        lost = []
+        for c in carried:
+            found = self.rows[c.row.id]
+            if found.row.claim_token != c.token or found.row.status is not DeliveryStatus.IN_PROGRESS:
+                lost.append(c.row.id)
+                continue
+            found.row = replace(
+                found.row, status=DeliveryStatus.DELIVERED, attempts=found.row.attempts + 1, payload=None
+            )
+            found.message_id, found.error, found.delivered_via = None, None, delivery_id
+        return latency, lost
 
     def schedule_retry(
         self, delivery_id: str, token: str, *, attempts: int, delay_seconds: float, error: str
@@ -126,7 +174,9 @@ class FakeStore:
         found.error = error
         return next_at, self.clock.now
 
-    def defer(self, delivery_id: str, token: str, *, delay_seconds: float, error: str) -> tuple[datetime, datetime]:
+    def defer(
+        self, delivery_id: str, token: str, *, delay_seconds: float, error: str, budgeted: bool = True
+    ) -> tuple[datetime, datetime]:
         found = self._fenced(delivery_id, token)
         next_at = self.clock.now + timedelta(seconds=delay_seconds)
         found.row = replace(
@@ -134,7 +184,7 @@ class FakeStore:
             status=DeliveryStatus.PENDING,
             deferrals=found.row.deferrals + 1,
             next_attempt_at=next_at,
-            deferred_since=found.row.deferred_since or self.clock.now,
+            deferred_since=(found.row.deferred_since or self.clock.now) if budgeted else None,
         )
         found.error = error
         return next_at, self.clock.now

@@ -63,7 +63,7 @@ def _view(**overrides: object) -> Overview:
 
 
 def test_the_json_is_exactly_the_contract_object() -> None:
-    """§6.4: these keys and nothing else; workers as objects with name, threads, in_flight."""
+    """§6.4 (with §8's held): these keys and nothing else; workers as objects with name, threads, in_flight."""
     data = _view().as_json()
     assert list(data) == [
         "deliveries",
@@ -74,8 +74,10 @@ def test_the_json_is_exactly_the_contract_object() -> None:
         "workers",
         "scheduler",
         "paused",
+        "held",
     ]
     assert data["paused"] == {}
+    assert data["held"] == {"email": 0, "slack": 0, "sms": 0}
     assert data["workers"] == [{"name": "w-1", "threads": 8, "in_flight": 3}]
     assert data["scheduler"] == {"alerts": True, "bulk": False}
 
@@ -165,7 +167,7 @@ def test_a_retry_reason_is_folded_into_a_bounded_label(error: str, reason: str) 
             "postgres",
             "poison: unknown   cooldowns: 1   suppressions: unknown",
             ["deliveries: unknown", "oldest due pending: unknown"],
-            ("deliveries", "oldest_due_pending_seconds", "poison", "suppressions"),
+            ("deliveries", "oldest_due_pending_seconds", "poison", "suppressions", "held"),
         ),
     ],
     ids=["redis-down", "postgres-down"],
