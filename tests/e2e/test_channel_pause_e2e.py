@@ -7,6 +7,7 @@ SMTP server (aiosmtpd) with AUTH that counts every AUTH command it judges.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -86,6 +87,13 @@ def test_once_the_password_is_fixed_the_paused_deliveries_flow_when_the_pause_en
     not_due = "SELECT count(*) FROM alert_deliveries WHERE next_attempt_at > now()"
     with psycopg.connect(database_url, autocommit=True) as conn:  # every deferral due (pause + jitter)
         wait_until(lambda: conn.execute(not_due).fetchone() == (0,), timeout=30, what="the deferrals to be due")
+    # and their jobs due in RQ's scheduled registry too (scheduled a little after next_attempt_at): a burst
+    # worker enqueues the due ones once, at its start
+    wait_until(
+        lambda: redis_client.zcount("rq:scheduled:alerts", f"({time.time()}", "+inf") == 0,
+        timeout=30,
+        what="the deferral jobs to be due in RQ",
+    )
     fixed = _env(worker_env, auth_sink, PASSWORD, ALERT_CHANNEL_PAUSE_SECONDS="2")
     done = run_cli(["run", "--burst", "--threads", "1"], fixed, timeout=180)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
