@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import psycopg
@@ -41,6 +41,7 @@ from alert_worker.overview import held_counts, live_workers, oldest_due_pending_
 from alert_worker.settings import Settings
 
 log = structlog.get_logger("alert_worker.metrics")
+_T = TypeVar("_T")
 
 SCRAPE_WAIT_SECONDS = 15.0  # a scrape waits this long for the one before it, then reports the stores down
 _REDIS_UP = "1 when the metrics store (Redis) answered this scrape"
@@ -257,11 +258,12 @@ def _histogram(buckets: dict[bytes, bytes], sums: dict[bytes, bytes]) -> Metric:
 
 
 class DatabaseProbe:
-    """The oldest-due-pending query on one connection kept across scrapes, each in a bounded transaction.
+    """The scrape's Postgres reads on one connection kept across scrapes, each in a bounded transaction.
 
     ``SET LOCAL`` (inside the transaction) so a PgBouncer in transaction mode never carries the timeout
     over to another client's server connection. A connection found broken (Postgres restarted, the network
-    dropped it) is closed; a kept one is replaced at once and the query asked once more on the new one.
+    dropped it) is closed; a kept one is replaced at once and the read asked once more on the new one.
+    Calling it reads the oldest due pending delivery's age; ``held`` the held deliveries per channel (§8).
     """
 
     def __init__(self, database_url: str, *, timeout_seconds: int = 5, connect_kwargs: dict[str, Any] | None = None):
@@ -271,22 +273,28 @@ class DatabaseProbe:
         self._conn: psycopg.Connection[Any] | None = None
 
     def __call__(self) -> float | None:
+        return self._read(oldest_due_pending_seconds)
+
+    def held(self) -> dict[str, int]:
+        return self._read(held_counts)
+
+    def _read(self, query: Callable[[psycopg.Connection[Any]], _T]) -> _T:
         kept = self._conn is not None
         try:
-            return self._query()
+            return self._query(query)
         except (psycopg.Error, OSError):
             if not (kept and self._conn is None):
                 raise
-        return self._query()  # the kept connection had broken: once more on a new one
+        return self._query(query)  # the kept connection had broken: once more on a new one
 
-    def _query(self) -> float | None:
+    def _query(self, query: Callable[[psycopg.Connection[Any]], _T]) -> _T:
         if self._conn is None:
             self._conn = psycopg.connect(self._url, **self._kwargs)
         conn = self._conn
         try:
             with conn.transaction():
                 conn.execute(f"SET LOCAL statement_timeout = {int(self._timeout * 1000)}")
-                return oldest_due_pending_seconds(conn)
+                return query(conn)
         except (psycopg.Error, OSError):
             if conn.closed or conn.broken:
                 self.close()
@@ -301,17 +309,6 @@ class DatabaseProbe:
 database_probe = DatabaseProbe  # what ``AlertCollector`` calls for ``alert_oldest_due_pending_age_seconds``
 
 
-def held_probe(database_url: str, *, timeout_seconds: int = 5) -> Callable[[], dict[str, int]]:
-    """Held deliveries per channel (``overview.held_counts``) on a fresh, bounded connection per scrape."""
-
-    def probe() -> dict[str, int]:
-        with psycopg.connect(database_url, connect_timeout=timeout_seconds) as conn, conn.transaction():
-            conn.execute(f"SET LOCAL statement_timeout = {int(timeout_seconds * 1000)}")
-            return held_counts(conn)
-
-    return probe
-
-
 def collector_for(
     settings: Settings,
     *,
@@ -321,16 +318,15 @@ def collector_for(
     """The collector ``main()`` serves: Redis counters, Postgres due-pending age, workers, scheduler locks."""
     queues: Sequence[str] = list(settings.queues)
     probe = (lambda client: scheduler_locks(client, queues)) if scheduler_locks else None
+    database = None
+    if settings.database_url:
+        database = database_probe(settings.database_url, connect_kwargs=postgres_kwargs(settings))
     return AlertCollector(
         client_factory=client_factory,
         prefix=settings.redis_key_prefix,
-        oldest_due_pending=(
-            database_probe(settings.database_url, connect_kwargs=postgres_kwargs(settings))
-            if settings.database_url
-            else None
-        ),
+        oldest_due_pending=database,
         scheduler_probe=probe,
-        held=held_probe(settings.database_url) if settings.database_url else None,
+        held=database.held if database is not None else None,
     )
 
 

@@ -87,6 +87,8 @@ class StopSafeMixin:
 
     def handle_warm_shutdown_request(self) -> None:
         super().handle_warm_shutdown_request()  # type: ignore[misc]
+        if not self._stopping.is_set():  # RQ's own line is INFO, quiet by default (ALERT_RQ_LOG_LEVEL)
+            log.warning("warm_stop_requested", worker=self.name, detail="no new job; the ones in flight finish")
         self._stopping.set()
 
     # RQ calls these two at the top of its loop too, where a Redis error makes it quit: here the dequeue

@@ -96,6 +96,7 @@ def test_a_429_with_retry_after_5_holds_ten_deliveries_on_two_workers_until_it_p
     Each worker process has a queue of its own (``RQ_QUEUES``), so the ten deliveries are spread over both
     processes by construction: the process that never saw the 429 must hold its five by the shared cooldown.
     """
+    env = {**env, "ALERT_DIGEST": "off"}  # deferrals only: with it on, the next message would carry them (§8)
     webhook.replies.append((429, "rate_limited", {"Retry-After": "5"}))
     with ExitStack() as stack:
         workers = [

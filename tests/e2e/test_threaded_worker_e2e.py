@@ -66,7 +66,7 @@ def test_sigterm_lets_every_delivery_in_flight_finish_then_exits_0_and_unregiste
             send_alert("email", f"ops{i}@example.com", "s", "b", delivery_id=f"drain-{i}", settings=settings)
         wait_until(lambda: counting_sink.inside == 3, timeout=60, what="three sends in flight")
         worker.process.send_signal(signal.SIGTERM)
-        wait_until(lambda: "warm shut down requested" in worker.text(), timeout=30, what="the warm shutdown")
+        wait_until(lambda: "warm_stop_requested" in worker.text(), timeout=30, what="the warm shutdown")
         send_alert("email", "late@example.com", "s", "b", delivery_id="late", settings=settings)
         counting_sink.gate.set()
         assert _exit_code(worker) == 0, worker.text()[-4000:]
@@ -85,7 +85,7 @@ def test_a_second_sigterm_exits_at_once_leaving_the_delivery_for_the_dead_worker
         send_alert("email", "ops@example.com", "s", "b", delivery_id="cold", settings=settings)
         wait_until(lambda: counting_sink.inside == 1, timeout=60, what="the send in flight")
         worker.process.send_signal(signal.SIGTERM)
-        wait_until(lambda: "warm shut down requested" in worker.text(), timeout=30, what="the warm shutdown")
+        wait_until(lambda: "warm_stop_requested" in worker.text(), timeout=30, what="the warm shutdown")
         worker.process.send_signal(signal.SIGINT)
         assert _exit_code(worker, timeout=20) != 0
     assert _statuses(database_url) == {"in_progress": 1}

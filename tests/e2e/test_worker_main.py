@@ -122,7 +122,7 @@ def test_sigterm_during_a_slow_delivery_lets_it_finish_then_exits_0(
         _send(env, "slow-1")
         assert gated_sink.entered.wait(60), worker.text()[-4000:]
         worker.process.send_signal(signal.SIGTERM)
-        wait_until(lambda: "warm shut down requested" in worker.text(), timeout=30, what="the warm shutdown")
+        wait_until(lambda: "warm_stop_requested" in worker.text(), timeout=30, what="the warm shutdown")
         gated_sink.gate.set()
         assert _wait_exit(worker) == 0, worker.text()[-4000:]
         _json_lines(worker.text())

@@ -120,3 +120,6 @@ class _NoKeys:
 
     def scan_iter(self, **_: object) -> Iterator[bytes]:
         return iter(())
+
+    def mget(self, names: list[str]) -> list[None]:
+        return [None] * len(names)

@@ -121,9 +121,11 @@ def test_no_canary_reaches_logs_results_or_operator_columns(
             for row in conn.execute("SELECT * FROM alert_suppressions").fetchall():
                 assert _leaks(str(row)) == [], row
             conn.execute("DELETE FROM alert_suppressions")
-        for key in redis_client.scan_iter("alert:cooldown:*"):
-            assert _leaks(key.decode()) == [], key
-            redis_client.delete(key)
+        for pattern in ("alert:cooldown:*", "alert:pause*"):  # cooldowns and channel pauses (§7.7)
+            for key in redis_client.scan_iter(pattern):
+                assert _leaks(key.decode()) == [], key
+                assert _leaks(str(redis_client.get(key))) == [], key
+                redis_client.delete(key)
 
     def run(channel: str, recipient: Any, subject: Any = SUBJECT, body: Any = BODY) -> dict[str, Any]:
         nonlocal n
@@ -146,7 +148,8 @@ def test_no_canary_reaches_logs_results_or_operator_columns(
     run("email", f"{EMAIL},other@example.com")  # two recipients: invalid input
     run("email", EMAIL, subject=f"{SUBJECT}\x07")  # control character: invalid input
     monkeypatch.setenv("SMTP_PASSWORD", WRONG_SMTP_PASSWORD)
-    assert run("email", EMAIL)["outcome"] == "poisoned"
+    refused = run("email", EMAIL)  # the channel's own settings: paused fleet-wide, the delivery deferred (§7.7)
+    assert (refused["outcome"], str(refused["error"])[:15]) == ("retry_scheduled", "channel_paused:")
     monkeypatch.setenv("SMTP_PASSWORD", SMTP_PASSWORD)
     monkeypatch.setenv("SMTP_PORT", str(free_port()))
     assert run("email", EMAIL)["outcome"] == "retry_scheduled"
