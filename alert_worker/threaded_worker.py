@@ -8,7 +8,11 @@ dequeues only while a thread is free (no eager dequeue), registers once (``rq in
 pubsub thread), and runs each job under a ``TimerDeathPenalty`` whose exception ends in the failed
 registry through ``perform_job``'s own handler. Threads cannot be killed, so every blocking call a
 delivery makes carries its own bound (send timeout, Postgres ``connect_timeout``/``statement_timeout``,
-pool wait, Redis socket timeouts); the timer is the backstop for Python-level stalls only.
+pool wait, Redis socket timeouts); the timer is the backstop for Python-level stalls, and for a Postgres
+call that nothing else bounds (a proxy that stops relaying while its kernel still ACKs and answers keepalives):
+the shared pool records which thread holds which connection (``HELD_CONNECTIONS``), and when a thread's
+timer fires it also shuts down the sockets of the connections that thread holds, so the blocked libpq call
+returns and the exception is delivered; the pool discards the broken connection.
 
 The threads share one ``psycopg_pool.ConnectionPool`` (one connection per thread at most) and one Redis
 client, handed to ``run_delivery_job`` as ``JobResources(owned=False)`` through ``shared_job_resources``.
@@ -22,10 +26,12 @@ import queue
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+import psycopg
 import redis
 import structlog
 from psycopg_pool import ConnectionPool
@@ -42,6 +48,7 @@ from alert_worker.liveness import Registration, alive_ttl_for, worker_name
 from alert_worker.resources import JobResources, open_redis, shared_job_resources
 from alert_worker.rq_guard import StopSafeMixin
 from alert_worker.settings import MAX_WORKER_THREADS, Settings
+from alert_worker.sockets import cut_socket
 
 log = structlog.get_logger("alert_worker.threaded_worker")
 
@@ -51,6 +58,9 @@ _DRAIN_MARGIN_SECONDS = 30.0
 _HEARTBEAT_EVERY_SECONDS = 5.0  # past the job timeout: the death penalty has fired by then
 _SUSPENSION_CHECK_EVERY_SECONDS = 1.0  # between back-to-back jobs; after a dequeue that waited, always
 _QUICK_DEQUEUE_SECONDS = 0.1
+# After a thread's job timed out, a connection it still takes (the crash hand-back's write) is cut if held
+# this long: a working database answers that write in milliseconds; a frozen one never does.
+LATE_CALL_GRACE_SECONDS = 5.0
 
 
 def resolve_threads(settings: Settings, override: int | None = None) -> int:
@@ -62,8 +72,132 @@ def resolve_threads(settings: Settings, override: int | None = None) -> int:
     return override
 
 
+class HeldConnections:
+    """Which thread holds which Postgres connection of the threaded worker's pool (``ThreadHeldPool``).
+
+    A process-wide registry holding weak references only (no client): ``DaemonTimerDeathPenalty`` finds the
+    connections of the thread whose job timed out here, without being handed the pool. ``cut`` shuts their
+    sockets down (``sockets.cut_socket`` on libpq's descriptor), which ends a libpq call blocked on a peer
+    that never answers; until the job's penalty is cancelled, a connection that thread takes afterwards is
+    cut too if it is held for ``grace`` seconds. A cut is made under the registry's lock, and ``release``
+    takes it before a connection goes back to the pool, so no other thread's connection is ever cut.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[int, dict[int, weakref.ref[psycopg.Connection[Any]]]] = {}
+        self._late: dict[int, float] = {}  # thread -> grace, while its timed-out job still runs
+
+    def hold(self, conn: psycopg.Connection[Any]) -> None:
+        thread = threading.get_ident()
+        with self._lock:
+            held = self._held.setdefault(thread, {})
+            ref = held.get(id(conn))
+            if ref is None or ref() is not conn:
+                ref = held[id(conn)] = weakref.ref(conn)
+            grace = self._late.get(thread)
+        if grace is not None:
+            timer = threading.Timer(grace, self._cut_if_still_held, (thread, ref))
+            timer.daemon = True
+            timer.start()
+
+    def release(self, conn: psycopg.Connection[Any]) -> None:
+        thread = threading.get_ident()
+        with self._lock:
+            held = self._held.get(thread)
+            if held is not None:
+                held.pop(id(conn), None)
+                if not held:
+                    del self._held[thread]
+
+    def held_by(self, thread: int) -> int:
+        with self._lock:
+            return len(self._held.get(thread, {}))
+
+    def cut(self, thread: int, *, grace: float = LATE_CALL_GRACE_SECONDS) -> int:
+        """``thread``'s job timed out: shut down the sockets of the connections it holds; returns how many."""
+        with self._lock:
+            self._late[thread] = grace
+            return sum(_cut_connection(ref) for ref in self._held.get(thread, {}).values())
+
+    def spare(self, thread: int) -> None:
+        """``thread``'s job ended: its later connections are its next job's, never cut for this one."""
+        with self._lock:
+            self._late.pop(thread, None)
+
+    def _cut_if_still_held(self, thread: int, ref: weakref.ref[psycopg.Connection[Any]]) -> None:
+        with self._lock:
+            conn = ref()
+            late = thread in self._late and conn is not None and self._held.get(thread, {}).get(id(conn)) is ref
+            cut = late and _cut_connection(ref)
+        if cut:
+            log.warning("late_database_call_cut", detail="a timed-out job's database call outlived its grace")
+
+
+def _cut_connection(ref: weakref.ref[psycopg.Connection[Any]]) -> bool:
+    conn = ref()
+    if conn is None or conn.closed:
+        return False
+    try:
+        fd = conn.pgconn.socket
+    except (psycopg.Error, OSError):
+        return False
+    return cut_socket(fd)
+
+
+HELD_CONNECTIONS = HeldConnections()
+
+
+class ThreadHeldPool(ConnectionPool):
+    """The threaded worker's pool: a connection is in ``HELD_CONNECTIONS`` under the thread that took it,
+    from its check (a pooled connection is tested in the taking thread, and that test can block too) until
+    it is put back. A connection whose socket was cut is broken: ``putconn`` discards it."""
+
+    def getconn(self, timeout: float | None = None) -> psycopg.Connection[Any]:
+        conn = super().getconn(timeout)
+        HELD_CONNECTIONS.hold(conn)
+        return conn
+
+    def putconn(self, conn: psycopg.Connection[Any]) -> None:
+        HELD_CONNECTIONS.release(conn)
+        super().putconn(conn)
+
+
+def check_held_connection(conn: psycopg.Connection[Any]) -> None:
+    """``ConnectionPool.check_connection``, with the connection held by the checking thread meanwhile."""
+    HELD_CONNECTIONS.hold(conn)
+    try:
+        ConnectionPool.check_connection(conn)
+    except BaseException:
+        HELD_CONNECTIONS.release(conn)  # the pool keeps or discards it; this thread does not get it
+        raise
+
+
 class DaemonTimerDeathPenalty(TimerDeathPenalty):
-    """rq's thread-safe job timeout, with a daemon timer so a cold exit is never held up by one."""
+    """rq's thread-safe job timeout, with a daemon timer so a cold exit is never held up by one.
+
+    When it fires it raises the job's exception in the job's thread (rq) and shuts down the sockets of the
+    Postgres connections that thread holds (``HELD_CONNECTIONS``): an asynchronous exception is only
+    delivered once a blocked C call returns, and this makes a blocked libpq call return.
+    """
+
+    thread_id: int | None = None
+
+    def setup_death_penalty(self) -> None:
+        self.thread_id = threading.get_ident()  # entered in the job's thread
+        super().setup_death_penalty()  # type: ignore[no-untyped-call]
+
+    def handle_death_penalty(self) -> None:
+        try:
+            super().handle_death_penalty()  # type: ignore[no-untyped-call]
+        finally:
+            if self.thread_id is not None and (cut := HELD_CONNECTIONS.cut(self.thread_id)):
+                log.warning("job_timeout_cut_database_connections", connections=cut)
+
+    def cancel_death_penalty(self) -> None:
+        super().cancel_death_penalty()  # type: ignore[no-untyped-call]
+        if self.thread_id is not None:
+            HELD_CONNECTIONS.spare(self.thread_id)
 
     def new_timer(self) -> threading.Timer:
         timer: threading.Timer = super().new_timer()  # type: ignore[no-untyped-call]
@@ -72,15 +206,16 @@ class DaemonTimerDeathPenalty(TimerDeathPenalty):
 
 
 def open_shared_resources(settings: Settings, *, threads: int) -> JobResources:
-    """One stock pool for all threads: each blocking step bounded (connect, statement, lock, pool wait)."""
+    """One pool for all threads (``ThreadHeldPool``): each blocking step bounded (connect, statement, lock,
+    pool wait), and a call on a connection that never answers cut when the job's timeout fires."""
     bound_ms = int(max(settings.send_timeout_seconds, 1.0) * 1000)
-    pool = ConnectionPool(
+    pool = ThreadHeldPool(
         settings.database_url,
         min_size=1,
         max_size=threads,
         timeout=settings.send_timeout_seconds,
         kwargs=bounded_postgres_kwargs(settings, bound_ms),
-        check=ConnectionPool.check_connection,
+        check=check_held_connection,
         name="alert-worker-threads",
         open=True,
     )

@@ -12,7 +12,8 @@ once with ``raise ... from``. Reasons name the provider and the exception class 
     InvalidURL, InvalidSchema, MissingSchema   permanent (the same request can never be made)
     any other RequestException                 transient
 
-``DeadlineAdapter`` gives a whole request one wall-clock deadline (``requests``' timeout is per read).
+``DeadlineAdapter`` gives a whole request one wall-clock deadline (``requests``' timeout is per read): a
+``RequestWatch`` timer cuts the connection's socket when the deadline passes, whatever the request is doing.
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ from __future__ import annotations
 import http.client
 import io
 import socket
+import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3 import Timeout
+from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, Timeout
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import (
     ConnectTimeoutError,
     DecodeError,
@@ -37,8 +41,10 @@ from urllib3.exceptions import (
     ProxyError,
     ReadTimeoutError,
 )
+from urllib3.poolmanager import ProxyManager
 
 from alert_worker.errors import OutcomeUnknownError, PermanentDeliveryError, TransientDeliveryError
+from alert_worker.sockets import cut_socket
 
 _NEVER_VALID = (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema)
 # Anywhere in the cause chain, these say the request may have reached the provider: the connection was open
@@ -147,18 +153,168 @@ def never_sent(exc: BaseException) -> bool:
     return False
 
 
+class RequestWatch:
+    """One request's deadline: when ``budget_seconds`` pass before ``finish()``, the connection's socket is cut.
+
+    A per-read socket timeout cannot bound a request whose status line and headers trickle in (http.client
+    reads them a line, and a byte, at a time, each read under the timeout), so a timer thread shuts the
+    socket down at the deadline (``sockets.cut_socket``): the blocked read returns at once. The connection
+    classes below report to the watch of the request running in their thread (a ``ContextVar``): which
+    connection it uses, and whether it is connecting or sending. Cut while connecting, or before the request
+    was started, nothing was sent; cut later, the provider may have the request (``after_sending``).
+    """
+
+    def __init__(self, budget_seconds: float, *, cut: Callable[[int], bool] = cut_socket) -> None:
+        self._cut = cut
+        self._lock = threading.Lock()
+        self._connection: Any = None
+        self._connecting = False
+        self._request_started = False
+        self._finished = False
+        self.fired = False
+        self.after_sending = False
+        self._timer = threading.Timer(budget_seconds, self.fire)
+        self._timer.daemon = True
+
+    def start(self) -> None:
+        self._timer.start()
+
+    def fire(self) -> None:
+        """The deadline: cut the connection's socket (if it has one yet), unless the request finished."""
+        with self._lock:  # finish() takes it too: a socket handed back to the pool is never cut
+            if self._finished or self.fired:
+                return
+            self.fired = True
+            self.after_sending = self._request_started and not self._connecting
+            self._cut_connection()
+
+    def finish(self) -> bool:
+        """The request is over (answered or failed): disarm. ``True`` when the deadline cut it first."""
+        with self._lock:
+            self._finished = True
+        self._timer.cancel()
+        return self.fired
+
+    def connecting(self, connection: Any) -> None:
+        with self._lock:
+            self._connection, self._connecting = connection, True
+            if self.fired:
+                self._cut_connection()
+
+    def connected(self) -> bool:
+        """The connection attempt returned; ``True`` when the deadline passed meanwhile (send nothing)."""
+        with self._lock:
+            self._connecting = False
+            return self.fired
+
+    def sending(self, connection: Any) -> bool:
+        """The request is about to be written on ``connection``; ``True`` when the deadline has passed."""
+        with self._lock:
+            self._connection = connection
+            if self.fired:
+                return True
+            self._request_started = True
+            return False
+
+    def timeout(self) -> requests.Timeout:
+        """What the cut request raises: a read timeout (unknown outcome) or, before sending, a connect timeout."""
+        if self.after_sending:
+            return requests.ReadTimeout("the send deadline passed after the request was sent")
+        return requests.ConnectTimeout("the send deadline passed before the request was sent")
+
+    def _cut_connection(self) -> None:
+        sock = getattr(self._connection, "sock", None)  # set as soon as TCP connects, before any TLS handshake
+        if sock is not None:
+            try:
+                fd = sock.fileno()
+            except OSError:
+                return
+            self._cut(fd)
+
+
+_watching: ContextVar[RequestWatch | None] = ContextVar("alert_worker_request_watch", default=None)
+
+
+def _watched_connect(connection: Any, connect: Callable[[], None]) -> None:
+    watch = _watching.get()
+    if watch is None:
+        connect()
+        return
+    watch.connecting(connection)
+    try:
+        connect()
+    finally:
+        late = watch.connected()
+    if late:
+        raise TimeoutError("the send deadline passed while connecting")
+
+
+def _watched_request(connection: Any) -> None:
+    watch = _watching.get()
+    if watch is not None and watch.sending(connection):
+        raise TimeoutError("the send deadline passed before the request was sent")
+
+
+class WatchedHTTPConnection(HTTPConnection):
+    """urllib3's connection, reporting its socket and its phase to the request's ``RequestWatch``."""
+
+    def connect(self) -> None:
+        _watched_connect(self, super().connect)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watched_request(self)
+        super().request(*args, **kwargs)
+
+
+class WatchedHTTPSConnection(HTTPSConnection):
+    """``WatchedHTTPConnection`` for TLS (the socket is reported before the handshake, which it bounds too)."""
+
+    def connect(self) -> None:
+        _watched_connect(self, super().connect)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watched_request(self)
+        super().request(*args, **kwargs)
+
+
+class WatchedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = WatchedHTTPConnection
+
+
+class WatchedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = WatchedHTTPSConnection
+
+
+WATCHED_POOLS: dict[str, type[HTTPConnectionPool]] = {
+    "http": WatchedHTTPConnectionPool,
+    "https": WatchedHTTPSConnectionPool,
+}
+
+
 class DeadlineAdapter(HTTPAdapter):
     """Every request through it ends within ``budget_seconds`` of starting, however the answer trickles.
 
-    Connecting and waiting for the status line share the budget (urllib3's ``Timeout(total=...)``); the
-    body is then read in pieces, each socket read bounded by what is left. Past the deadline the request
-    fails with ``ReadTimeout`` (an unknown outcome: the request was written) and its connection is dropped.
-    The caller's own ``timeout`` is ignored: the budget replaces it.
+    A ``RequestWatch`` covers the whole request (connecting, writing, the status line, the headers, the
+    body): at the deadline it cuts the connection's socket. urllib3's ``Timeout(total=...)`` bounds each
+    socket operation as well, and the body is read in pieces, each socket read bounded by what is left.
+    Past the deadline the request fails with ``ReadTimeout`` once the request was started (an unknown
+    outcome), with ``ConnectTimeout`` before (nothing sent), and its connection is dropped. The caller's own
+    ``timeout`` is ignored: the budget replaces it. Through a SOCKS proxy only the per-read bounds apply.
     """
 
     def __init__(self, *, budget_seconds: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.budget_seconds = budget_seconds
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if isinstance(manager, ProxyManager):  # an HTTP(S) proxy: connections made as without one
+            manager.pool_classes_by_scheme = WATCHED_POOLS
+        return manager
 
     def send(
         self,
@@ -171,13 +327,25 @@ class DeadlineAdapter(HTTPAdapter):
     ) -> requests.Response:
         deadline = time.monotonic() + self.budget_seconds
         budget: Any = Timeout(total=self.budget_seconds, connect=self.budget_seconds, read=self.budget_seconds)
-        response = super().send(request, stream=True, timeout=budget, verify=verify, cert=cert, proxies=proxies)
-        raw = response.raw
+        watch = RequestWatch(self.budget_seconds)
+        token = _watching.set(watch)
+        watch.start()
+        raw: Any = None
         try:
+            response = super().send(request, stream=True, timeout=budget, verify=verify, cert=cert, proxies=proxies)
+            raw = response.raw
             body = _read_by(raw, deadline)
-        except BaseException:
-            raw.close()  # never hand a half-read connection back to the pool
+        except BaseException as exc:
+            if raw is not None:
+                raw.close()  # never hand a half-read connection back to the pool
+            if watch.finish() and isinstance(exc, Exception):  # a job timeout or an interrupt stays what it is
+                raise watch.timeout() from exc
             raise
+        finally:
+            _watching.reset(token)
+        if watch.finish():  # cut after the last byte came: what came may be a truncated answer
+            raw.close()
+            raise watch.timeout()
         raw.release_conn()
         response.raw = io.BytesIO(body)  # already decoded; ``content`` reads it from here
         return response
