@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -200,19 +201,33 @@ class Bench:
         return [self.start_worker(case, queue, burst=burst) for _ in range(workers_in(case))]
 
     @staticmethod
-    def reap(process: subprocess.Popen[bytes], timeout: float) -> int:
-        """Wait for the worker; returns its peak RSS (KB, the largest of it and its work-horses)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pid, _, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid == process.pid:
-                process.returncode = 0
-                return int(usage.ru_maxrss)
-            time.sleep(0.02)
-        process.kill()
-        _, _, usage = os.wait4(process.pid, 0)
-        process.returncode = -9
-        raise TimeoutError(f"worker {process.args} did not finish in {timeout:.0f} s")
+    def reap(*processes: subprocess.Popen[bytes], timeout: float) -> int:
+        """Wait for the workers; returns their peak RSS (KB): the largest ``VmHWM`` of them (read every
+        20 ms while they run) and of their descendants (found every 0.5 s: a short-lived work-horse may be
+        missed; it is a copy of its parent).
+
+        Not ``wait4``'s ``ru_maxrss``: a spawned child's starts at the bench's own RSS (Linux carries the
+        pre-exec peak over), so it would report the bench, not a worker smaller than it."""
+        deadline, peak, running, family = time.monotonic() + timeout, 0, list(processes), set[int]()
+        for tick in itertools.count():
+            if not running or time.monotonic() >= deadline:
+                break
+            if tick % 25 == 0:
+                family = descendants(process.pid for process in running)
+            peak = max([peak, *(peak_rss_kb(pid) for pid in [*(process.pid for process in running), *family])])
+            for process in list(running):
+                if os.waitpid(process.pid, os.WNOHANG)[0] == process.pid:
+                    process.returncode = 0
+                    running.remove(process)
+            if running:
+                time.sleep(0.02)
+        for process in running:
+            process.kill()
+            os.waitpid(process.pid, 0)
+            process.returncode = -9
+        if running:
+            raise TimeoutError(f"worker {running[0].args} did not finish in {timeout:.0f} s")
+        return peak
 
     # -- jobs ----------------------------------------------------------------------------------------
     def enqueue(self, queue: Queue, case: str, delivery_id: str) -> Job:
@@ -284,7 +299,7 @@ class Bench:
         for delivery_id in ids:
             self.enqueue(queue, case, delivery_id)
         try:
-            rss = max(self.reap(w, timeout=60 + n) for w in self.start_workers(case, queue_name, burst=True))
+            rss = self.reap(*self.start_workers(case, queue_name, burst=True), timeout=60 + n)
         except TimeoutError:
             self.explain(f"{case} ({queue_name})", ids)
             raise
@@ -341,12 +356,13 @@ class Bench:
         except TimeoutError:
             print(f"  {case} ({queue_name}): {len(answers.times(prefix))} of {n} answered", file=sys.stderr)
         finally:
-            os.killpg(worker.pid, signal.SIGTERM)  # warm shutdown: the worker and its processes
+            with contextlib.suppress(ProcessLookupError):  # warm shutdown: the worker and its processes
+                os.killpg(worker.pid, signal.SIGTERM)
             try:
                 rss = self.reap(worker, timeout=30)
-            except TimeoutError:
-                os.killpg(worker.pid, signal.SIGKILL)
-                raise
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(worker.pid, signal.SIGKILL)  # whatever it left behind
         stamps = answers.times(prefix)
         if len(stamps) < 2:
             raise RuntimeError(f"only {len(stamps)} of {n} jobs delivered (worker log: {self.stderr_tail(queue_name)})")
@@ -405,6 +421,35 @@ class Bench:
                 return
             time.sleep(0.05)
         raise TimeoutError("jobs did not finish in time")
+
+
+def peak_rss_kb(pid: int) -> int:
+    """A process's peak RSS (``VmHWM``, KB); 0 for one that has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+
+
+def descendants(pids: Iterable[int]) -> set[int]:
+    """Every process below these (their work-horses, a Dramatiq worker process), from ``/proc/*/stat``."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: set[int] = set()
+    todo = list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def rate(stamps: Iterable[float]) -> float:

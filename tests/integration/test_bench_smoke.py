@@ -82,3 +82,29 @@ def test_bench_runs_dramatiq_and_celery_against_our_slack_case_and_reports_ours_
     assert all(rate > 0 for rate in rows.values()), rows
     expected = rows["threads@100"] / max(rows["dramatiq@100"], rows["celery@100"])
     assert float(figure(lines[-1], "threads_vs_best_peer_at_latency")) == pytest.approx(expected, abs=0.01)
+
+
+def python_holding(megabytes: int, seconds: float) -> str:
+    return f"import time; held = bytearray({megabytes} * 1024 * 1024); time.sleep({seconds})"
+
+
+@pytest.mark.integration
+def test_bench_reports_a_workers_own_peak_rss_not_the_bench_processes() -> None:
+    """A spawned child's ``wait4`` peak starts at its parent's RSS; the bench reads the child's own."""
+    from bench.run import Bench
+
+    held = bytearray(300 * 1024 * 1024)  # the bench process: far larger than the worker
+    held[::4096] = b"\1" * len(held[::4096])
+    worker = subprocess.Popen([sys.executable, "-c", python_holding(40, 1.0)])
+    peak_mb = Bench.reap(worker, timeout=60) / 1024
+    assert 40 <= peak_mb < 150, peak_mb
+    del held
+
+
+@pytest.mark.integration
+def test_bench_counts_a_workers_child_processes_in_its_peak_rss() -> None:
+    """A worker whose child (a work-horse, Dramatiq's worker process) holds the memory reports the child's."""
+    from bench.run import Bench
+
+    worker = subprocess.Popen(["sh", "-c", f'"{sys.executable}" -c "{python_holding(80, 1.5)}"'])
+    assert Bench.reap(worker, timeout=60) / 1024 >= 80
