@@ -26,7 +26,7 @@ jobs/s from RQ's ``ended_at`` stamps, or for Slack and the peers from the webhoo
 same source for ours and the peers), first to last, so start-up is excluded; median of interleaved
 rounds. The Slack and peer cases queue 400 jobs at L = 100 and 1,500 at L = 0 (in at most 2 rounds).
 Latency (``a-fork``, ``b-fork``): a long-running worker fed at half the measured capacity; enqueue call →
-provider answered (no-op: → RQ ``ended_at``). RSS: peak of the worker and its work-horses (``wait4``).
+provider answered (no-op: → RQ ``ended_at``). RSS: peak (``VmHWM``) of the worker and its work-horses.
 Rate limits are disabled.
 """
 
