@@ -483,9 +483,12 @@ def find_peers_python() -> tuple[str | None, str]:
     )
     if not Path(python).is_file():
         return None, f"no peers venv ({python} missing); to run them: {how}"
-    probe = subprocess.run(
-        [python, "-c", "import celery, dramatiq, psycopg_pool, requests"], capture_output=True, timeout=60
-    )
+    try:
+        probe = subprocess.run(
+            [python, "-c", "import celery, dramatiq, psycopg_pool, requests"], capture_output=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"{python} does not run ({exc}); {how}"
     if probe.returncode != 0:
         return None, f"{python} cannot import the peers ({probe.stderr.decode(errors='replace').strip()[-200:]}); {how}"
     return python, ""
@@ -546,7 +549,7 @@ def table(results: dict[str, CaseResult]) -> Iterator[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small runs: under 3 minutes")
+    parser.add_argument("--quick", action="store_true", help="small runs: about 4 minutes with the peers")
     parser.add_argument("--jobs", type=int, help="jobs per throughput run (default 150, quick 30)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds (default 3)")
     parser.add_argument("--latency-jobs", type=int, help="jobs per latency run (default 150, quick 30)")
