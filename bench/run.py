@@ -8,23 +8,33 @@ repository root. Jobs, each drained by a real worker subprocess on a private que
   (c) process    ``execute_delivery_job`` with ``ALERT_RESOURCE_SCOPE=process``
   (d) reference  ``bench.reference_async``: asyncio.run + AsyncConnectionPool + redis.asyncio per job
   (e) floor      RQ plus the SMTP send alone (no database, no Redis of ours): what any delivery costs
+  (p) peer       the minimal delivery a user would write for Dramatiq or Celery (``bench.peers``): claim the
+                 row with one upsert, POST to the webhook on a per-thread ``requests.Session``, mark it
+                 delivered; a stock ``psycopg_pool.ConnectionPool(max_size=16)``, Redis broker
 
 on workers ``simple`` (``rq.worker.SimpleWorker``), ``fork`` (``alert-worker run --worker-class
 bench.workers.PreloadedWorker``: RQ's forking ``Worker`` under our ``run``, whose parent preloaded the job
 modules, configured logging and opened its Redis client without driver info), ``plain`` (exactly
 ``rq worker Q --with-scheduler``: every work-horse imports the package) and ``threads`` (``alert-worker
-run --burst --threads N``, the thread-pooled worker). A case ``X-W@L`` runs against providers that
-answer after L ms (``bench.providers``; no suffix: L = 0). Throughput: jobs enqueued up front, a burst
-worker drains them; jobs/s from RQ's ``ended_at`` stamps (first to last, so start-up is excluded);
-median of interleaved rounds. Latency (``a-fork``, ``b-fork``): a long-running worker fed at half the
-measured capacity; enqueue call → provider answered (no-op: → RQ ``ended_at``). RSS: peak of the
-worker and its work-horses (``wait4``). Rate limits are disabled.
+run --burst --threads N``, the thread-pooled worker), ``threads2`` (two such processes on one queue: P = 2
+processes x N threads on one host), and the peers' ``dramatiq`` (``dramatiq --processes 1 --threads N``)
+and ``celery`` (``celery worker -P threads -c N``), run from their own venv (``bench/.peers-venv``, or
+``BENCH_PEERS_PYTHON``; the peer cases are skipped, with a message, when it is missing). A case ``X-W@L``
+runs against providers that answer after L ms (``bench.providers``; no suffix: L = 0). Throughput: jobs
+enqueued up front, a burst worker drains them (a peer's worker is stopped once every row is delivered);
+jobs/s from RQ's ``ended_at`` stamps, or for Slack and the peers from the webhook's answer stamps (the
+same source for ours and the peers), first to last, so start-up is excluded; median of interleaved
+rounds. The Slack and peer cases queue 400 jobs at L = 100 and 1,500 at L = 0 (in at most 2 rounds).
+Latency (``a-fork``, ``b-fork``): a long-running worker fed at half the measured capacity; enqueue call →
+provider answered (no-op: → RQ ``ended_at``). RSS: peak (``VmHWM``) of the worker and its work-horses.
+Rate limits are disabled.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -35,7 +45,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +55,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 from alert_worker.redaction import sanitize_text, scrub_echoes
+from bench.peers import TABLE as PEER_TABLE
 from bench.providers import Answers, SlowWebhook, running_slow_smtp, running_slow_webhook
 from bench.services import locked_redis_db, throwaway_database
 
@@ -56,13 +67,18 @@ JOBS = {
     "d": ("reference async", "bench.reference_async.execute_delivery_job"),
     "e": ("floor: RQ + SMTP send only", "bench.jobs.send_only"),
     "s": ("per-job scope, Slack", "alert_worker.entrypoint.execute_delivery_job"),
+    "p": ("peer minimal delivery, Slack", "bench.peers.deliver"),
 }
 WORKERS = {
     "simple": "rq.worker.SimpleWorker",
     "fork": "bench.workers.PreloadedWorker",
     "plain": "rq.worker.Worker",
     "threads": "",  # alert-worker run --threads N
+    "threads2": "",  # two of them on one queue
+    "dramatiq": "bench.peers.dramatiq_app",  # dramatiq MODULE --processes 1 --threads N
+    "celery": "bench.peers.celery_app",  # celery -A MODULE worker -P threads -c N
 }
+PEERS = ("dramatiq", "celery")
 ALL_CASES = (
     "a-simple",
     "e-simple",
@@ -77,7 +93,13 @@ ALL_CASES = (
     "b-threads",
     "b-threads@100",
     "s-threads@100",
+    "p-dramatiq@100",
+    "p-celery@100",
     "d-simple@100",
+    "s-threads",
+    "p-dramatiq",
+    "p-celery",
+    "s-threads2",
 )
 LATENCY_CASES = ("a-fork", "b-fork")
 RECIPIENT, BODY = "ops@example.org", "disk almost full on db-1"  # every bench job's (the subject: its id)
@@ -85,6 +107,11 @@ EXCEPTION_NAME = re.compile(r"[A-Za-z_][\w.]*")  # an exception's qualified name
 SHOWN_FAILURES = 5  # jobs explained per run when some did not finish
 PROVIDER_LATENCY_MS = 100  # the @100 cases: a real provider answers in 100-300 ms
 THREADS = 16
+HOST_PROCESSES = 2  # threads2: P processes of N threads
+PEER_JOBS = {0: 1500, PROVIDER_LATENCY_MS: 400}  # Slack and peer cases, by latency (ms)
+PEER_ROUNDS_AT_ZERO = 2  # their L = 0 runs are long: at most this many rounds
+PEERS_VENV = REPO / "bench" / ".peers-venv"
+PEERS_REQUIREMENTS = REPO / "bench" / "requirements-peers.txt"
 RATE_VARIABLES = (
     "ALERT_RATE_EMAIL_PER_MIN",
     "ALERT_RATE_SLACK_PER_MIN",
@@ -123,13 +150,14 @@ class Bench:
     smtp: dict[int, Answers]  # by latency (ms): SlowSmtpSink
     hooks: dict[int, SlowWebhook]
     scratch: Path
+    peers_python: str | None = None  # the peers' venv interpreter; None: the peer cases are skipped
     connection: redis.Redis = field(init=False)
 
     def __post_init__(self) -> None:
         self.connection = redis.Redis.from_url(self.redis_url)
 
     def answers(self, case: str) -> Answers:
-        return (self.hooks if case.startswith("s") else self.smtp)[latency_of(case)]
+        return (self.hooks if case[0] in "sp" else self.smtp)[latency_of(case)]
 
     # -- processes -----------------------------------------------------------------------------------
     def env(self, case: str, queue: str) -> dict[str, str]:
@@ -155,7 +183,7 @@ class Bench:
         return env
 
     def start_worker(self, case: str, queue: str, *, burst: bool) -> subprocess.Popen[bytes]:
-        if worker_of(case) == "threads":
+        if worker_of(case) in ("threads", "threads2"):
             command = [sys.executable, "-m", "alert_worker", "run", "--threads", str(THREADS)]
         elif worker_of(case) == "fork":  # the product's forking path: its parent's logging and Redis client
             command = [sys.executable, "-m", "alert_worker", "run", "--worker-class", WORKERS["fork"]]
@@ -164,24 +192,42 @@ class Bench:
             command = [rq, "worker", "-u", self.redis_url, "-w", WORKERS[worker_of(case)], "--with-scheduler", queue]
         if burst:
             command.append("--burst")
-        log = (self.scratch / f"{queue}.log").open("wb")
+        log = (self.scratch / f"{queue}.log").open("ab")
         env = self.env(case, queue)
         return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
 
+    def start_workers(self, case: str, queue: str, *, burst: bool) -> list[subprocess.Popen[bytes]]:
+        """The case's worker processes: ``threads2`` runs HOST_PROCESSES of them on the queue, the rest one."""
+        return [self.start_worker(case, queue, burst=burst) for _ in range(workers_in(case))]
+
     @staticmethod
-    def reap(process: subprocess.Popen[bytes], timeout: float) -> int:
-        """Wait for the worker; returns its peak RSS (KB, the largest of it and its work-horses)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pid, _, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid == process.pid:
-                process.returncode = 0
-                return int(usage.ru_maxrss)
-            time.sleep(0.02)
-        process.kill()
-        _, _, usage = os.wait4(process.pid, 0)
-        process.returncode = -9
-        raise TimeoutError(f"worker {process.args} did not finish in {timeout:.0f} s")
+    def reap(*processes: subprocess.Popen[bytes], timeout: float) -> int:
+        """Wait for the workers; returns their peak RSS (KB): the largest ``VmHWM`` of them (read every
+        20 ms while they run) and of their descendants (found every 0.5 s: a short-lived work-horse may be
+        missed; it is a copy of its parent).
+
+        Not ``wait4``'s ``ru_maxrss``: a spawned child's starts at the bench's own RSS (Linux carries the
+        pre-exec peak over), so it would report the bench, not a worker smaller than it."""
+        deadline, peak, running, family = time.monotonic() + timeout, 0, list(processes), set[int]()
+        for tick in itertools.count():
+            if not running or time.monotonic() >= deadline:
+                break
+            if tick % 25 == 0:
+                family = descendants(process.pid for process in running)
+            peak = max([peak, *(peak_rss_kb(pid) for pid in [*(process.pid for process in running), *family])])
+            for process in list(running):
+                if os.waitpid(process.pid, os.WNOHANG)[0] == process.pid:
+                    process.returncode = 0
+                    running.remove(process)
+            if running:
+                time.sleep(0.02)
+        for process in running:
+            process.kill()
+            os.waitpid(process.pid, 0)
+            process.returncode = -9
+        if running:
+            raise TimeoutError(f"worker {running[0].args} did not finish in {timeout:.0f} s")
+        return peak
 
     # -- jobs ----------------------------------------------------------------------------------------
     def enqueue(self, queue: Queue, case: str, delivery_id: str) -> Job:
@@ -253,17 +299,81 @@ class Bench:
         for delivery_id in ids:
             self.enqueue(queue, case, delivery_id)
         try:
-            rss = self.reap(self.start_worker(case, queue_name, burst=True), timeout=60 + n)
+            rss = self.reap(*self.start_workers(case, queue_name, burst=True), timeout=60 + n)
         except TimeoutError:
             self.explain(f"{case} ({queue_name})", ids)
             raise
         done, _ = self.ended(ids)
         if len(done) < n:
             self.explain(f"{case} ({queue_name})", ids)
+        if case.startswith("s"):  # the webhook's answer stamps: the source the peers are measured by
+            answered = self.answers(case).times(f"{queue_name}-")
+            done = {i: answered[i] for i in done if i in answered}
         if len(done) < 2:
             raise RuntimeError(f"only {len(done)} of {n} jobs finished (worker stderr: {self.stderr_tail(queue_name)})")
-        stamps = sorted(done.values())
-        return (len(stamps) - 1) / (stamps[-1] - stamps[0]), rss, n - len(done)
+        return rate(done.values()), rss, n - len(done)
+
+    # -- peers ---------------------------------------------------------------------------------------
+    def peer_env(self, case: str, queue: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ALERT_", "RQ_", "PEER_"))}
+        env.update(
+            PEER_DATABASE_URL=self.database_url,
+            PEER_REDIS_URL=self.redis_url,
+            PEER_QUEUE=queue,
+            PEER_WEBHOOK_URL=self.hooks[latency_of(case)].url,
+            PYTHONPATH=str(REPO),
+        )
+        return env
+
+    def peer_command(self, case: str, queue: str) -> list[str]:
+        assert self.peers_python is not None
+        module, threads = WORKERS[worker_of(case)], str(THREADS)
+        if worker_of(case) == "dramatiq":
+            command = ["-m", "dramatiq", module, "--processes", "1", "--threads", threads, "--queues", queue]
+        else:
+            command = ["-m", "celery", "-A", module, "worker", "-P", "threads", "-c", threads, "-Q", queue]
+        return [self.peers_python, *command]
+
+    def peer_run(self, case: str, n: int, tag: str) -> tuple[float, int, int]:
+        """Queue n jobs for the peer, start its worker, stop it once every row is delivered (it has no burst
+        mode); the rate from the webhook's answer stamps, as for our Slack cases."""
+        queue_name = f"bench-{case.replace('@', 'at')}-{tag}-{uuid.uuid4().hex[:6]}"
+        prefix, env = f"{queue_name}-", self.peer_env(case, queue_name)
+        log = self.scratch / f"{queue_name}.log"
+        assert self.peers_python is not None
+        enqueue = [self.peers_python, "-m", "bench.peers", "enqueue", worker_of(case), prefix, str(n), BODY]
+        with log.open("ab") as out:
+            queued = subprocess.run(enqueue, cwd=REPO, env=env, stdout=out, stderr=out, timeout=60 + n / 10)
+        if queued.returncode != 0:
+            raise RuntimeError(f"enqueueing failed (stderr: {self.stderr_tail(queue_name)})")
+        with log.open("ab") as out:
+            worker = subprocess.Popen(
+                self.peer_command(case, queue_name), cwd=REPO, env=env, stdout=out, stderr=out, start_new_session=True
+            )
+        answers = self.answers(case)
+        try:
+            self.wait_for(lambda: len(answers.times(prefix)) >= n and self.peer_delivered(prefix) >= n, 60 + n)
+        except TimeoutError:
+            print(f"  {case} ({queue_name}): {len(answers.times(prefix))} of {n} answered", file=sys.stderr)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # warm shutdown: the worker and its processes
+                os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                rss = self.reap(worker, timeout=30)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(worker.pid, signal.SIGKILL)  # whatever it left behind
+        stamps = answers.times(prefix)
+        if len(stamps) < 2:
+            raise RuntimeError(f"only {len(stamps)} of {n} jobs delivered (worker log: {self.stderr_tail(queue_name)})")
+        return rate(stamps.values()), rss, n - min(n, self.peer_delivered(prefix))
+
+    def peer_delivered(self, prefix: str) -> int:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM peer_deliveries WHERE starts_with(id, %s) AND status = 'delivered'", [prefix]
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     def latency_run(self, case: str, m: int, rate: float, tag: str) -> tuple[list[float], int, int]:
         queue_name = f"bench-{case.replace('@', 'at')}-{tag}-{uuid.uuid4().hex[:6]}"
@@ -313,6 +423,77 @@ class Bench:
         raise TimeoutError("jobs did not finish in time")
 
 
+def peak_rss_kb(pid: int) -> int:
+    """A process's peak RSS (``VmHWM``, KB); 0 for one that has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+
+
+def descendants(pids: Iterable[int]) -> set[int]:
+    """Every process below these (their work-horses, a Dramatiq worker process), from ``/proc/*/stat``."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: set[int] = set()
+    todo = list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def rate(stamps: Iterable[float]) -> float:
+    """Jobs per second between the first and the last stamp (start-up excluded)."""
+    ordered = sorted(stamps)
+    return (len(ordered) - 1) / (ordered[-1] - ordered[0])
+
+
+def workers_in(case: str) -> int:
+    return HOST_PROCESSES if worker_of(case) == "threads2" else 1
+
+
+def size_of(case: str, n: int, peer_jobs: int | None) -> int:
+    """Jobs per throughput run: the Slack and peer cases as the peers were measured, threaded at least 10 N."""
+    if case[0] in "sp":
+        return peer_jobs or PEER_JOBS.get(latency_of(case), n)
+    return max(n, 10 * THREADS) if worker_of(case).startswith("threads") else n
+
+
+def rounds_of(case: str, rounds: int) -> int:
+    return min(rounds, PEER_ROUNDS_AT_ZERO) if case[0] in "sp" and latency_of(case) == 0 else rounds
+
+
+def find_peers_python() -> tuple[str | None, str]:
+    """The peers' interpreter (``BENCH_PEERS_PYTHON`` or ``bench/.peers-venv``) if it imports both peers;
+    else ``None`` and why."""
+    python = os.environ.get("BENCH_PEERS_PYTHON") or str(PEERS_VENV / "bin" / "python")
+    how = (
+        f"python3 -m venv {PEERS_VENV.relative_to(REPO)} && "
+        f"{PEERS_VENV.relative_to(REPO)}/bin/pip install -r {PEERS_REQUIREMENTS.relative_to(REPO)}"
+    )
+    if not Path(python).is_file():
+        return None, f"no peers venv ({python} missing); to run them: {how}"
+    try:
+        probe = subprocess.run(
+            [python, "-c", "import celery, dramatiq, psycopg_pool, requests"], capture_output=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"{python} does not run ({exc}); {how}"
+    if probe.returncode != 0:
+        return None, f"{python} cannot import the peers ({probe.stderr.decode(errors='replace').strip()[-200:]}); {how}"
+    return python, ""
+
+
 def failure_line(delivery_id: str, status: str, exc_string: str | None, row: tuple[str, int, str | None] | None) -> str:
     """``id: job <status> (<exception, last line>); row <status>, attempts n (<error_message>)``, sanitized."""
     reason = next((line for line in reversed((exc_string or "").splitlines()) if line.strip()), "")
@@ -342,7 +523,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def ratio(results: dict[str, CaseResult], top: str, bottom: str) -> str:
-    if top not in results or bottom not in results:
+    if top not in results or bottom not in results or not results[top].throughputs or not results[bottom].throughputs:
         return "n/a"
     return f"{results[top].jobs_per_second / results[bottom].jobs_per_second:.2f}"
 
@@ -368,11 +549,14 @@ def table(results: dict[str, CaseResult]) -> Iterator[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small runs: under 3 minutes")
+    parser.add_argument("--quick", action="store_true", help="small runs: about 4 minutes with the peers")
     parser.add_argument("--jobs", type=int, help="jobs per throughput run (default 150, quick 30)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds (default 3)")
     parser.add_argument("--latency-jobs", type=int, help="jobs per latency run (default 150, quick 30)")
     parser.add_argument("--latency-rounds", type=int, help="latency rounds (default 2, quick 1)")
+    parser.add_argument(
+        "--peer-jobs", type=int, help="jobs per Slack and peer throughput run (default 400 at L = 100, 1,500 at L = 0)"
+    )
     parser.add_argument("--cases", default=",".join(ALL_CASES), help="comma-separated subset of " + " ".join(ALL_CASES))
     args = parser.parse_args(argv)
     n = args.jobs or (30 if args.quick else 150)
@@ -382,6 +566,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = {c for c in cases if c.split("@")[0] not in {a.split("@")[0] for a in ALL_CASES}}
     if unknown:
         parser.error(f"unknown cases: {sorted(unknown)}")
+    peers_python, why_not = find_peers_python() if any(worker_of(c) in PEERS for c in cases) else (None, "")
+    if why_not:
+        skipped = [c for c in cases if worker_of(c) in PEERS]
+        print(f"peers skipped ({', '.join(skipped)}): {why_not}", flush=True)
+        print(f"  peers skipped: {why_not}", file=sys.stderr, flush=True)
+        cases = [c for c in cases if c not in skipped]
     results = {case: CaseResult() for case in cases}
     started, load_before = time.monotonic(), load()
     latencies = sorted({0} | {latency_of(c) for c in cases})
@@ -391,12 +581,23 @@ def main(argv: list[str] | None = None) -> int:
         smtp: dict[int, Answers] = {ms: stack.enter_context(running_slow_smtp(ms)) for ms in latencies}
         hooks = {ms: stack.enter_context(running_slow_webhook(ms)) for ms in latencies}
         scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="alert-bench-"))
-        bench = Bench(database_url=database_url, redis_url=redis_url, smtp=smtp, hooks=hooks, scratch=Path(scratch))
+        bench = Bench(
+            database_url=database_url,
+            redis_url=redis_url,
+            smtp=smtp,
+            hooks=hooks,
+            scratch=Path(scratch),
+            peers_python=peers_python,
+        )
+        if peers_python:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute(PEER_TABLE)
         for round_ in range(args.rounds):
-            for case in cases:
-                size = max(n, 10 * THREADS) if worker_of(case) == "threads" else n
+            for case in [c for c in cases if round_ < rounds_of(c, args.rounds)]:
+                size = size_of(case, n, args.peer_jobs)
+                run = bench.peer_run if worker_of(case) in PEERS else bench.throughput_run
                 try:
-                    jobs_per_second, rss, failed = bench.throughput_run(case, size, f"t{round_}")
+                    jobs_per_second, rss, failed = run(case, size, f"t{round_}")
                 except (RuntimeError, TimeoutError) as exc:  # reported in the table; the other cases go on
                     print(f"  round {round_ + 1} {case}: {exc}", file=sys.stderr, flush=True)
                     results[case].failures += size
@@ -422,8 +623,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  latency {case:9s} at {rate:5.1f}/s p99 {percentile(samples, 99):6.1f} ms", file=sys.stderr)
         bench.connection.close()
     print(
-        f"jobs per throughput run {n} (threaded: at least {10 * THREADS}), rounds {args.rounds}; "
-        f"latency jobs {m} x {latency_rounds} at half capacity; N={THREADS}"
+        f"jobs per throughput run {n} (threaded: at least {10 * THREADS}; Slack and peers: "
+        f"{args.peer_jobs or PEER_JOBS[PROVIDER_LATENCY_MS]} at L = {PROVIDER_LATENCY_MS}, "
+        f"{args.peer_jobs or PEER_JOBS[0]} at L = 0 in at most {PEER_ROUNDS_AT_ZERO} rounds), rounds {args.rounds}; "
+        f"latency jobs {m} x {latency_rounds} at half capacity; N={THREADS}; threads2: {HOST_PROCESSES} processes"
     )
     print(f"load average before {load_before}, after {load()}; {os.cpu_count()} CPUs; ")
     print(f"took {time.monotonic() - started:.0f} s")
@@ -438,14 +641,25 @@ def summary_line(results: dict[str, CaseResult], latency_ms: int) -> str:
     threaded = results.get(f"b-threads{at}")
     rss = max(threaded.rss_kb, default=0) / 1024 if threaded else float("nan")
     return (
-        f"bench: threads_vs_reference_at_latency={ratio(results, f'b-threads{at}', f'd-simple{at}')} "
+        f"bench: threads_vs_best_peer_at_latency={best_peer_ratio(results, at)} "
+        f"threads_vs_best_peer={best_peer_ratio(results, '')} "
         f"threads_jps_at_latency={threaded.jobs_per_second if threaded else float('nan'):.1f} "
         f"rss_mb={rss:.0f} "
         f"overhead_vs_floor={ratio(results, 'b-threads', 'e-threads')} "
-        f"fork_vs_reference={ratio(results, 'b-fork', 'd-fork')} "
+        f"host_scaling={ratio(results, 's-threads2', 's-threads')} "
         f"p99_fork_vs_noop={p99_ratio(results, 'b-fork', 'a-fork')} "
-        f"plain_vs_preloaded={ratio(results, 'b-plain', 'b-fork')}"
+        f"plain_vs_preloaded={ratio(results, 'b-plain', 'b-fork')} "
+        f"fork_vs_reference={ratio(results, 'b-fork', 'd-fork')}"
     )
+
+
+def best_peer_ratio(results: dict[str, CaseResult], at: str) -> str:
+    """Our Slack case over the faster peer's, at one latency (``@100`` or ``""``)."""
+    peers = [results[f"p-{peer}{at}"] for peer in PEERS if results.get(f"p-{peer}{at}", CaseResult()).throughputs]
+    ours = results.get(f"s-threads{at}")
+    if not peers or ours is None or not ours.throughputs:
+        return "n/a"
+    return f"{ours.jobs_per_second / max(peer.jobs_per_second for peer in peers):.2f}"
 
 
 def p99_ratio(results: dict[str, CaseResult], top: str, bottom: str) -> str:
