@@ -177,6 +177,16 @@ def running_smtp(log: ProviderLog) -> Iterator[int]:
         controller.stop()
 
 
+def _slack_tags(raw: bytes) -> list[str]:
+    """The delivery tags of a Slack post's ``text`` (the notification text; its Block Kit blocks repeat each
+    alert), in order, each once: the carrier's first, then the ones it carried."""
+    try:
+        text = json.loads(raw or b"{}").get("text", "")
+    except (ValueError, AttributeError):
+        text = raw.decode("utf-8", "replace")
+    return list(dict.fromkeys(_TAG.findall(str(text))))
+
+
 class _WebhookHandler(BaseHTTPRequestHandler):
     log_book: ProviderLog  # set on the subclass made per server
 
@@ -186,7 +196,7 @@ class _WebhookHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
-        tags = _TAG.findall(raw.decode("utf-8", "replace"))
+        tags = _slack_tags(raw)
         delivery_id = tags[0] if tags else None
         behaviour = self.log_book.next_behaviour(delivery_id)
         kind = behaviour.split(":", 1)[0]
