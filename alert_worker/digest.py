@@ -27,6 +27,9 @@ HELD_SQL = (
     "OR error_message LIKE 'rate_limited: cooldown%%'))"
 )
 CARRIED_HEADER = "X-Alert-Carried-Ids"
+# A carried delivery whose carrier's send had an unknown outcome waits for that carrier (in progress, no claim
+# token): only the carrier's look-up or its resend ends it, no other message carries it (docs/channels.md).
+WAITING_PREFIX = "outcome_unknown: carried by "
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:@+/=-]")
 SUBJECT_FALLBACK_CHARS = 60
 
@@ -87,14 +90,42 @@ def email_digest_subject(message: Message) -> str:
     return f"[{count_line(len(listed))}] {headline(message)}"
 
 
+def _email_intro(n: int) -> str:
+    return f"This message carries {count_line(n)} (held back by a rate limit or a cooldown)."
+
+
+def _email_section_head(i: int, n: int, m: Message) -> str:
+    return f"--- Alert {i} of {n}: {m.subject or '(no subject)'}\nDelivery: {m.delivery_id}\n\n"
+
+
 def email_digest_body(message: Message) -> str:
     """One section per alert: its subject, its delivery id and its body."""
     listed = items(message)
     n = len(listed)
-    parts = [f"This message carries {count_line(n)} (held back by a rate limit or a cooldown)."]
+    parts = [_email_intro(n)]
     for i, m in enumerate(listed, start=1):
-        parts.append(f"--- Alert {i} of {n}: {m.subject or '(no subject)'}\nDelivery: {m.delivery_id}\n\n{m.body}")
+        parts.append(_email_section_head(i, n, m) + m.body)
     return "\n\n".join(parts) + "\n"
+
+
+def email_carried_fit(message: Message, carried: Sequence[Message], limit_bytes: int) -> int:
+    """How many of ``carried`` (oldest first) fit with ``message`` in one digest body of at most
+    ``limit_bytes`` UTF-8 bytes, every alert in full (its body is never cut to fit: the rest stay held)."""
+
+    def size(text: str) -> int:
+        return len(text.encode("utf-8", "surrogatepass"))
+
+    listed = [message, *carried]
+    bodies = [size(m.body) for m in listed]
+    fit = 0
+    for k in range(1, len(carried) + 1):
+        n = k + 1
+        total = size(_email_intro(n)) + 2 * n + 1  # the "\n\n" between the n + 1 parts, the final "\n"
+        total += sum(size(_email_section_head(i, n, m)) + bodies[i - 1] for i, m in enumerate(listed[:n], 1))
+        if total > limit_bytes:
+            break
+        fit = k
+    return fit
 
 
 def carried_ids_header(message: Message) -> str:
@@ -108,13 +139,21 @@ def carried_ids_header(message: Message) -> str:
     )
 
 
+def slack_entry(m: Message, escape: Callable[[str], str]) -> str:
+    """One alert in the Slack digest's text: its subject in bold, its body and its delivery id."""
+    title = f"*{escape(m.subject)}*\n" if m.subject else ""
+    return f"{title}{escape(m.body)}\n_id: {escape(m.delivery_id)}_"
+
+
+def slack_digest_head(n: int) -> str:
+    return f"*{count_line(n)}*"
+
+
 def slack_digest(
     message: Message, limit: int, *, escape: Callable[[str], str], cost: Callable[[str], int] = len
 ) -> str:
-    """``*N alerts*`` then, per alert, its subject in bold, its body and its delivery id; cut with "and K more"."""
+    """``*N alerts*`` then, per alert, its subject in bold, its body and its delivery id (the channel carries
+    only what fits in full; "and K more" is a last resort that a carrying message never needs)."""
     listed = items(message)
-    entries = []
-    for m in listed:
-        title = f"*{escape(m.subject)}*\n" if m.subject else ""
-        entries.append(f"{title}{escape(m.body)}\n_id: {escape(m.delivery_id)}_")
-    return fit_listing(f"*{count_line(len(listed))}*", entries, limit, sep="\n\n", cost=cost)
+    entries = [slack_entry(m, escape) for m in listed]
+    return fit_listing(slack_digest_head(len(listed)), entries, limit, sep="\n\n", cost=cost)

@@ -236,8 +236,11 @@ class DeliveryExecutor:
             try:
                 try:
                     receipt = channel.send(message)
-                except BaseException:  # not accepted (or unknown): the carried ones are held again
-                    self._release_carried(carried, log)
+                except BaseException as exc:  # not accepted: held again; unknown: they wait for this carrier
+                    if isinstance(exc, OutcomeUnknownError) or not isinstance(exc, DeliveryError):
+                        self._wait_for_carrier(carried, row.id, log)
+                    else:
+                        self._release_carried(carried, log)
                     raise
             except DeliveryError as exc:
                 self.feedback.after_failure(row, channel, message, exc, log=log)
@@ -270,25 +273,41 @@ class DeliveryExecutor:
     ) -> tuple[list[CarriedClaim], Message]:
         """Claim this recipient's held deliveries (oldest first, up to the digest size) into ``message``.
 
-        A carried row whose stored message no longer passes the channel's checks is handed back.
+        Handed back: a row whose stored message no longer passes the channel's checks, or that does not fit
+        in full (``carried_fit``: held again); one with a sent marker (pending, not held: its own job ends it).
+        Rows waiting for this carrier (its last send's outcome was unknown) come first (``claim_held``).
         """
         claimed = self.store.claim_held(
             channel=row.channel, recipient_hash=bucket, exclude_id=row.id, limit=self.digest_max_items - 1
         )
-        carried: list[CarriedClaim] = []
-        messages: list[Message] = []
+        marked = self.sent_marks.marked([c.row.id for c in claimed], log=log) if claimed else set()
+        prepared: list[tuple[CarriedClaim, Message]] = []
         unfit: list[CarriedClaim] = []
         for c in claimed:
+            if c.row.id in marked:  # already sent (its marker): its own job ends it, no message carries it
+                continue
             try:
-                messages.append(channel.prepare(delivery.message_from_row(c.row, c.row.attempts)))
+                prepared.append((c, channel.prepare(delivery.message_from_row(c.row, c.row.attempts))))
             except DeliveryError:
                 unfit.append(c)
-                continue
-            carried.append(c)
+        fit = channel.carried_fit(message, [m for _, m in prepared])  # each one shown in full (§8)
+        unfit.extend(c for c, _ in prepared[fit:])
+        carried = [c for c, _ in prepared[:fit]]
         self._release_carried(unfit, log)
+        self._release_carried([c for c in claimed if c.row.id in marked], log, sent_unrecorded=True)
         if carried:
-            log.info("delivery_carrying", carried=len(carried))
-        return carried, replace(message, carried=tuple(messages))
+            log.info("delivery_carrying", carried=len(carried), left_held=len(unfit))
+        return carried, replace(message, carried=tuple(m for _, m in prepared[:fit]))
+
+    def _wait_for_carrier(self, carried: list[CarriedClaim], carrier_id: str, log: Any) -> None:
+        """The carrier's send had an unknown outcome: the carried ones wait for it (in progress, no claim),
+        so no other message carries them; its look-up or its resend ends them. Never raises."""
+        if not carried:
+            return
+        try:
+            self.store.wait_for_carrier(carried, carrier_id=carrier_id)
+        except Exception as exc:  # noqa: BLE001 - left claimed: the stuck reclaim sends them on their own
+            log.error("carried_wait_failed", error=type(exc).__name__, carried=len(carried))
 
     def _release_carried(self, carried: list[CarriedClaim], log: Any, *, sent_unrecorded: bool = False) -> None:
         """Back to held (pending) after a send that was not accepted (``sent_unrecorded``: accepted but not
@@ -383,9 +402,23 @@ class DeliveryExecutor:
         """
         row = claim.row
         recorded_id: str | None = None
+        waiting = self._waiting_for(row, log) if source == "provider_lookup" and claim.others_held else []
         if via is not None:
             message_id = None
             self.store.mark_delivered(row.id, claim.token, attempts=attempts, message_id=None, delivered_via=via)
+        elif waiting:  # the message found is the one that carried them: all delivered together (§8)
+            try:
+                _, lost = self.store.mark_delivered_carrying(
+                    row.id, claim.token, attempts=attempts, message_id=message_id, carried=waiting
+                )
+            except BaseException:
+                self._wait_for_carrier(waiting, row.id, log)  # not written: they wait for this carrier again
+                raise
+            recorded_id = message_id
+            written = len(waiting) - len(lost)
+            if written:
+                self.queue_depth.add(-written)
+                self.metrics.carried(row.channel, written)
         else:
             _, recorded_id = delivery.mark_delivered(
                 self.store, claim, log, attempts, message_id, guessed=source == "provider_lookup"
@@ -395,6 +428,20 @@ class DeliveryExecutor:
         log.info("delivery_found_already_sent", message_id=message_id, source=source, delivered_via=via)
         self.sent_marks.clear(row.id, log=log)  # after the row says delivered; a leftover one just expires
         return delivery.delivered_result(row.id, row.channel, recorded_id)
+
+    def _waiting_for(self, row: DeliveryRow, log: Any) -> list[CarriedClaim]:
+        """The carried rows waiting for this delivery (its carrying send had an unknown outcome), claimed."""
+        try:
+            return self.store.claim_held(
+                channel=row.channel,
+                recipient_hash=row.recipient_hash,
+                exclude_id=row.id,
+                limit=max(1, self.digest_max_items - 1),
+                waiting_only=True,
+            )
+        except Exception as exc:  # noqa: BLE001 - they keep waiting; the carrier's next claim takes them
+            log.error("carried_claim_failed", error=type(exc).__name__)
+            return []
 
     def _skipped(self, request: DeliveryRequest, rhash: str) -> DeliveryResult:
         row = self.store.get(request.delivery_id)

@@ -37,7 +37,7 @@ from alert_worker.errors import (
     SlowDownError,
 )
 from alert_worker.models import ChannelType, DeliveryRow, Message
-from alert_worker.outcomes import UnknownOutcomes
+from alert_worker.outcomes import UnknownOutcomes, text_sha256
 from alert_worker.redaction import mask_recipient
 from alert_worker.settings import Settings
 from alert_worker.side_effects import SIDE_EFFECT_ERRORS
@@ -167,14 +167,16 @@ class ProviderFeedback:
         if wait > 0:
             return Hold(kind="cooldown", error=cooldown_error(row.channel, wait), wait_seconds=wait)
         if row.channel == "sms":  # also after a replay (attempts 0): the unknown attempt may have gone out
-            started = self._outcomes.since(row.id)
-            if started is not None:
-                sid = self._only_match(row, channel, message, started)
+            attempt = self._outcomes.attempt(row.id)
+            if attempt is not None:
+                sid = self._only_match(row, channel, message, *attempt)
                 if sid is not None:
                     return Hold(kind="already_sent", message_id=sid)
         return None
 
-    def _only_match(self, row: DeliveryRow, channel: Channel, message: Message, started: datetime) -> str | None:
+    def _only_match(
+        self, row: DeliveryRow, channel: Channel, message: Message, started: datetime, sent_sha256: str | None = None
+    ) -> str | None:
         """The one listed message that can be this delivery's (docs/contract.md §7.1), else ``None``: send.
 
         Created within the unknown attempt's window (from its start less the clock skew to its start plus
@@ -183,10 +185,14 @@ class ProviderFeedback:
         (``_rival``).
         """
         earliest, latest = started - LOOKUP_SKEW, started + timedelta(seconds=self._send_timeout) + LOOKUP_GRACE
-        listed = channel.find_sent(message, earliest=earliest, latest=latest)
+        if sent_sha256 is None:
+            listed = channel.find_sent(message, earliest=earliest, latest=latest)
+        else:  # the unknown attempt carried held alerts: its text was the digest's (§8)
+            listed = channel.find_sent(message, earliest=earliest, latest=latest, sent_sha256=sent_sha256)
         taken = self._outcomes.taken(row.id, listed) if listed else set()
         ours = [sid for sid in listed if sid not in taken]
-        if len(ours) == 1 and not self._rival(row, channel, message, earliest, latest):
+        # A digest's text is no other delivery's own text: no rival to ask about (the taken ids are left out).
+        if len(ours) == 1 and (sent_sha256 is not None or not self._rival(row, channel, message, earliest, latest)):
             return ours[0]
         if listed:
             self._log.warning(
@@ -246,7 +252,8 @@ class ProviderFeedback:
                 )
                 log.warning("recipient_suppressed", reason=exc.reason, added=added)
             elif isinstance(exc, OutcomeUnknownError):
-                self._outcomes.record(row.id, row.channel, row.db_now)
+                sent = text_sha256(channel.sent_text(message)) if message.carried else None  # what its look-up matches
+                self._outcomes.record(row.id, row.channel, row.db_now, sent_sha256=sent)
                 self._metrics.unknown_outcome(row.channel)
                 log.warning("delivery_outcome_unknown", error=exc.reason)
         except SIDE_EFFECT_ERRORS as second:  # feedback is a side effect; the failure is recorded anyway

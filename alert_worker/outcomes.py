@@ -8,9 +8,15 @@ the look-up for the one before found nothing, so the latest is the one whose mes
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol
+
+
+def text_sha256(text: str) -> str:
+    """The hex SHA-256 of a sent text, as ``alert_unknown_outcomes.sent_sha256`` keeps it."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class ConnectionSource(Protocol):
@@ -23,27 +29,40 @@ class UnknownOutcomes:
     def __init__(self, *, source: ConnectionSource) -> None:
         self._source = source
 
-    def record(self, delivery_id: str, channel: str, started_at: datetime | None) -> None:
-        """Remember an unknown attempt; ``started_at`` None means "now" by the database clock."""
+    def record(
+        self, delivery_id: str, channel: str, started_at: datetime | None, *, sent_sha256: str | None = None
+    ) -> None:
+        """Remember an unknown attempt; ``started_at`` None means "now" by the database clock.
+
+        ``sent_sha256``: the SHA-256 of the text sent when it was not the delivery's own (a message carrying
+        held alerts, §8), so the look-up compares what was really sent; None: its own text."""
         with self._source.connection() as conn:
             conn.execute(
                 """
-                INSERT INTO alert_unknown_outcomes (delivery_id, channel, attempt_started_at)
-                VALUES (%s, %s, COALESCE(%s, now()))
+                INSERT INTO alert_unknown_outcomes (delivery_id, channel, attempt_started_at, sent_sha256)
+                VALUES (%s, %s, COALESCE(%s, now()), %s)
                 ON CONFLICT (delivery_id) DO UPDATE
                    SET attempt_started_at = GREATEST(alert_unknown_outcomes.attempt_started_at,
-                                                     EXCLUDED.attempt_started_at)
+                                                     EXCLUDED.attempt_started_at),
+                       sent_sha256 = CASE WHEN EXCLUDED.attempt_started_at >= alert_unknown_outcomes.attempt_started_at
+                                          THEN EXCLUDED.sent_sha256 ELSE alert_unknown_outcomes.sent_sha256 END
                 """,
-                (delivery_id, channel, started_at),
+                (delivery_id, channel, started_at, sent_sha256),
             )
 
     def since(self, delivery_id: str) -> datetime | None:
         """When the latest unknown attempt of this delivery began, if there was one."""
+        found = self.attempt(delivery_id)
+        return None if found is None else found[0]
+
+    def attempt(self, delivery_id: str) -> tuple[datetime, str | None] | None:
+        """When the latest unknown attempt began and the SHA-256 of its text if it was not its own."""
         with self._source.connection() as conn:
             found = conn.execute(
-                "SELECT attempt_started_at FROM alert_unknown_outcomes WHERE delivery_id = %s", (delivery_id,)
+                "SELECT attempt_started_at, sent_sha256 FROM alert_unknown_outcomes WHERE delivery_id = %s",
+                (delivery_id,),
             ).fetchone()
-        return None if found is None else found[0]
+        return None if found is None else (found[0], found[1])
 
     def clear(self, delivery_id: str) -> None:
         with self._source.connection() as conn:

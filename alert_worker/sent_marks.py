@@ -108,6 +108,20 @@ class SentMarks:
             return None
         return _parse(raw)
 
+    def marked(self, delivery_ids: list[str], *, log: Any) -> set[str]:
+        """Which of ``delivery_ids`` have a marker: one pipelined read. Redis unreadable: none (as ``find``)."""
+        if not delivery_ids:
+            return set()
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for delivery_id in delivery_ids:
+                pipe.exists(self._keys.sent(delivery_id))
+            found = pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - unknown is treated as "not sent", as before markers
+            log.warning("sent_marker_unreadable", error=type(exc).__name__, carried=len(delivery_ids))
+            return set()
+        return {d for d, n in zip(delivery_ids, found, strict=True) if n}
+
     def clear(self, delivery_id: str, *, log: Any) -> None:
         """Delete the marker once the row says delivered; a leftover one expires and is never read again."""
         try:
@@ -155,6 +169,9 @@ class NoSentMarks:
 
     def find(self, delivery_id: str, *, log: Any) -> SentMark | None:
         return None
+
+    def marked(self, delivery_ids: list[str], *, log: Any) -> set[str]:
+        return set()
 
     def clear(self, delivery_id: str, *, log: Any) -> None:
         pass

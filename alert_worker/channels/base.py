@@ -8,6 +8,7 @@ A channel's ``prepare`` checks and normalizes a message before any rate-limit sl
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from datetime import datetime
 from typing import ClassVar
 
@@ -28,6 +29,11 @@ class Channel(ABC):
     def send(self, message: Message) -> SendReceipt:
         """Hand the message to the provider once."""
 
+    def carried_fit(self, message: Message, carried: Sequence[Message]) -> int:
+        """How many of ``carried`` (oldest first) ``message`` can carry and show in full (docs/contract.md §8);
+        the executor hands the rest back to held. By default all: the channel's digest lists every one."""
+        return len(carried)
+
     def destination(self, message: Message) -> str:
         """What the provider rate-limits on (webhook, account + sender, server): the cooldown's key."""
         return self.name.value
@@ -36,8 +42,11 @@ class Channel(ABC):
         """The text the provider keeps for a prepared message (what ``find_sent`` compares)."""
         return f"{message.subject}\n{message.body}"
 
-    def find_sent(self, message: Message, *, earliest: datetime, latest: datetime) -> list[str]:
-        """Provider ids of messages like this one (sender, recipient, text) created in the window."""
+    def find_sent(
+        self, message: Message, *, earliest: datetime, latest: datetime, sent_sha256: str | None = None
+    ) -> list[str]:
+        """Provider ids of messages like this one (sender, recipient, text) created in the window;
+        ``sent_sha256``: the text's SHA-256 instead of the message's own text (a digest it sent, §8)."""
         return []
 
     def close(self) -> None:  # noqa: B027 - optional hook; most channels hold nothing

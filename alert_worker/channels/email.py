@@ -29,7 +29,7 @@ import smtplib
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from email.errors import HeaderParseError
 from email.generator import BytesGenerator
@@ -48,7 +48,13 @@ from alert_worker.channels.smtp_errors import (
     has_no_reply,
     session_misconfiguration,
 )
-from alert_worker.digest import CARRIED_HEADER, carried_ids_header, email_digest_body, email_digest_subject
+from alert_worker.digest import (
+    CARRIED_HEADER,
+    carried_ids_header,
+    email_carried_fit,
+    email_digest_body,
+    email_digest_subject,
+)
 from alert_worker.errors import (
     ChannelMisconfiguredError,
     ChannelNotConfiguredError,
@@ -58,7 +64,15 @@ from alert_worker.errors import (
 )
 from alert_worker.models import ChannelType, Message, SendReceipt
 from alert_worker.settings import SmtpSettings
-from alert_worker.validation import MAX_SUBJECT_CHARS, check_body_size, clean_body, clean_subject, one_line, truncate
+from alert_worker.validation import (
+    MAX_BODY_BYTES,
+    MAX_SUBJECT_CHARS,
+    check_body_size,
+    clean_body,
+    clean_subject,
+    one_line,
+    truncate,
+)
 
 _MESSAGE_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _MESSAGE_ID_READABLE_CHARS = 40
@@ -230,6 +244,10 @@ class EmailChannel(Channel):
         body = clean_body(message.body)  # refuses > MAX_BODY_BYTES, control characters, surrogates
         return replace(message, subject=clean_subject(message.subject), body=body)
 
+    def carried_fit(self, message: Message, carried: Sequence[Message]) -> int:
+        """As many as fit, each in full, in one body of at most ``MAX_BODY_BYTES`` (§8: the rest stay held)."""
+        return email_carried_fit(message, carried, MAX_BODY_BYTES)
+
     def build(self, message: Message) -> EmailMessage:
         """The RFC 5322 message, with one Message-ID per delivery so a mailbox can fold a resend."""
         sender = self._from
@@ -244,7 +262,7 @@ class EmailChannel(Channel):
         mail["Message-ID"] = f"<{message_id_local_part(message.delivery_id)}@{sender.domain}>"
         if message.carried:  # one message, one Message-ID (the carrier's); the carried ids in a header of ours
             mail[CARRIED_HEADER] = carried_ids_header(message)
-            mail.set_content(truncate(email_digest_body(message), self.max_text_chars))
+            mail.set_content(email_digest_body(message))  # never cut: ``carried_fit`` carried only what fits
         else:
             mail.set_content(truncate(check_body_size(message.body), self.max_text_chars) or " ")
         return mail

@@ -18,6 +18,7 @@ is one of the documented ones. Every error answer (3xx/4xx/5xx) is ``definite``:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,7 +27,7 @@ import requests
 
 from alert_worker.channels.base import Channel
 from alert_worker.channels.http import map_request_errors, with_deadline
-from alert_worker.digest import count_line, items, slack_digest
+from alert_worker.digest import count_line, items, slack_digest, slack_digest_head, slack_entry
 from alert_worker.errors import (
     ChannelNotConfiguredError,
     InvalidInputError,
@@ -159,25 +160,41 @@ def slack_blocks(subject: str, body: str) -> list[dict[str, Any]]:
     return blocks
 
 
+def alert_sections(m: Message) -> list[str]:
+    """One carried alert as mrkdwn section texts of at most 3,000 characters each, escaped: its subject and
+    its delivery id first (both short: always in the first section), then its body, split over as many
+    sections as it needs."""
+    raw = (f"{m.subject}\n" if m.subject else "") + f"id: {m.delivery_id}\n{m.body}"
+    return _chunks(raw, MAX_SECTION_CHARS) or [_escape(f"id: {m.delivery_id}")]
+
+
 def digest_blocks(message: Message) -> list[dict[str, Any]]:
-    """A message carrying held alerts (§8): a header with the count, then one section per alert (its
-    subject, body and delivery id, escaped, no markup a ``*`` could break); at most 50 blocks, the last
-    one saying how many more when the alerts do not fit."""
+    """A message carrying held alerts (§8): a header with the count, then each alert in full, in one or more
+    sections (subject, delivery id, body; escaped, no markup a ``*`` could break). ``carried_fit`` carried
+    only as many alerts as fit in 50 blocks."""
     listed = items(message)
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": count_line(len(listed)), "emoji": False}}
     ]
-    room = MAX_BLOCKS - len(blocks)
-    shown = listed if len(listed) <= room else listed[: room - 1]
-    for m in shown:
-        raw = (f"{m.subject}\n" if m.subject else "") + f"{m.body}\nid: {m.delivery_id}"
-        pieces = _chunks(raw, MAX_SECTION_CHARS - 1)
-        text = (pieces[0] if pieces else _escape(m.delivery_id)) + ("…" if len(pieces) > 1 else "")
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
-    if len(shown) < len(listed):
-        more = f"and {len(listed) - len(shown)} more"
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": more}})
+    for m in listed:
+        blocks.extend({"type": "section", "text": {"type": "mrkdwn", "text": t}} for t in alert_sections(m))
     return blocks
+
+
+def carried_fit(message: Message, carried: Sequence[Message]) -> int:
+    """How many of ``carried`` fit with ``message`` in one digest: at most 50 blocks and a text (the
+    notification fallback) of at most 40,000 characters, every alert in full in both."""
+    sep = len("\n\n")
+    blocks = 1 + len(alert_sections(message))
+    text = len(slack_entry(message, _escape))
+    fit = 0
+    for k, m in enumerate(carried, start=1):
+        blocks += len(alert_sections(m))
+        text += sep + len(slack_entry(m, _escape))
+        if blocks > MAX_BLOCKS or len(slack_digest_head(k + 1)) + sep + text > MAX_SLACK_TEXT_CHARS:
+            break
+        fit = k
+    return fit
 
 
 def message_text(message: Message) -> str:
@@ -219,6 +236,9 @@ class SlackChannel(Channel):
             except InvalidInputError as exc:
                 raise ChannelNotConfiguredError(f"slack (SLACK_WEBHOOK_URL rejected: {exc.reason})") from exc
         return check_webhook_url(recipient, self._settings.allowed_hosts)
+
+    def carried_fit(self, message: Message, carried: Sequence[Message]) -> int:
+        return carried_fit(message, carried)
 
     def prepare(self, message: Message) -> Message:
         """Resolve and check the webhook URL; cut the body so the whole text fits Slack's limit."""

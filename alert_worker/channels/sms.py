@@ -35,6 +35,7 @@ from alert_worker.errors import (
     TransientDeliveryError,
 )
 from alert_worker.models import ChannelType, Message, SendReceipt
+from alert_worker.outcomes import text_sha256
 from alert_worker.retry import parse_retry_after
 from alert_worker.settings import TwilioSettings
 from alert_worker.validation import fit_body, is_e164, utf16_units
@@ -257,8 +258,11 @@ class SmsChannel(Channel):
     def sent_text(self, message: Message) -> str:
         return message_text(message)
 
-    def find_sent(self, message: Message, *, earliest: datetime, latest: datetime) -> list[str]:
-        """SIDs of messages with this body to this number from our sender created in [earliest, latest].
+    def find_sent(
+        self, message: Message, *, earliest: datetime, latest: datetime, sent_sha256: str | None = None
+    ) -> list[str]:
+        """SIDs of messages with this body (or, ``sent_sha256``, a body of that SHA-256: a digest it sent)
+        to this number from our sender created in [earliest, latest].
 
         Twilio's ``DateSent`` filter has day granularity and skips messages still queued (no
         ``date_sent`` yet), so the newest messages to the number are listed and ``date_created`` is
@@ -293,7 +297,9 @@ class SmsChannel(Channel):
                 continue
             if getattr(sent, "to", message.recipient) != message.recipient:
                 continue
-            if getattr(sent, "body", None) == text and getattr(sent, "status", None) not in NOT_SENT_STATUSES:
+            body = getattr(sent, "body", None)
+            same = body == text if sent_sha256 is None else isinstance(body, str) and text_sha256(body) == sent_sha256
+            if same and getattr(sent, "status", None) not in NOT_SENT_STATUSES:
                 sids.append(str(sent.sid))
         return sids
 

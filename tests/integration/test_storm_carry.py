@@ -6,6 +6,8 @@ window is emptied through the limiter's state (its sorted set), never by waiting
 
 from __future__ import annotations
 
+import email
+import json
 import os
 import urllib.parse
 from collections import deque
@@ -16,12 +18,15 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+import requests
 from psycopg_pool import ConnectionPool
 
+from alert_worker.digest import is_held
 from alert_worker.entrypoint import execute_delivery_job
 from alert_worker.errors import ClaimLostError
 from alert_worker.sent_marks import SentMarks
 from alert_worker.store import DeliveryStore, NewDelivery
+from tests.support.fake_twilio import FakeTwilio, redirected_to, running_fake_twilio
 from tests.support.http_providers import MockedProviders, channel_env, mocked_providers
 from tests.support.smtp import SmtpSink
 
@@ -71,8 +76,6 @@ def _received(channel: str, providers: MockedProviders, smtp_sink: SmtpSink) -> 
     if channel == "email":
         return [m.content.decode() for m in smtp_sink.accepted]
     if channel == "slack":
-        import json
-
         return [json.loads(r.body or b"{}")["text"] for r in providers.slack_requests]
     return [urllib.parse.parse_qs(str(r.body))["Body"][0] for r in providers.twilio_requests]
 
@@ -298,3 +301,192 @@ def test_a_carrying_send_accepted_but_not_recorded_leaves_the_carried_unheld_and
         ("delivered", "carrier", None)
     ] * 2
     assert len(providers.twilio_requests) == sent, "nothing sent again"
+
+
+# -- a message carries only what it shows in full; the rest stay held (§8) -------------------------------
+def _held_ids(database_url: str) -> list[str]:
+    return sorted(i for i, r in _rows(database_url).items() if is_held(r["status"], r["error"]))
+
+
+def test_a_slack_message_carries_only_the_alerts_its_blocks_show_in_full_and_the_rest_stay_held(
+    providers: MockedProviders, database_url: str, redis_client: redis.Redis
+) -> None:
+    """49 held alerts, one of them 3,500 characters long: the carrier's Block Kit message shows every alert it
+    carries with its subject, delivery id and whole body, within 50 blocks of at most 3,000 characters; the
+    alerts that do not fit are not marked delivered, they stay held."""
+    long_body = "x" * 3_400 + " the end of the long alert"
+    for i in range(50):
+        body = long_body if i == 1 else f"body {i}"
+        execute_delivery_job(f"s-{i:02d}", "slack", SLACK_URL, f"subj-{i:02d}", body)
+    _window_passes(redis_client)
+    assert execute_delivery_job("s-carrier", "slack", SLACK_URL, "carrier", "carrier body")["outcome"] == "delivered"
+    rows = _rows(database_url)
+    carried = sorted(i for i, r in rows.items() if r["via"] == "s-carrier")
+    held = _held_ids(database_url)
+    assert carried and held, "some alerts ride along, the ones past 50 blocks wait for the next message"
+    assert sorted(carried + held) == [f"s-{i:02d}" for i in range(1, 50)]
+    assert held == [f"s-{i:02d}" for i in range(50 - len(held), 50)], "oldest first: the newest stay held"
+    blocks = json.loads(providers.slack_requests[-1].body or b"{}")["blocks"]
+    assert len(blocks) <= 50 and all(len(b["text"]["text"]) <= 3_000 for b in blocks)
+    assert blocks[0]["text"]["text"] == f"{len(carried) + 1} alerts"
+    shown = "\n".join(b["text"]["text"] for b in blocks[1:])
+    for i in carried:
+        assert f"subj-{i[2:]}\nid: {i}\n" in shown, f"{i}: subject then id, before the body"
+    assert f"body {carried[-1][2:].lstrip('0') or '0'}" in shown
+    assert "x" * 3_000 in shown.replace("\n", "") and "the end of the long alert" in shown
+    for i in held:
+        assert f"id: {i}" not in shown
+
+
+def test_an_email_carries_only_the_alerts_that_fit_in_full_and_the_rest_stay_held(
+    providers: MockedProviders, smtp_sink: SmtpSink, database_url: str, redis_client: redis.Redis
+) -> None:
+    """Four held alerts of ~400 kB: an e-mail body holds 1,000,000 bytes, so the carrier takes the two oldest,
+    each whole; the other two stay held (no section cut, no alert marked delivered that is not in the mail)."""
+    execute_delivery_job("e-00", "email", RECIPIENT["email"], "first", "small")
+    big = "line of log\n" * 33_000
+    for i in (1, 2, 3, 4):
+        execute_delivery_job(f"e-{i:02d}", "email", RECIPIENT["email"], f"big-{i}", big)
+    _window_passes(redis_client)
+    assert execute_delivery_job("e-carrier", "email", RECIPIENT["email"], "carrier", "b")["outcome"] == "delivered"
+    rows = _rows(database_url)
+    assert [i for i in ("e-01", "e-02", "e-03", "e-04") if rows[i]["via"] == "e-carrier"] == ["e-01", "e-02"]
+    assert _held_ids(database_url) == ["e-03", "e-04"]
+    mail = email.message_from_bytes(smtp_sink.accepted[-1].content)
+    body = mail.get_payload(decode=True).decode()
+    assert mail["Subject"] == "[3 alerts] carrier"
+    assert body.count("line of log") == 2 * 33_000, "both carried alerts whole"
+    assert "Delivery: e-01" in body and "Delivery: e-02" in body and "Delivery: e-03" not in body
+
+
+def test_a_held_delivery_with_a_sent_marker_is_not_carried_and_ends_delivered_by_its_marker(
+    providers: MockedProviders, database_url: str, redis_client: redis.Redis
+) -> None:
+    """Its provider already accepted it (the marker): carrying it would send it twice. It goes back pending,
+    not held, and its own job ends it delivered with the marker's id, with no request."""
+    ids = _storm("sms", 3)
+    SentMarks(client=redis_client).record(ids[1], "SM" + "5" * 32, log=_NoLog())
+    _window_passes(redis_client)
+    assert execute_delivery_job("carrier", "sms", RECIPIENT["sms"], "s", "b")["outcome"] == "delivered"
+    rows = _rows(database_url)
+    assert rows[ids[2]]["via"] == "carrier"
+    assert (rows[ids[1]]["status"], rows[ids[1]]["via"]) == ("pending", None)
+    assert "db-1 disk full" not in _received("sms", providers, SmtpSink())[-1]
+    sent = len(providers.twilio_requests)
+    assert execute_delivery_job(ids[1], "sms", RECIPIENT["sms"], "x", "y")["outcome"] == "delivered"
+    assert _rows(database_url)[ids[1]]["mid"] == "SM" + "5" * 32
+    assert len(providers.twilio_requests) == sent
+
+
+# -- an unknown outcome: the carried ones wait for their carrier (§8, §7.1) ------------------------------
+@pytest.fixture
+def twilio(monkeypatch: pytest.MonkeyPatch, worker_env: dict[str, str]) -> Iterator[FakeTwilio]:
+    """Twilio on a loopback socket (real look-ups), limit 1 SMS an hour per recipient."""
+    env = {**worker_env, **channel_env(slack_default=SLACK_URL, twilio_token="t" * 32)}
+    for key, value in {**env, LIMIT_ENV["sms"]: "1"}.items():
+        monkeypatch.setenv(key, value)
+    with running_fake_twilio() as fake, redirected_to(fake.base_url):
+        yield fake
+
+
+def _make_due(database_url: str, delivery_id: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE alert_deliveries SET next_attempt_at = now() WHERE id = %s", (delivery_id,))
+
+
+def _times_sent(fake: FakeTwilio, subject: str) -> int:
+    return sum(m["body"].startswith(f"{subject}:") or f"\n- {subject}" in m["body"] for m in fake.accepted)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "found"),
+    [("broken_gzip", True), ("drop", False)],
+    ids=["twilio-has-the-digest-look-up-finds-it", "twilio-never-got-it-carrier-resends-carrying-them"],
+)
+def test_the_alerts_of_a_carrying_sms_with_an_unknown_outcome_go_out_once_with_their_carrier(
+    behaviour: str, found: bool, twilio: FakeTwilio, database_url: str, redis_client: redis.Redis
+) -> None:
+    """The carrier's answer is lost: its three carried alerts are not held again (the next SMS to the number
+    does not carry them); the carrier's retry looks up the digest's own text. Found: all four delivered by
+    that message. Not found: the carrier sends again, carrying them. Each alert reaches the phone once."""
+    for i in range(4):  # h0 goes alone, h1-h3 are held
+        execute_delivery_job(f"h{i}", "sms", RECIPIENT["sms"], f"alert {i}", "x")
+    _window_passes(redis_client)
+    twilio.script.append(behaviour)
+    assert execute_delivery_job("c", "sms", RECIPIENT["sms"], "carrier", "x")["outcome"] == "retry_scheduled"
+    rows = _rows(database_url)
+    assert [(rows[i]["status"], rows[i]["error"]) for i in ("h1", "h2", "h3")] == [
+        ("in_progress", "outcome_unknown: carried by c")
+    ] * 3
+    _window_passes(redis_client)
+    assert execute_delivery_job("n", "sms", RECIPIENT["sms"], "next alert", "x")["outcome"] == "delivered"
+    assert [i for i, r in _rows(database_url).items() if r["via"] == "n"] == []
+    _make_due(database_url, "c")
+    _window_passes(redis_client)
+    retry = execute_delivery_job("c", "sms", RECIPIENT["sms"], "carrier", "x", attempt=1)
+    assert retry["outcome"] == "delivered"
+    rows = _rows(database_url)
+    assert [(rows[i]["status"], rows[i]["via"]) for i in ("h1", "h2", "h3")] == [("delivered", "c")] * 3
+    digests = [m for m in twilio.accepted if m["body"].startswith("4 alerts:")]
+    assert len(digests) == 1 and rows["c"]["mid"] == digests[0]["sid"]
+    assert [_times_sent(twilio, f"alert {i}") for i in range(4)] == [1, 1, 1, 1]
+    assert _times_sent(twilio, "carrier") == 1 and _times_sent(twilio, "next alert") == 1
+    assert twilio.posts == (3 if found else 4)  # h0, the digest (and its resend), n
+
+
+def test_the_alerts_of_a_carrying_slack_message_with_an_unknown_outcome_ride_only_in_its_resend(
+    providers: MockedProviders, database_url: str, redis_client: redis.Redis
+) -> None:
+    """Slack's answer is lost (read timeout): the carrier is resent (§6.2), and its carried alerts ride in that
+    resend, never in another message as well."""
+    ids = _storm("slack", 3)
+    _window_passes(redis_client)
+    providers.slack_replies.append(requests.ReadTimeout("no answer"))
+    assert execute_delivery_job("c", "slack", SLACK_URL, "carrier", "x")["outcome"] == "retry_scheduled"
+    _window_passes(redis_client)
+    assert execute_delivery_job("n", "slack", SLACK_URL, "next alert", "x")["outcome"] == "delivered"
+    assert "slack-storm" not in json.loads(providers.slack_requests[-1].body or b"{}")["text"]
+    _make_due(database_url, "c")
+    _window_passes(redis_client)
+    assert execute_delivery_job("c", "slack", SLACK_URL, "carrier", "x", attempt=1)["outcome"] == "delivered"
+    rows = _rows(database_url)
+    assert [(rows[i]["status"], rows[i]["via"]) for i in ids[1:]] == [("delivered", "c")] * 2
+    texts = [json.loads(r.body or b"{}")["text"] for r in providers.slack_requests]
+    assert [sum(f"_id: {i}_" in t for t in texts) for i in ids[1:]] == [2, 2], "the lost message and its resend"
+
+
+def test_a_held_sms_with_an_unknown_outcome_of_its_own_is_not_carried_and_its_own_job_finds_it(
+    twilio: FakeTwilio, database_url: str, redis_client: redis.Redis
+) -> None:
+    """x's send had an unknown outcome and its retry met a cooldown (held): the next SMS to the number does not
+    carry it; x's own retry looks Twilio up and finds its first message. x's text reaches the phone once."""
+    twilio.script.append("broken_gzip")
+    assert execute_delivery_job("x", "sms", RECIPIENT["sms"], "DB down", "db-1")["outcome"] == "retry_scheduled"
+    with psycopg.connect(database_url, autocommit=True) as conn:  # what a cooldown deferral leaves
+        conn.execute(
+            "UPDATE alert_deliveries SET error_message = 'rate_limited: cooldown, the sms provider asked to slow "
+            "down (60s left)', next_attempt_at = now() + interval '1 minute' WHERE id = 'x'"
+        )
+    _window_passes(redis_client)
+    assert execute_delivery_job("y", "sms", RECIPIENT["sms"], "disk full", "db-2")["outcome"] == "delivered"
+    assert _rows(database_url)["x"]["via"] is None
+    _make_due(database_url, "x")
+    assert execute_delivery_job("x", "sms", RECIPIENT["sms"], "DB down", "db-1", attempt=1)["outcome"] == "delivered"
+    assert _rows(database_url)["x"]["mid"] == twilio.accepted[0]["sid"]
+    assert sum("DB down" in m["body"] for m in twilio.accepted) == 1
+
+
+def test_claim_held_leaves_a_held_row_with_an_unknown_outcome_to_its_own_job(
+    store: DeliveryStore, database_url: str
+) -> None:
+    for i in range(2):
+        _held_row(store, database_url, f"held-{i}")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO alert_unknown_outcomes (delivery_id, channel, attempt_started_at) "
+            "VALUES ('held-0', 'sms', now())"
+        )
+    carrier, _ = _carrier(store)
+    assert [c.row.id for c in store.claim_held(channel="sms", recipient_hash="h1", exclude_id=carrier, limit=10)] == [
+        "held-1"
+    ]

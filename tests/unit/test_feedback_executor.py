@@ -56,13 +56,21 @@ class FakeOutcomes:
     def __init__(self) -> None:
         self.started: dict[str, datetime] = {}
         self.cleared: list[str] = []
+        self.sent: dict[str, str | None] = {}  # the SHA-256 of a digest an unknown attempt sent
 
         self.held: dict[str, str] = {}  # provider message id -> the delivery holding it
         self.rival = False
 
-    def record(self, delivery_id: str, channel: str, started_at: datetime | None) -> None:
+    def record(
+        self, delivery_id: str, channel: str, started_at: datetime | None, *, sent_sha256: str | None = None
+    ) -> None:
         assert started_at is not None
         self.started[delivery_id] = max(started_at, self.started.get(delivery_id, started_at))
+        self.sent[delivery_id] = sent_sha256
+
+    def attempt(self, delivery_id: str) -> tuple[datetime, str | None] | None:
+        started = self.started.get(delivery_id)
+        return None if started is None else (started, self.sent.get(delivery_id))
 
     def taken(self, delivery_id: str, message_ids: Any) -> set[str]:
         return {m for m in message_ids if self.held.get(m, delivery_id) != delivery_id}

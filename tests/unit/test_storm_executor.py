@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -9,8 +11,8 @@ from typing import Any
 import pytest
 
 from alert_worker.delivery import DeliveryRequest
-from alert_worker.errors import TransientDeliveryError
-from alert_worker.models import ChannelType, DeliveryStatus
+from alert_worker.errors import OutcomeUnknownError, TransientDeliveryError
+from alert_worker.models import ChannelType, DeliveryStatus, Message
 from alert_worker.rate_limit import RateDecision
 from tests.support.fakes import FakeChannel, FakeLimiter
 from tests.unit.test_executor import Harness, _pending_row
@@ -113,3 +115,47 @@ def test_an_hour_held_by_the_recipient_limit_does_not_spend_the_budget_of_a_late
     h.store.add(replace(h.row(), next_attempt_at=None), error="rate_limited: recipient limit")
     assert h.run()["outcome"] == "retry_scheduled"
     assert h.row().deferred_since == h.store.clock.now
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OutcomeUnknownError("outcome_unknown: smtp no reply after DATA"), RuntimeError("job timeout")],
+    ids=["unknown-outcome", "send-cut-off"],
+)
+def test_a_carrying_send_whose_outcome_is_unknown_keeps_the_carried_waiting_for_their_carrier(
+    error: Exception,
+) -> None:
+    """The provider may have the message: the carried rows are not held again (no other message may carry
+    them), they wait for the carrier, and the carrier's next send carries them first."""
+    h = _storm_harness(channel=FakeChannel(error))  # type: ignore[arg-type]
+    _hold(h, "held-0")
+    _hold(h, "held-1")
+    with contextlib.suppress(RuntimeError):
+        h.run()
+    for n in range(2):
+        waiting = h.store.rows[f"held-{n}"]
+        assert (waiting.row.status, waiting.row.claim_token, waiting.error) == (
+            DeliveryStatus.IN_PROGRESS,
+            None,
+            "outcome_unknown: carried by delivery-1",
+        )
+    assert h.store.claim_held(channel="email", recipient_hash=h.row().recipient_hash, exclude_id="other", limit=5) == []
+    h.store.rows["delivery-1"].row = replace(h.row(), status=DeliveryStatus.PENDING, next_attempt_at=None)
+    assert h.run()["outcome"] == "delivered"
+    assert [m.delivery_id for m in h.channel.sent[-1].carried] == ["held-0", "held-1"]
+    assert [h.store.rows[f"held-{n}"].delivered_via for n in range(2)] == ["delivery-1", "delivery-1"]
+
+
+def test_carried_alerts_that_the_message_cannot_show_in_full_stay_held() -> None:
+    h = _storm_harness(channel=_ShowsOne())
+    _hold(h, "held-0")
+    _hold(h, "held-1")
+    assert h.run()["outcome"] == "delivered"
+    assert [m.delivery_id for m in h.channel.sent[0].carried] == ["held-0"]
+    held = h.store.rows["held-1"]
+    assert (held.row.status, held.error) == (DeliveryStatus.PENDING, "rate_limited: recipient limit")
+
+
+class _ShowsOne(FakeChannel):
+    def carried_fit(self, message: Message, carried: Sequence[Message]) -> int:
+        return min(1, len(carried))
