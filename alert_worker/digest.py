@@ -27,9 +27,9 @@ HELD_SQL = (
     "OR error_message LIKE 'rate_limited: cooldown%%'))"
 )
 CARRIED_HEADER = "X-Alert-Carried-Ids"
-# A carried delivery whose carrier's send had an unknown outcome waits for that carrier (in progress, no claim
-# token): only the carrier's look-up or its resend ends it, no other message carries it (docs/channels.md).
-WAITING_PREFIX = "outcome_unknown: carried by "
+# A carried delivery whose carrier's send had an unknown outcome: pending, due and not held (no other message
+# carries it); its own job ends it (an SMS looks the digest up first), docs/channels.md.
+CARRIED_UNKNOWN_PREFIX = "outcome_unknown: carried by "
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:@+/=-]")
 SUBJECT_FALLBACK_CHARS = 60
 

@@ -46,6 +46,7 @@ from alert_worker.models import (
     Outcome,
     make_result,
 )
+from alert_worker.outcomes import text_sha256
 from alert_worker.ports import (
     DeliveryMetrics,
     DeliveryStorePort,
@@ -236,9 +237,9 @@ class DeliveryExecutor:
             try:
                 try:
                     receipt = channel.send(message)
-                except BaseException as exc:  # not accepted: held again; unknown: they wait for this carrier
+                except BaseException as exc:  # not accepted: held again; unknown: due on their own, not held
                     if isinstance(exc, OutcomeUnknownError) or not isinstance(exc, DeliveryError):
-                        self._wait_for_carrier(carried, row.id, log)
+                        self._carried_outcome_unknown(carried, row, channel, message, log)
                     else:
                         self._release_carried(carried, log)
                     raise
@@ -275,7 +276,6 @@ class DeliveryExecutor:
 
         Handed back: a row whose stored message no longer passes the channel's checks, or that does not fit
         in full (``carried_fit``: held again); one with a sent marker (pending, not held: its own job ends it).
-        Rows waiting for this carrier (its last send's outcome was unknown) come first (``claim_held``).
         """
         claimed = self.store.claim_held(
             channel=row.channel, recipient_hash=bucket, exclude_id=row.id, limit=self.digest_max_items - 1
@@ -299,15 +299,22 @@ class DeliveryExecutor:
             log.info("delivery_carrying", carried=len(carried), left_held=len(unfit))
         return carried, replace(message, carried=tuple(m for _, m in prepared[:fit]))
 
-    def _wait_for_carrier(self, carried: list[CarriedClaim], carrier_id: str, log: Any) -> None:
-        """The carrier's send had an unknown outcome: the carried ones wait for it (in progress, no claim),
-        so no other message carries them; its look-up or its resend ends them. Never raises."""
+    def _carried_outcome_unknown(
+        self, carried: list[CarriedClaim], row: DeliveryRow, channel: Channel, message: Message, log: Any
+    ) -> None:
+        """The carrier's send had an unknown outcome: the carried ones go back pending, due now and not held
+        (no other message carries them); their own jobs end them. An SMS one first looks up the digest this
+        carrier sent (its own unknown outcome: the carrier's window, the digest's SHA-256, ``carried_by``).
+        Never raises: a failure leaves them claimed, for the stuck reclaim to send each on its own."""
         if not carried:
             return
+        sent = text_sha256(channel.sent_text(message)) if row.channel == "sms" else None
         try:
-            self.store.wait_for_carrier(carried, carrier_id=carrier_id)
-        except Exception as exc:  # noqa: BLE001 - left claimed: the stuck reclaim sends them on their own
-            log.error("carried_wait_failed", error=type(exc).__name__, carried=len(carried))
+            self.store.carried_outcome_unknown(carried, carrier_id=row.id, started_at=row.db_now, sent_sha256=sent)
+        except Exception as exc:  # noqa: BLE001 - the send's own outcome is what the job reports
+            log.error("carried_release_failed", error=type(exc).__name__, carried=len(carried))
+            return
+        log.warning("carried_outcome_unknown", carried=len(carried))
 
     def _release_carried(self, carried: list[CarriedClaim], log: Any, *, sent_unrecorded: bool = False) -> None:
         """Back to held (pending) after a send that was not accepted (``sent_unrecorded``: accepted but not
@@ -374,7 +381,7 @@ class DeliveryExecutor:
             self.metrics.throttled(row.channel, "cooldown")
             return self.setbacks.defer(claim, log, attempts, hold.wait_seconds, "cooldown", queue, error=hold.error)
         try:
-            return self._already_sent(claim, log, attempts, hold.message_id, source="provider_lookup")
+            return self._already_sent(claim, log, attempts, hold.message_id, source="provider_lookup", via=hold.via)
         except MessageIdTakenError:  # another delivery recorded that message meanwhile: not ours, send (§7.1)
             log.warning("provider_lookup_match_taken", message_id=hold.message_id)
             return None
@@ -402,23 +409,9 @@ class DeliveryExecutor:
         """
         row = claim.row
         recorded_id: str | None = None
-        waiting = self._waiting_for(row, log) if source == "provider_lookup" and claim.others_held else []
         if via is not None:
             message_id = None
             self.store.mark_delivered(row.id, claim.token, attempts=attempts, message_id=None, delivered_via=via)
-        elif waiting:  # the message found is the one that carried them: all delivered together (§8)
-            try:
-                _, lost = self.store.mark_delivered_carrying(
-                    row.id, claim.token, attempts=attempts, message_id=message_id, carried=waiting
-                )
-            except BaseException:
-                self._wait_for_carrier(waiting, row.id, log)  # not written: they wait for this carrier again
-                raise
-            recorded_id = message_id
-            written = len(waiting) - len(lost)
-            if written:
-                self.queue_depth.add(-written)
-                self.metrics.carried(row.channel, written)
         else:
             _, recorded_id = delivery.mark_delivered(
                 self.store, claim, log, attempts, message_id, guessed=source == "provider_lookup"
@@ -428,20 +421,6 @@ class DeliveryExecutor:
         log.info("delivery_found_already_sent", message_id=message_id, source=source, delivered_via=via)
         self.sent_marks.clear(row.id, log=log)  # after the row says delivered; a leftover one just expires
         return delivery.delivered_result(row.id, row.channel, recorded_id)
-
-    def _waiting_for(self, row: DeliveryRow, log: Any) -> list[CarriedClaim]:
-        """The carried rows waiting for this delivery (its carrying send had an unknown outcome), claimed."""
-        try:
-            return self.store.claim_held(
-                channel=row.channel,
-                recipient_hash=row.recipient_hash,
-                exclude_id=row.id,
-                limit=max(1, self.digest_max_items - 1),
-                waiting_only=True,
-            )
-        except Exception as exc:  # noqa: BLE001 - they keep waiting; the carrier's next claim takes them
-            log.error("carried_claim_failed", error=type(exc).__name__)
-            return []
 
     def _skipped(self, request: DeliveryRequest, rhash: str) -> DeliveryResult:
         row = self.store.get(request.delivery_id)

@@ -69,6 +69,7 @@ class Hold:
     error: str | None = None
     wait_seconds: float = 0.0
     message_id: str | None = None
+    via: str | None = None  # already_sent by the message of this carrier (§8): delivered via it, no id of its own
 
 
 def paused_error(reason: str) -> str:
@@ -169,7 +170,12 @@ class ProviderFeedback:
         if row.channel == "sms":  # also after a replay (attempts 0): the unknown attempt may have gone out
             attempt = self._outcomes.attempt(row.id)
             if attempt is not None:
-                sid = self._only_match(row, channel, message, *attempt)
+                started, sent_sha256, carried_by = attempt
+                if carried_by is not None and sent_sha256 is not None:  # it rode in a carrier's digest (§8)
+                    if self._carrier_match(row, channel, message, started, sent_sha256, carried_by):
+                        return Hold(kind="already_sent", via=carried_by)
+                    return None
+                sid = self._only_match(row, channel, message, started, sent_sha256)
                 if sid is not None:
                     return Hold(kind="already_sent", message_id=sid)
         return None
@@ -201,6 +207,24 @@ class ProviderFeedback:
                 listed=len(listed), taken=len(taken),
             )  # fmt: skip
         return None
+
+    def _carrier_match(
+        self, row: DeliveryRow, channel: Channel, message: Message, started: datetime, sent_sha256: str, carrier: str
+    ) -> bool:
+        """Whether the digest ``carrier`` sent for this delivery with an unknown outcome reached the provider:
+        exactly one listed message of that text in the window, held by no delivery or by ``carrier`` itself.
+        None, several, or one another delivery holds: ``False``, send alone (a duplicate, never a loss)."""
+        earliest, latest = started - LOOKUP_SKEW, started + timedelta(seconds=self._send_timeout) + LOOKUP_GRACE
+        listed = channel.find_sent(message, earliest=earliest, latest=latest, sent_sha256=sent_sha256)
+        if len(listed) == 1 and not self._outcomes.taken(carrier, listed):  # taken: held by one not the carrier
+            return True
+        if listed:
+            self._log.warning(
+                "provider_lookup_no_single_match",
+                delivery_id=row.id, channel=row.channel, recipient_hash=row.recipient_hash,
+                listed=len(listed), carried_by=carrier,
+            )  # fmt: skip
+        return False
 
     def _rival(
         self, row: DeliveryRow, channel: Channel, message: Message, earliest: datetime, latest: datetime

@@ -45,7 +45,9 @@ class UnknownOutcomes:
                    SET attempt_started_at = GREATEST(alert_unknown_outcomes.attempt_started_at,
                                                      EXCLUDED.attempt_started_at),
                        sent_sha256 = CASE WHEN EXCLUDED.attempt_started_at >= alert_unknown_outcomes.attempt_started_at
-                                          THEN EXCLUDED.sent_sha256 ELSE alert_unknown_outcomes.sent_sha256 END
+                                          THEN EXCLUDED.sent_sha256 ELSE alert_unknown_outcomes.sent_sha256 END,
+                       carried_by = CASE WHEN EXCLUDED.attempt_started_at >= alert_unknown_outcomes.attempt_started_at
+                                         THEN NULL ELSE alert_unknown_outcomes.carried_by END
                 """,
                 (delivery_id, channel, started_at, sent_sha256),
             )
@@ -55,14 +57,16 @@ class UnknownOutcomes:
         found = self.attempt(delivery_id)
         return None if found is None else found[0]
 
-    def attempt(self, delivery_id: str) -> tuple[datetime, str | None] | None:
-        """When the latest unknown attempt began and the SHA-256 of its text if it was not its own."""
+    def attempt(self, delivery_id: str) -> tuple[datetime, str | None, str | None] | None:
+        """When the latest unknown attempt began, the SHA-256 of its text if it was not its own, and the
+        carrier whose message it was if this delivery was carried (``carried_by``, §8)."""
         with self._source.connection() as conn:
             found = conn.execute(
-                "SELECT attempt_started_at, sent_sha256 FROM alert_unknown_outcomes WHERE delivery_id = %s",
+                "SELECT attempt_started_at, sent_sha256, carried_by FROM alert_unknown_outcomes"
+                " WHERE delivery_id = %s",
                 (delivery_id,),
             ).fetchone()
-        return None if found is None else (found[0], found[1])
+        return None if found is None else (found[0], found[1], found[2])
 
     def clear(self, delivery_id: str) -> None:
         with self._source.connection() as conn:

@@ -85,6 +85,8 @@ CREATE TABLE IF NOT EXISTS alert_unknown_outcomes (
 );
 -- The SHA-256 of the text an unknown attempt sent when it carried held alerts (§8): what its look-up matches.
 ALTER TABLE alert_unknown_outcomes ADD COLUMN IF NOT EXISTS sent_sha256 text NULL;
+-- The carrier whose message that was, when this delivery was carried (§8): its look-up may find that message.
+ALTER TABLE alert_unknown_outcomes ADD COLUMN IF NOT EXISTS carried_by text NULL;
 
 -- No two deliveries hold one provider message id (CONTRACT §7.1): an SMS look-up can never take another
 -- delivery's message as its own. Rows that already share one (from before this index) keep the id on the

@@ -15,7 +15,7 @@ from psycopg.errors import UniqueViolation
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from alert_worker.digest import HELD_SQL, WAITING_PREFIX
+from alert_worker.digest import CARRIED_UNKNOWN_PREFIX, HELD_SQL
 from alert_worker.errors import ClaimLostError, MessageIdTakenError
 from alert_worker.intake import IntakeStatements
 from alert_worker.intake import NewDelivery as NewDelivery  # re-exported: callers import it from here
@@ -118,16 +118,18 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
                 RETURNING {_ROW_COLUMNS}, (xmax = 0) AS created, now() AS db_now,
                           EXISTS (SELECT 1 FROM alert_deliveries AS h
                                    WHERE h.channel = d.channel AND h.recipient_hash = d.recipient_hash
-                                     AND h.id <> d.id
-                                     AND ({HELD_SQL} OR (h.status = 'in_progress' AND h.claim_token IS NULL
-                                          AND h.error_message = %(waiting_prefix)s || d.id))) AS others_held
+                                     AND h.id <> d.id AND {HELD_SQL}) AS others_held
                 ), lost AS (
                 INSERT INTO alert_unknown_outcomes (delivery_id, channel, attempt_started_at)
                 SELECT c.id, c.channel, b.last_attempt_at FROM claimed c CROSS JOIN before b
                  WHERE b.status = 'in_progress' AND c.channel = 'sms' AND b.last_attempt_at IS NOT NULL
                 ON CONFLICT (delivery_id) DO UPDATE
                    SET attempt_started_at = GREATEST(alert_unknown_outcomes.attempt_started_at,
-                                                     EXCLUDED.attempt_started_at)
+                                                     EXCLUDED.attempt_started_at),
+                       sent_sha256 = CASE WHEN EXCLUDED.attempt_started_at >= alert_unknown_outcomes.attempt_started_at
+                                          THEN NULL ELSE alert_unknown_outcomes.sent_sha256 END,
+                       carried_by = CASE WHEN EXCLUDED.attempt_started_at >= alert_unknown_outcomes.attempt_started_at
+                                         THEN NULL ELSE alert_unknown_outcomes.carried_by END
                 )
                 SELECT * FROM claimed
                 """,
@@ -140,7 +142,6 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
                     "queue": new.queue,
                     "token": token,
                     "stuck": self._stuck_after_seconds,
-                    "waiting_prefix": WAITING_PREFIX,
                     "claimed_by": self._claimed_by,
                 },
             ).fetchone()
@@ -195,16 +196,12 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
         return float(latency)
 
     # -- alert storms (§8): held deliveries carried by another delivery's message -----------------------
-    def claim_held(
-        self, *, channel: str, recipient_hash: str, exclude_id: str, limit: int, waiting_only: bool = False
-    ) -> list[CarriedClaim]:
+    def claim_held(self, *, channel: str, recipient_hash: str, exclude_id: str, limit: int) -> list[CarriedClaim]:
         """Claim up to ``limit`` held deliveries of this channel and recipient, oldest first, each with its
         own claim token (fenced like any claim; reclaimable like any ``in_progress`` row if the worker dies).
 
-        First come the rows waiting for ``exclude_id`` (its last carrying send had an unknown outcome:
-        ``wait_for_carrier``); ``waiting_only``: only those. Never a held row with an unknown outcome of its
-        own (its own job looks the provider up first, §7.1). ``SKIP LOCKED``: a row another job is claiming
-        right now is left to it.
+        Never a held row with an unknown outcome of its own (its own job looks the provider up first, §7.1).
+        ``SKIP LOCKED``: a row another job is claiming right now is left to it.
         """
         if limit < 1:
             return []
@@ -214,21 +211,18 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
                 WITH c AS MATERIALIZED (
                     SELECT id FROM alert_deliveries
                      WHERE channel = %(channel)s AND recipient_hash = %(hash)s AND id <> %(id)s
-                       AND payload IS NOT NULL
-                       AND ((status = 'in_progress' AND claim_token IS NULL AND error_message = %(waiting)s)
-                            OR (NOT %(waiting_only)s AND {HELD_SQL}
-                                AND NOT EXISTS (SELECT 1 FROM alert_unknown_outcomes AS u
-                                                 WHERE u.delivery_id = alert_deliveries.id)))
-                     ORDER BY status = 'in_progress' DESC, created_at, id
+                       AND payload IS NOT NULL AND {HELD_SQL}
+                       AND NOT EXISTS (SELECT 1 FROM alert_unknown_outcomes AS u
+                                        WHERE u.delivery_id = alert_deliveries.id)
+                     ORDER BY created_at, id
                      LIMIT %(limit)s
                      FOR UPDATE SKIP LOCKED)
                 UPDATE alert_deliveries AS d
                    SET status = 'in_progress', claim_token = gen_random_uuid(), claimed_by = %(claimed_by)s,
                        last_attempt_at = now(), updated_at = now()
                   FROM c
-                 WHERE d.id = c.id AND (d.status = 'pending' OR d.claim_token IS NULL)
-                RETURNING {", ".join("d." + c.strip() for c in _ROW_COLUMNS.split(","))}, now(), d.created_at,
-                          d.error_message IS NOT DISTINCT FROM %(waiting)s
+                 WHERE d.id = c.id AND d.status = 'pending'
+                RETURNING {", ".join("d." + c.strip() for c in _ROW_COLUMNS.split(","))}, now(), d.created_at
                 """,
                 {
                     "channel": channel,
@@ -236,41 +230,64 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
                     "id": exclude_id,
                     "limit": limit,
                     "claimed_by": self._claimed_by,
-                    "waiting": WAITING_PREFIX + exclude_id,
-                    "waiting_only": waiting_only,
                 },
             ).fetchall()
         claims = [
-            (not r[13], CarriedClaim(row=replace(_row(r[:11], db_now=r[11]), created_at=r[12]), token=str(r[10])))
-            for r in rows
+            CarriedClaim(row=replace(_row(r[:11], db_now=r[11]), created_at=r[12]), token=str(r[10])) for r in rows
         ]
-        claims.sort(key=lambda w: (w[0], w[1].row.created_at or datetime.min, w[1].row.id))
-        return [c for _, c in claims]
+        return sorted(claims, key=lambda c: (c.row.created_at or datetime.min, c.row.id))
 
-    def wait_for_carrier(self, carried: list[CarriedClaim], *, carrier_id: str) -> int:
-        """The carrier's send had an unknown outcome: its carried rows stay ``in_progress`` with no claim token
-        and ``error_message`` ``outcome_unknown: carried by <carrier>``: no other message carries them and no
-        job of their own claims them; the carrier's next attempt takes them back (``claim_held``). A carrier
-        that never does leaves them to the stuck reclaim (``ALERT_STUCK_AFTER_SECONDS``): sent on their own."""
+    def carried_outcome_unknown(
+        self,
+        carried: list[CarriedClaim],
+        *,
+        carrier_id: str,
+        started_at: datetime | None,
+        sent_sha256: str | None,
+    ) -> list[str]:
+        """The carrier's send had an unknown outcome: each carried row goes back ``pending``, due now and *not*
+        held (``error_message`` ``outcome_unknown: carried by <carrier>``: no other message carries it), fenced
+        on its claim; its own job ends it (the sweep enqueues it). ``sent_sha256`` (an SMS): each also gets its
+        own unknown outcome, the carrier's window and text and ``carried_by``, so its look-up can find the
+        carrier's message (§7.1, §8). One transaction. Returns the ids written."""
         if not carried:
-            return 0
-        with self._pool.connection() as conn:
+            return []
+        with self._pool.connection() as conn, conn.transaction():
             rows = conn.execute(
                 """
                 UPDATE alert_deliveries AS d
-                   SET claim_token = NULL, claimed_by = NULL, error_message = %(waiting)s,
-                       last_attempt_at = now(), updated_at = now()
+                   SET status = 'pending', claim_token = NULL, claimed_by = NULL, error_message = %(error)s,
+                       next_attempt_at = now(), updated_at = now()
                   FROM unnest(%(ids)s::text[], %(tokens)s::uuid[]) AS c(id, token)
                  WHERE d.id = c.id AND d.claim_token = c.token AND d.status = 'in_progress'
-                RETURNING d.id
+                RETURNING d.id, d.channel
                 """,
                 {
                     "ids": [c.row.id for c in carried],
                     "tokens": [c.token for c in carried],
-                    "waiting": WAITING_PREFIX + carrier_id,
+                    "error": CARRIED_UNKNOWN_PREFIX + carrier_id,
                 },
             ).fetchall()
-        return len(rows)
+            if rows and sent_sha256 is not None:
+                conn.execute(
+                    """
+                    INSERT INTO alert_unknown_outcomes
+                        (delivery_id, channel, attempt_started_at, sent_sha256, carried_by)
+                    SELECT w.id, w.channel, COALESCE(%(started)s, now()), %(sha)s, %(carrier)s
+                      FROM unnest(%(ids)s::text[], %(channels)s::text[]) AS w(id, channel)
+                    ON CONFLICT (delivery_id) DO UPDATE
+                       SET attempt_started_at = EXCLUDED.attempt_started_at, sent_sha256 = EXCLUDED.sent_sha256,
+                           carried_by = EXCLUDED.carried_by
+                    """,
+                    {
+                        "ids": [r[0] for r in rows],
+                        "channels": [r[1] for r in rows],
+                        "started": started_at,
+                        "sha": sent_sha256,
+                        "carrier": carrier_id,
+                    },
+                )
+        return [str(r[0]) for r in rows]
 
     def release_carried(self, carried: list[CarriedClaim], *, sent_unrecorded: bool = False) -> int:
         """Hand carried claims back. Their message was not sent: pending and held again, as they were.

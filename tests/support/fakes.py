@@ -12,7 +12,7 @@ from typing import Any
 
 from alert_worker.channels.base import Channel
 from alert_worker.channels.email import parse_address
-from alert_worker.digest import WAITING_PREFIX, is_held
+from alert_worker.digest import CARRIED_UNKNOWN_PREFIX, is_held
 from alert_worker.errors import ClaimLostError, DeliveryError, MessageIdTakenError, RateLimiterUnavailableError
 from alert_worker.models import ChannelType, DeliveryRow, DeliveryStatus, Message, SendReceipt
 from alert_worker.rate_limit import Acquisition, RateDecision
@@ -42,6 +42,7 @@ class FakeStore:
     def __init__(self, *, clock: FakeClock | None = None, stuck_after_seconds: int = 900) -> None:
         self.clock = clock or FakeClock()
         self.rows: dict[str, FakeRow] = {}
+        self.unknown_carried: list[tuple[str, str, datetime | None, str | None]] = []
         self.stuck_after = timedelta(seconds=stuck_after_seconds)
         self.steal_claim_on_write = False  # simulate another job reclaiming mid-delivery
 
@@ -120,14 +121,7 @@ class FakeStore:
         return 1.5
 
     # -- alert storms (§8), as DeliveryStore: held = pending after a recipient-limit or cooldown deferral --------
-    def claim_held(
-        self, *, channel: str, recipient_hash: str, exclude_id: str, limit: int, waiting_only: bool = False
-    ) -> list[CarriedClaim]:
-        def waiting(f: Any) -> bool:
-            return f.row.status is DeliveryStatus.IN_PROGRESS and f.row.claim_token is None and (
-                f.error == WAITING_PREFIX + exclude_id
-            )
-
+    def claim_held(self, *, channel: str, recipient_hash: str, exclude_id: str, limit: int) -> list[CarriedClaim]:
         held = [
             f
             for f in self.rows.values()
@@ -135,10 +129,10 @@ class FakeStore:
             and f.row.recipient_hash == recipient_hash
             and f.row.id != exclude_id
             and f.row.payload is not None
-            and (waiting(f) or (not waiting_only and is_held(f.row.status.value, f.error)))
+            and is_held(f.row.status.value, f.error)
         ]
         claims = []
-        for found in sorted(held, key=lambda f: (not waiting(f), f.row.id))[: max(0, limit)]:
+        for found in sorted(held, key=lambda f: f.row.id)[: max(0, limit)]:
             found.row = replace(found.row, status=DeliveryStatus.IN_PROGRESS, claim_token=str(uuid.uuid4()))
             claims.append(CarriedClaim(row=found.row, token=str(found.row.claim_token)))
         return claims
@@ -154,15 +148,18 @@ class FakeStore:
                 released += 1
         return released
 
-    def wait_for_carrier(self, carried: list[CarriedClaim], *, carrier_id: str) -> int:
-        waiting = 0
+    def carried_outcome_unknown(
+        self, carried: list[CarriedClaim], *, carrier_id: str, started_at: datetime | None, sent_sha256: str | None
+    ) -> list[str]:
+        written = []
         for c in carried:
             found = self.rows[c.row.id]
             if found.row.claim_token == c.token and found.row.status is DeliveryStatus.IN_PROGRESS:
-                found.row = replace(found.row, claim_token=None)
-                found.error = WAITING_PREFIX + carrier_id
-                waiting += 1
-        return waiting
+                found.row = replace(found.row, status=DeliveryStatus.PENDING, claim_token=None)
+                found.error = CARRIED_UNKNOWN_PREFIX + carrier_id
+                written.append(c.row.id)
+        self.unknown_carried.extend((i, carrier_id, started_at, sent_sha256) for i in written)
+        return written
 
     def mark_delivered_carrying(
         self, delivery_id: str, token: str, *, attempts: int, message_id: str | None, carried: list[CarriedClaim]

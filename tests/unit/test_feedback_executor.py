@@ -57,6 +57,7 @@ class FakeOutcomes:
         self.started: dict[str, datetime] = {}
         self.cleared: list[str] = []
         self.sent: dict[str, str | None] = {}  # the SHA-256 of a digest an unknown attempt sent
+        self.carried_by: dict[str, str] = {}  # the carrier whose digest carried a delivery (§8)
 
         self.held: dict[str, str] = {}  # provider message id -> the delivery holding it
         self.rival = False
@@ -68,9 +69,9 @@ class FakeOutcomes:
         self.started[delivery_id] = max(started_at, self.started.get(delivery_id, started_at))
         self.sent[delivery_id] = sent_sha256
 
-    def attempt(self, delivery_id: str) -> tuple[datetime, str | None] | None:
+    def attempt(self, delivery_id: str) -> tuple[datetime, str | None, str | None] | None:
         started = self.started.get(delivery_id)
-        return None if started is None else (started, self.sent.get(delivery_id))
+        return None if started is None else (started, self.sent.get(delivery_id), self.carried_by.get(delivery_id))
 
     def taken(self, delivery_id: str, message_ids: Any) -> set[str]:
         return {m for m in message_ids if self.held.get(m, delivery_id) != delivery_id}
@@ -123,7 +124,9 @@ class SmsLikeChannel(FakeChannel):
     def destination(self, message: Message) -> str:
         return "AC123:+15005550006"
 
-    def find_sent(self, message: Message, *, earliest: datetime, latest: datetime) -> list[str]:
+    def find_sent(
+        self, message: Message, *, earliest: datetime, latest: datetime, sent_sha256: str | None = None
+    ) -> list[str]:
         self.lookups.append(earliest)
         self.windows.append((earliest, latest))
         if isinstance(self.found, Exception):
@@ -307,6 +310,38 @@ def test_an_sms_found_at_twilio_after_an_unknown_outcome_is_delivered_without_se
     assert len(channel.sent) == 1
     assert channel.windows == [(started - timedelta(seconds=5), started + timedelta(seconds=70))]
     assert h.outcomes.cleared == ["d-1"]
+
+
+@pytest.mark.parametrize(
+    ("found", "held_by", "delivered_via_carrier"),
+    [
+        ("SM42", None, True),
+        ("SM42", "carrier", True),
+        ("SM42", "someone-else", False),
+        (["SM42", "SM43"], None, False),
+        (None, None, False),
+    ],
+    ids=["found-held-by-none", "found-held-by-its-carrier", "held-by-another", "several", "none"],
+)
+def test_a_carried_sms_whose_carrier_outcome_was_unknown_ends_via_that_carrier_only_on_one_free_match(
+    found: str | list[str] | None, held_by: str | None, delivered_via_carrier: bool
+) -> None:
+    """The look-up of a carried row matches the digest its carrier sent: one message held by no delivery or
+    by the carrier itself ends it delivered via the carrier with no id of its own; anything else sends it alone."""
+    channel = SmsLikeChannel(found=found)
+    h = Harness(channel)
+    h.outcomes.started["d-1"] = h.store.clock.now
+    h.outcomes.sent["d-1"] = "ab" * 32
+    h.outcomes.carried_by["d-1"] = "carrier"
+    if held_by is not None:
+        h.outcomes.held["SM42"] = held_by
+    result = h.run(attempt=0, channel="sms", to="+15551234567")
+    assert result["outcome"] == "delivered"
+    stored = h.store.rows["d-1"]
+    if delivered_via_carrier:
+        assert (stored.delivered_via, stored.message_id, channel.sent) == ("carrier", None, [])
+    else:
+        assert stored.delivered_via is None and len(channel.sent) == 1
 
 
 def test_an_sms_not_found_at_twilio_is_sent_again_once() -> None:

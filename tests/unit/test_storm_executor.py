@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from alert_worker.delivery import DeliveryRequest
+from alert_worker.digest import is_held
 from alert_worker.errors import OutcomeUnknownError, TransientDeliveryError
 from alert_worker.models import ChannelType, DeliveryStatus, Message
 from alert_worker.rate_limit import RateDecision
@@ -122,28 +123,32 @@ def test_an_hour_held_by_the_recipient_limit_does_not_spend_the_budget_of_a_late
     [OutcomeUnknownError("outcome_unknown: smtp no reply after DATA"), RuntimeError("job timeout")],
     ids=["unknown-outcome", "send-cut-off"],
 )
-def test_a_carrying_send_whose_outcome_is_unknown_keeps_the_carried_waiting_for_their_carrier(
+def test_a_carrying_send_whose_outcome_is_unknown_puts_the_carried_back_due_and_not_held(
     error: Exception,
 ) -> None:
-    """The provider may have the message: the carried rows are not held again (no other message may carry
-    them), they wait for the carrier, and the carrier's next send carries them first."""
+    """The provider may have the message: the carried rows go back pending, due and not held (no other message
+    carries them), each for its own job; the carrier's next send carries nothing of theirs."""
     h = _storm_harness(channel=FakeChannel(error))  # type: ignore[arg-type]
     _hold(h, "held-0")
     _hold(h, "held-1")
     with contextlib.suppress(RuntimeError):
         h.run()
     for n in range(2):
-        waiting = h.store.rows[f"held-{n}"]
-        assert (waiting.row.status, waiting.row.claim_token, waiting.error) == (
-            DeliveryStatus.IN_PROGRESS,
+        back = h.store.rows[f"held-{n}"]
+        assert (back.row.status, back.row.claim_token, back.error) == (
+            DeliveryStatus.PENDING,
             None,
             "outcome_unknown: carried by delivery-1",
         )
+        assert not is_held(back.row.status.value, back.error)
+    assert [(i, c, s) for i, c, _, s in h.store.unknown_carried] == [
+        ("held-0", "delivery-1", None),
+        ("held-1", "delivery-1", None),
+    ], "e-mail: no look-up, so no SHA-256"
     assert h.store.claim_held(channel="email", recipient_hash=h.row().recipient_hash, exclude_id="other", limit=5) == []
     h.store.rows["delivery-1"].row = replace(h.row(), status=DeliveryStatus.PENDING, next_attempt_at=None)
     assert h.run()["outcome"] == "delivered"
-    assert [m.delivery_id for m in h.channel.sent[-1].carried] == ["held-0", "held-1"]
-    assert [h.store.rows[f"held-{n}"].delivered_via for n in range(2)] == ["delivery-1", "delivery-1"]
+    assert h.channel.sent[-1].carried == ()
 
 
 def test_carried_alerts_that_the_message_cannot_show_in_full_stay_held() -> None:
