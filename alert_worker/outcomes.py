@@ -62,8 +62,7 @@ class UnknownOutcomes:
         carrier whose message it was if this delivery was carried (``carried_by``, §8)."""
         with self._source.connection() as conn:
             found = conn.execute(
-                "SELECT attempt_started_at, sent_sha256, carried_by FROM alert_unknown_outcomes"
-                " WHERE delivery_id = %s",
+                "SELECT attempt_started_at, sent_sha256, carried_by FROM alert_unknown_outcomes WHERE delivery_id = %s",
                 (delivery_id,),
             ).fetchone()
         return None if found is None else (found[0], found[1], found[2])
