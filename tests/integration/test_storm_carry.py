@@ -12,6 +12,7 @@ import os
 import urllib.parse
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from psycopg_pool import ConnectionPool
 from alert_worker.digest import is_held
 from alert_worker.entrypoint import execute_delivery_job
 from alert_worker.errors import ClaimLostError
+from alert_worker.job import job_request, run_delivery_job
+from alert_worker.outcomes import text_sha256
 from alert_worker.sent_marks import SentMarks
 from alert_worker.store import DeliveryStore, NewDelivery
 from tests.support.fake_twilio import FakeTwilio, redirected_to, running_fake_twilio
@@ -378,7 +381,7 @@ def test_a_held_delivery_with_a_sent_marker_is_not_carried_and_ends_delivered_by
     assert len(providers.twilio_requests) == sent
 
 
-# -- an unknown outcome: the carried ones wait for their carrier (§8, §7.1) ------------------------------
+# -- an unknown outcome: the carried ones are due on their own, not held (§8, §7.1) ----------------------------
 @pytest.fixture
 def twilio(monkeypatch: pytest.MonkeyPatch, worker_env: dict[str, str]) -> Iterator[FakeTwilio]:
     """Twilio on a loopback socket (real look-ups), limit 1 SMS an hour per recipient."""
@@ -398,61 +401,185 @@ def _times_sent(fake: FakeTwilio, subject: str) -> int:
     return sum(m["body"].startswith(f"{subject}:") or f"\n- {subject}" in m["body"] for m in fake.accepted)
 
 
-@pytest.mark.parametrize(
-    ("behaviour", "found"),
-    [("broken_gzip", True), ("drop", False)],
-    ids=["twilio-has-the-digest-look-up-finds-it", "twilio-never-got-it-carrier-resends-carrying-them"],
-)
-def test_the_alerts_of_a_carrying_sms_with_an_unknown_outcome_go_out_once_with_their_carrier(
-    behaviour: str, found: bool, twilio: FakeTwilio, database_url: str, redis_client: redis.Redis
+def _unknown_outcome(database_url: str, delivery_id: str) -> tuple[str | None, str | None] | None:
+    with psycopg.connect(database_url) as conn:
+        found = conn.execute(
+            "SELECT sent_sha256, carried_by FROM alert_unknown_outcomes WHERE delivery_id = %s", (delivery_id,)
+        ).fetchone()
+    return None if found is None else (found[0], found[1])
+
+
+def _no_row_in_progress_and_none_delivered_unsent(
+    database_url: str, fake: FakeTwilio, subjects: dict[str, str]
 ) -> None:
-    """The carrier's answer is lost: its three carried alerts are not held again (the next SMS to the number
-    does not carry them); the carrier's retry looks up the digest's own text. Found: all four delivered by
-    that message. Not found: the carrier sends again, carrying them. Each alert reaches the phone once."""
-    for i in range(4):  # h0 goes alone, h1-h3 are held
+    """Nothing is left claimed, and each delivered row's alert is in a message Twilio accepted (no loss)."""
+    rows = _rows(database_url)
+    assert [i for i, r in rows.items() if r["status"] == "in_progress"] == []
+    for delivery_id, subject in subjects.items():
+        assert rows[delivery_id]["status"] == "delivered", delivery_id
+        assert _times_sent(fake, subject) >= 1, f"{delivery_id} delivered but never accepted by Twilio"
+
+
+def _carrying_sms_with_unknown_outcome(
+    fake: FakeTwilio, database_url: str, redis_client: redis.Redis, behaviour: str
+) -> None:
+    """h0 goes alone, h1-h3 are held; c carries them and its answer is lost (``behaviour``)."""
+    for i in range(4):
         execute_delivery_job(f"h{i}", "sms", RECIPIENT["sms"], f"alert {i}", "x")
     _window_passes(redis_client)
-    twilio.script.append(behaviour)
+    fake.script.append(behaviour)
     assert execute_delivery_job("c", "sms", RECIPIENT["sms"], "carrier", "x")["outcome"] == "retry_scheduled"
+
+
+@pytest.mark.parametrize("carried_first", [True, False], ids=["carried-jobs-first", "carrier-retry-first"])
+def test_carried_alerts_of_an_sms_digest_twilio_has_end_delivered_via_their_carrier_without_a_resend(
+    carried_first: bool, twilio: FakeTwilio, database_url: str, redis_client: redis.Redis, store: DeliveryStore
+) -> None:
+    """The carrier's answer is lost but Twilio has the digest. Its carried alerts go back pending, due and not
+    held (the next SMS to the number does not carry them), each with its own unknown outcome naming the
+    carrier and the digest's SHA-256. Their own jobs and the carrier's retry, in either order, look the digest
+    up: all end delivered by that one message (carried ones ``delivered_via`` the carrier, no id of their
+    own); nothing is sent again."""
+    _carrying_sms_with_unknown_outcome(twilio, database_url, redis_client, "broken_gzip")
+    digest = next(m for m in twilio.accepted if m["body"].startswith("4 alerts:"))
     rows = _rows(database_url)
-    assert [(rows[i]["status"], rows[i]["error"]) for i in ("h1", "h2", "h3")] == [
-        ("in_progress", "outcome_unknown: carried by c")
-    ] * 3
+    for carried in ("h1", "h2", "h3"):
+        assert (rows[carried]["status"], rows[carried]["error"]) == ("pending", "outcome_unknown: carried by c")
+        assert not is_held(rows[carried]["status"], rows[carried]["error"])
+        assert _unknown_outcome(database_url, carried) == (text_sha256(digest["body"]), "c")
+    assert {"h1", "h2", "h3"} <= {r.id for r in store.take_overdue(grace_seconds=0)}, "the sweep enqueues them"
     _window_passes(redis_client)
     assert execute_delivery_job("n", "sms", RECIPIENT["sms"], "next alert", "x")["outcome"] == "delivered"
     assert [i for i, r in _rows(database_url).items() if r["via"] == "n"] == []
+
+    def carrier_retry() -> None:
+        _make_due(database_url, "c")
+        _window_passes(redis_client)
+        assert execute_delivery_job("c", "sms", RECIPIENT["sms"], "carrier", "x", attempt=1)["outcome"] == "delivered"
+
+    if not carried_first:
+        carrier_retry()
+    for i in (1, 2, 3):
+        _make_due(database_url, f"h{i}")
+        assert execute_delivery_job(f"h{i}", "sms", RECIPIENT["sms"], f"alert {i}", "x")["outcome"] == "delivered"
+    if carried_first:
+        carrier_retry()
+    rows = _rows(database_url)
+    assert [(rows[i]["status"], rows[i]["via"], rows[i]["mid"]) for i in ("h1", "h2", "h3")] == [
+        ("delivered", "c", None)
+    ] * 3
+    assert rows["c"]["mid"] == digest["sid"]
+    assert [m for m in twilio.accepted if m["body"].startswith("4 alerts:")] == [digest]
+    assert [_times_sent(twilio, f"alert {i}") for i in range(4)] == [1, 1, 1, 1]
+    assert _times_sent(twilio, "carrier") == 1 and twilio.posts == 3  # h0, the digest, n
+
+
+def test_carried_alerts_of_an_sms_digest_twilio_never_got_are_each_sent_again(
+    twilio: FakeTwilio, database_url: str, redis_client: redis.Redis
+) -> None:
+    """The digest never reached Twilio: the carrier's retry and each carried alert's own job find nothing and
+    send again, each alone. Nothing is lost."""
+    _carrying_sms_with_unknown_outcome(twilio, database_url, redis_client, "drop")
     _make_due(database_url, "c")
     _window_passes(redis_client)
-    retry = execute_delivery_job("c", "sms", RECIPIENT["sms"], "carrier", "x", attempt=1)
-    assert retry["outcome"] == "delivered"
+    assert execute_delivery_job("c", "sms", RECIPIENT["sms"], "carrier", "x", attempt=1)["outcome"] == "delivered"
+    for i in (1, 2, 3):
+        _make_due(database_url, f"h{i}")
+        _window_passes(redis_client)
+        assert execute_delivery_job(f"h{i}", "sms", RECIPIENT["sms"], f"alert {i}", "x")["outcome"] == "delivered"
     rows = _rows(database_url)
-    assert [(rows[i]["status"], rows[i]["via"]) for i in ("h1", "h2", "h3")] == [("delivered", "c")] * 3
-    digests = [m for m in twilio.accepted if m["body"].startswith("4 alerts:")]
-    assert len(digests) == 1 and rows["c"]["mid"] == digests[0]["sid"]
+    assert [(rows[i]["via"], rows[i]["mid"] is not None) for i in ("h1", "h2", "h3")] == [(None, True)] * 3
     assert [_times_sent(twilio, f"alert {i}") for i in range(4)] == [1, 1, 1, 1]
-    assert _times_sent(twilio, "carrier") == 1 and _times_sent(twilio, "next alert") == 1
-    assert twilio.posts == (3 if found else 4)  # h0, the digest (and its resend), n
+    _no_row_in_progress_and_none_delivered_unsent(
+        database_url, twilio, {"c": "carrier", **{f"h{i}": f"alert {i}" for i in range(4)}}
+    )
 
 
-def test_the_alerts_of_a_carrying_slack_message_with_an_unknown_outcome_ride_only_in_its_resend(
+def test_a_released_digest_with_an_unknown_outcome_then_a_lone_resend_of_its_carrier_loses_nothing(
+    monkeypatch: pytest.MonkeyPatch, twilio: FakeTwilio, database_url: str, redis_client: redis.Redis
+) -> None:
+    """Review r01: ALERT_DIGEST=off; ``release`` makes h1 carry h2 and that SMS never reaches Twilio. h1's
+    retry resends it alone (accepted, answer lost), its next retry finds that message. h2 is not ended by h1's
+    lone message: its own job finds no digest and sends it."""
+    monkeypatch.setenv("ALERT_DIGEST", "off")
+    for i in range(3):
+        execute_delivery_job(f"h{i}", "sms", RECIPIENT["sms"], f"alert {i}", "x")
+    _make_due(database_url, "h1")
+    settings, request = job_request("h1", "sms", RECIPIENT["sms"], "alert 1", "x", 0)
+    twilio.script.append("drop")
+    assert run_delivery_job(replace(request, release=True), settings=settings)["outcome"] == "retry_scheduled"
+    assert _rows(database_url)["h2"]["error"] == "outcome_unknown: carried by h1"
+    for attempt, behaviour in ((1, "broken_gzip"), (2, None)):
+        _make_due(database_url, "h1")
+        _window_passes(redis_client)
+        if behaviour:
+            twilio.script.append(behaviour)
+        execute_delivery_job("h1", "sms", RECIPIENT["sms"], "alert 1", "x", attempt=attempt)
+    assert _rows(database_url)["h1"]["status"] == "delivered"
+    assert _rows(database_url)["h2"]["status"] == "pending"
+    _make_due(database_url, "h2")
+    _window_passes(redis_client)
+    assert execute_delivery_job("h2", "sms", RECIPIENT["sms"], "alert 2", "x")["outcome"] == "delivered"
+    assert _rows(database_url)["h2"]["via"] is None
+    _no_row_in_progress_and_none_delivered_unsent(
+        database_url, twilio, {"h0": "alert 0", "h1": "alert 1", "h2": "alert 2"}
+    )
+
+
+def test_carried_alerts_of_a_carrier_poisoned_after_an_unknown_outcome_are_sent_by_their_own_jobs(
+    monkeypatch: pytest.MonkeyPatch, twilio: FakeTwilio, database_url: str, redis_client: redis.Redis
+) -> None:
+    """Review r02: ALERT_MAX_ATTEMPTS=1; the carrier's digest never reaches Twilio and the carrier is poisoned
+    (attempts exhausted). Its carried alerts do not hang in progress: their own jobs find no digest and send
+    each alone."""
+    monkeypatch.setenv("ALERT_MAX_ATTEMPTS", "1")
+    for i in range(3):
+        execute_delivery_job(f"h{i}", "sms", RECIPIENT["sms"], f"alert {i}", "x")
+    _window_passes(redis_client)
+    twilio.script.append("drop")
+    assert execute_delivery_job("c", "sms", RECIPIENT["sms"], "carrier", "x")["outcome"] == "poisoned"
+    rows = _rows(database_url)
+    assert [(rows[i]["status"], rows[i]["error"]) for i in ("h1", "h2")] == [
+        ("pending", "outcome_unknown: carried by c")
+    ] * 2
+    for i in (1, 2):
+        _make_due(database_url, f"h{i}")
+        _window_passes(redis_client)
+        assert execute_delivery_job(f"h{i}", "sms", RECIPIENT["sms"], f"alert {i}", "x")["outcome"] == "delivered"
+    _no_row_in_progress_and_none_delivered_unsent(
+        database_url, twilio, {"h0": "alert 0", "h1": "alert 1", "h2": "alert 2"}
+    )
+
+
+def test_the_alerts_of_a_carrying_slack_message_with_an_unknown_outcome_are_resent_alone_not_carried_again(
     providers: MockedProviders, database_url: str, redis_client: redis.Redis
 ) -> None:
-    """Slack's answer is lost (read timeout): the carrier is resent (§6.2), and its carried alerts ride in that
-    resend, never in another message as well."""
+    """Slack's answer is lost (read timeout): the carried alerts go back pending, not held (the next message to
+    the channel does not carry them); the carrier is resent (§6.2) and each carried alert's own job resends it.
+    A duplicate, never a loss."""
     ids = _storm("slack", 3)
     _window_passes(redis_client)
     providers.slack_replies.append(requests.ReadTimeout("no answer"))
     assert execute_delivery_job("c", "slack", SLACK_URL, "carrier", "x")["outcome"] == "retry_scheduled"
+    rows = _rows(database_url)
+    assert [(rows[i]["status"], rows[i]["error"]) for i in ids[1:]] == [
+        ("pending", "outcome_unknown: carried by c")
+    ] * 2
     _window_passes(redis_client)
     assert execute_delivery_job("n", "slack", SLACK_URL, "next alert", "x")["outcome"] == "delivered"
     assert "slack-storm" not in json.loads(providers.slack_requests[-1].body or b"{}")["text"]
     _make_due(database_url, "c")
     _window_passes(redis_client)
     assert execute_delivery_job("c", "slack", SLACK_URL, "carrier", "x", attempt=1)["outcome"] == "delivered"
+    for i in ids[1:]:
+        _make_due(database_url, i)
+        _window_passes(redis_client)
+        assert execute_delivery_job(i, "slack", SLACK_URL, "s", "b")["outcome"] == "delivered"
     rows = _rows(database_url)
-    assert [(rows[i]["status"], rows[i]["via"]) for i in ids[1:]] == [("delivered", "c")] * 2
+    assert [(rows[i]["status"], rows[i]["via"]) for i in ids[1:]] == [("delivered", None)] * 2
     texts = [json.loads(r.body or b"{}")["text"] for r in providers.slack_requests]
-    assert [sum(f"_id: {i}_" in t for t in texts) for i in ids[1:]] == [2, 2], "the lost message and its resend"
+    assert [sum(f"_id: {i}_" in t for t in texts) for i in ids[1:]] == [1, 1], "only the lost digest lists them"
+    assert [sum(f"db-{n} disk full" in t for t in texts) for n in (1, 2)] == [2, 2], "the lost digest, then alone"
 
 
 def test_a_held_sms_with_an_unknown_outcome_of_its_own_is_not_carried_and_its_own_job_finds_it(
