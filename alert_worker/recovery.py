@@ -109,7 +109,11 @@ class RecoveryStatements:
                  WHERE dead AND channel = 'sms' AND last_attempt_at IS NOT NULL
                 ON CONFLICT (delivery_id) DO UPDATE
                    SET attempt_started_at = GREATEST(alert_unknown_outcomes.attempt_started_at,
-                                                     EXCLUDED.attempt_started_at)
+                                                     EXCLUDED.attempt_started_at),
+                       sent_sha256 = CASE WHEN EXCLUDED.attempt_started_at >= alert_unknown_outcomes.attempt_started_at
+                                          THEN NULL ELSE alert_unknown_outcomes.sent_sha256 END,
+                       carried_by = CASE WHEN EXCLUDED.attempt_started_at >= alert_unknown_outcomes.attempt_started_at
+                                         THEN NULL ELSE alert_unknown_outcomes.carried_by END
                 )
                 SELECT id, channel, payload, queue, attempts, stamp FROM moved
                 """,

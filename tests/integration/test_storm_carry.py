@@ -617,3 +617,33 @@ def test_claim_held_leaves_a_held_row_with_an_unknown_outcome_to_its_own_job(
     assert [c.row.id for c in store.claim_held(channel="sms", recipient_hash="h1", exclude_id=carrier, limit=10)] == [
         "held-1"
     ]
+
+
+def test_carried_rows_of_an_unknown_outcome_go_back_due_fenced_with_their_carrier_until_an_own_attempt_is_lost(
+    store: DeliveryStore, database_url: str
+) -> None:
+    """One fenced write: pending, due now, not held, each with an unknown outcome naming the carrier and the
+    digest's SHA-256; a stale claim writes nothing. A later attempt of its own that is lost (stuck reclaim)
+    replaces that: its look-up then matches its own text."""
+    _held_row(store, database_url, "held-0")
+    carrier, _ = _carrier(store)
+    claims = store.claim_held(channel="sms", recipient_hash="h1", exclude_id=carrier, limit=5)
+    written = store.carried_outcome_unknown(claims, carrier_id=carrier, started_at=None, sent_sha256="ab" * 32)
+    assert written == ["held-0"]
+    assert store.carried_outcome_unknown(claims, carrier_id=carrier, started_at=None, sent_sha256="cd" * 32) == []
+    with psycopg.connect(database_url) as conn:
+        due = conn.execute("SELECT next_attempt_at <= now() FROM alert_deliveries WHERE id = 'held-0'").fetchone()
+    row = _rows(database_url)["held-0"]
+    assert (row["status"], row["error"], due) == ("pending", "outcome_unknown: carried by carrier", (True,))
+    assert _unknown_outcome(database_url, "held-0") == ("ab" * 32, carrier)
+    assert store.claim_held(channel="sms", recipient_hash="h1", exclude_id="other", limit=5) == []
+    own = NewDelivery(
+        id="held-0", channel="sms", recipient_masked="***0000", recipient_hash="h1", payload={"recipient": "x"}
+    )
+    assert store.claim(own) is not None
+    assert _unknown_outcome(database_url, "held-0") == ("ab" * 32, carrier), "a claim of a pending row keeps it"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE alert_deliveries SET last_attempt_at = now() + interval '1 s' - interval '1 day'")
+        conn.execute("UPDATE alert_unknown_outcomes SET attempt_started_at = now() - interval '2 days'")
+    assert store.claim(own) is not None
+    assert _unknown_outcome(database_url, "held-0") == (None, None)
