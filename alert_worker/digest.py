@@ -140,19 +140,20 @@ def carried_ids_header(message: Message) -> str:
 
 
 def slack_entry(m: Message, escape: Callable[[str], str]) -> str:
-    """One alert in the Slack digest's text: its subject in bold, its body and its delivery id."""
-    title = f"*{escape(m.subject)}*\n" if m.subject else ""
-    return f"{title}{escape(m.body)}\n_id: {escape(m.delivery_id)}_"
+    """One alert in the Slack digest's text (the notification fallback): its subject, its body and its
+    delivery id, with no markup an ``*`` or ``_`` in the alert could break (the blocks carry the layout)."""
+    title = f"{escape(m.subject)}\n" if m.subject else ""
+    return f"{title}{escape(m.body)}\nid: {escape(m.delivery_id)}"
 
 
 def slack_digest_head(n: int) -> str:
-    return f"*{count_line(n)}*"
+    return count_line(n)
 
 
 def slack_digest(
     message: Message, limit: int, *, escape: Callable[[str], str], cost: Callable[[str], int] = len
 ) -> str:
-    """``*N alerts*`` then, per alert, its subject in bold, its body and its delivery id (the channel carries
+    """``N alerts`` then, per alert, its subject, its body and its delivery id (the channel carries
     only what fits in full; "and K more" is a last resort that a carrying message never needs)."""
     listed = items(message)
     entries = [slack_entry(m, escape) for m in listed]

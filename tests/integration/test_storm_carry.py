@@ -114,8 +114,8 @@ def test_the_next_message_to_a_recipient_carries_every_held_delivery_and_names_i
     if channel == "sms":
         assert digest.startswith("17 alerts:\n- db-17 disk full\n- db-1 disk full\n- db-2 disk full")
     elif channel == "slack":
-        assert digest.startswith("*17 alerts*\n\n*db-17 disk full*\n/var at 97%\n_id: slack-carrier_")
-        assert all(f"_id: {i}_" in digest for i in ids[1:])
+        assert digest.startswith("17 alerts\n\ndb-17 disk full\n/var at 97%\nid: slack-carrier\n")
+        assert all(f"\nid: {i}\n" in digest + "\n" for i in ids[1:])
     else:
         assert "Subject: [17 alerts] db-17 disk full" in digest
         assert digest.count("Message-ID:") == 1
@@ -578,7 +578,7 @@ def test_the_alerts_of_a_carrying_slack_message_with_an_unknown_outcome_are_rese
     rows = _rows(database_url)
     assert [(rows[i]["status"], rows[i]["via"]) for i in ids[1:]] == [("delivered", None)] * 2
     texts = [json.loads(r.body or b"{}")["text"] for r in providers.slack_requests]
-    assert [sum(f"_id: {i}_" in t for t in texts) for i in ids[1:]] == [1, 1], "only the lost digest lists them"
+    assert [sum(f"\nid: {i}\n" in t + "\n" for t in texts) for i in ids[1:]] == [1, 1], "only the lost digest lists them"
     assert [sum(f"db-{n} disk full" in t for t in texts) for n in (1, 2)] == [2, 2], "the lost digest, then alone"
 
 
