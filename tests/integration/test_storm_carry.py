@@ -578,7 +578,8 @@ def test_the_alerts_of_a_carrying_slack_message_with_an_unknown_outcome_are_rese
     rows = _rows(database_url)
     assert [(rows[i]["status"], rows[i]["via"]) for i in ids[1:]] == [("delivered", None)] * 2
     texts = [json.loads(r.body or b"{}")["text"] for r in providers.slack_requests]
-    assert [sum(f"\nid: {i}\n" in t + "\n" for t in texts) for i in ids[1:]] == [1, 1], "only the lost digest lists them"
+    listed = [sum(f"\nid: {i}\n" in t + "\n" for t in texts) for i in ids[1:]]
+    assert listed == [1, 1], "only the lost digest lists them"
     assert [sum(f"db-{n} disk full" in t for t in texts) for n in (1, 2)] == [2, 2], "the lost digest, then alone"
 
 
