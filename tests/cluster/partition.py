@@ -79,8 +79,9 @@ class Cutter:
     def wait(self, database: str) -> Cut:
         """The cut, once host 1's alive keys have lapsed; every row it held meanwhile is recorded.
 
-        A claim already on its way through PgBouncer lands after the cut, so the held rows are read until
-        the lapse (before it, and before the claim is a job timeout old, nothing can reclaim them).
+        A claim already on its way through PgBouncer lands after the cut, and a write already on its way
+        may still end a row host 1 held, so the held rows are the ones still in progress under host 1's
+        names once its alive keys have lapsed (before that, nothing can reclaim them).
         """
         try:
             wait_until(self._cut.is_set, ignore=(Exception,), timeout=60, what="host 1 delivering its third alert")
@@ -93,11 +94,10 @@ class Cutter:
             result = Cut(at=at, db_at=db_at, workers=workers)
 
             def lapsed() -> bool:
-                result.held |= _held(conn, workers)
                 return not any(self._control.exists(f"alert:worker:{name}:alive") for name in workers)
 
             wait_until(lapsed, timeout=45, what="host 1's alive keys lapsing", interval=0.1)
-            result.held |= _held(conn, workers)
+            result.held = _held(conn, workers)
         result.alive_lapse_seconds = time.monotonic() - at
         return result
 
