@@ -113,7 +113,7 @@ def _held(conn: psycopg.Connection[tuple[object, ...]], workers: set[str]) -> se
 class Reclaim:
     """How the cut host's claims came back: all of them by another host, with the lost attempt counted."""
 
-    reclaimed: int  # held rows delivered by another host's worker with attempts >= 2
+    reclaimed: int  # held rows delivered by another host's worker after a reclaim (attempts >= 1)
     recovery_seconds: float  # cut -> the last held row delivered (database clock)
     forced: set[str]  # held rows the provider had accepted from the cut host before the cut
 
@@ -126,8 +126,11 @@ def judge_reclaim(cut: Cut, sends: list[Send], database: str) -> Reclaim:
             "SELECT id, status, claimed_by, attempts, delivered_at FROM alert_deliveries WHERE id = ANY(%s)",
             (sorted(cut.held),),
         ).fetchall()
+    # Reclaimed: delivered by another host's worker after a reclaim that counted host 1's lost attempt
+    # (attempts >= 1). The new claim's own send adds one more; a claim that found host 1's sent marker (its
+    # acceptance reached Redis before the cut) ends the row delivered without sending, so adds none.
     reclaimed = [
-        r for r in rows if r[1] == "delivered" and r[2] is not None and r[2] not in cut.workers and int(r[3]) >= 2
+        r for r in rows if r[1] == "delivered" and r[2] is not None and r[2] not in cut.workers and int(r[3]) >= 1
     ]
     last = max((r[4] for r in reclaimed), default=cut.db_at)
     before_heal = {s.delivery_id for s in sends if s.host == host and (not cut.healed_at or s.at < cut.healed_at)}
