@@ -16,6 +16,16 @@ from psycopg_pool import ConnectionPool
 
 from alert_worker.models import DeliveryStatus
 
+#: Recording an SMS attempt a reclaim found lost (§7.1): the later attempt's start wins, and a lost attempt of
+#: the row's own replaces what a carrier's digest had recorded for it (its text is the row's own again).
+LOST_ATTEMPT_CONFLICT = """ON CONFLICT (delivery_id) DO UPDATE
+                   SET attempt_started_at = GREATEST(alert_unknown_outcomes.attempt_started_at,
+                                                     EXCLUDED.attempt_started_at),
+                       sent_sha256 = CASE WHEN EXCLUDED.attempt_started_at >= alert_unknown_outcomes.attempt_started_at
+                                          THEN NULL ELSE alert_unknown_outcomes.sent_sha256 END,
+                       carried_by = CASE WHEN EXCLUDED.attempt_started_at >= alert_unknown_outcomes.attempt_started_at
+                                         THEN NULL ELSE alert_unknown_outcomes.carried_by END"""
+
 
 @dataclass(frozen=True)
 class RecoveredDelivery:
@@ -69,7 +79,7 @@ class RecoveryStatements:
         dead = self._dead_claimants(claimant_alive, dead_after_seconds) if claimant_alive else []
         with self._pool.connection() as conn:
             rows = conn.execute(
-                """
+                f"""
                 WITH moved AS (
                 UPDATE alert_deliveries AS d
                    SET status = CASE WHEN c.dead THEN 'pending' ELSE d.status END,
@@ -107,13 +117,7 @@ class RecoveryStatements:
                 INSERT INTO alert_unknown_outcomes (delivery_id, channel, attempt_started_at)
                 SELECT id, channel, last_attempt_at FROM moved
                  WHERE dead AND channel = 'sms' AND last_attempt_at IS NOT NULL
-                ON CONFLICT (delivery_id) DO UPDATE
-                   SET attempt_started_at = GREATEST(alert_unknown_outcomes.attempt_started_at,
-                                                     EXCLUDED.attempt_started_at),
-                       sent_sha256 = CASE WHEN EXCLUDED.attempt_started_at >= alert_unknown_outcomes.attempt_started_at
-                                          THEN NULL ELSE alert_unknown_outcomes.sent_sha256 END,
-                       carried_by = CASE WHEN EXCLUDED.attempt_started_at >= alert_unknown_outcomes.attempt_started_at
-                                         THEN NULL ELSE alert_unknown_outcomes.carried_by END
+                {LOST_ATTEMPT_CONFLICT}
                 )
                 SELECT id, channel, payload, queue, attempts, stamp FROM moved
                 """,

@@ -20,8 +20,8 @@ from alert_worker.errors import ClaimLostError, MessageIdTakenError
 from alert_worker.intake import IntakeStatements
 from alert_worker.intake import NewDelivery as NewDelivery  # re-exported: callers import it from here
 from alert_worker.models import DeliveryRow, DeliveryStatus
+from alert_worker.recovery import LOST_ATTEMPT_CONFLICT, RecoveryStatements
 from alert_worker.recovery import RecoveredDelivery as RecoveredDelivery  # re-exported: callers import it from here
-from alert_worker.recovery import RecoveryStatements
 
 _ROW_COLUMNS = (
     "id, channel, status, attempts, deferrals, recipient_hash, payload, queue, deferred_since, "
@@ -123,13 +123,7 @@ class DeliveryStore(IntakeStatements, RecoveryStatements):
                 INSERT INTO alert_unknown_outcomes (delivery_id, channel, attempt_started_at)
                 SELECT c.id, c.channel, b.last_attempt_at FROM claimed c CROSS JOIN before b
                  WHERE b.status = 'in_progress' AND c.channel = 'sms' AND b.last_attempt_at IS NOT NULL
-                ON CONFLICT (delivery_id) DO UPDATE
-                   SET attempt_started_at = GREATEST(alert_unknown_outcomes.attempt_started_at,
-                                                     EXCLUDED.attempt_started_at),
-                       sent_sha256 = CASE WHEN EXCLUDED.attempt_started_at >= alert_unknown_outcomes.attempt_started_at
-                                          THEN NULL ELSE alert_unknown_outcomes.sent_sha256 END,
-                       carried_by = CASE WHEN EXCLUDED.attempt_started_at >= alert_unknown_outcomes.attempt_started_at
-                                         THEN NULL ELSE alert_unknown_outcomes.carried_by END
+                {LOST_ATTEMPT_CONFLICT}
                 )
                 SELECT * FROM claimed
                 """,
