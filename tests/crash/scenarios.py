@@ -160,6 +160,9 @@ def kill_at_boundaries(cluster: Cluster, scale: Scale) -> Outcome:
 
 
 # -- 3 ---------------------------------------------------------------------------------------------------
+RQ_DEFAULT_JOB_TIMEOUT = 180  #: rq's default job timeout, which a producer's plain enqueue gets
+
+
 def worker_kills(cluster: Cluster, scale: Scale) -> Outcome:
     """kill -9 of whole workers (parent, horse, scheduler) and SIGTERM warm shutdowns mid-burst.
 
@@ -192,7 +195,11 @@ def worker_kills(cluster: Cluster, scale: Scale) -> Outcome:
                 run.enqueue_without_row(norow)
                 norow_jobs += len(norow)
                 proc.process.send_signal(signal.SIGTERM)
-        finished = run.wait_until_terminal(scale.deadline)
+        # A producer's rowless job (RQ's default 180 s timeout) that a later kill -9 caught mid-run has no row
+        # for the sweep to see: RQ declares it abandoned only when its heartbeat lapses (timeout + 60 s), and
+        # the sweep's clean-up then requeues it. Wait that long for it; it must still be delivered.
+        abandoned_after = RQ_DEFAULT_JOB_TIMEOUT + 60 + 30 if norow_jobs and outcome.kills else 0
+        finished = run.wait_until_terminal(max(scale.deadline, abandoned_after))
         judge(run, outcome, finished=finished, events=events)
         outcome.notes["sigkill_in_flight"] = len(events)
         outcome.notes["warm_stops"] = scale.warm_stops
