@@ -14,7 +14,8 @@ not-delivered endings (retry, deferral, poison) and their follow-up jobs are in 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -60,11 +61,28 @@ from alert_worker.ports import (
 )
 from alert_worker.rate_limit import RateDecision
 from alert_worker.retry import DeferralPolicy, RetryPolicy
-from alert_worker.sent_marks import NoSentMarks, kept_until_recorded
+from alert_worker.sent_marks import NoSentMarks
 from alert_worker.setbacks import SEND_INTERRUPTED_NOTE, Setbacks
 from alert_worker.settings import RateLimits
 from alert_worker.store import CarriedClaim, Claim, NewDelivery
 from alert_worker.validation import storable_payload
+
+
+@contextmanager
+def kept_until_recorded(marks: SentMarksPort, delivery_id: str, message_id: str | None, *, log: Any) -> Iterator[None]:
+    """Around the ``delivered`` write of an accepted send: the marker is written first and deleted after.
+
+    A write that fails leaves the marker and logs ``sent_marker_recorded``; one that hangs until the
+    process is stopped leaves it too. Either way the next claim finds it and sends nothing.
+    """
+    kept = marks.record(delivery_id, message_id, log=log)
+    try:
+        yield
+    except BaseException:
+        if kept:
+            log.warning("sent_marker_recorded", message_id=message_id)
+        raise
+    marks.clear(delivery_id, log=log)  # after the row says delivered; a leftover one just expires
 
 
 @dataclass(kw_only=True)

@@ -22,18 +22,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 
 from alert_worker.keys import DEFAULT_PREFIX, RedisKeys
 from alert_worker.settings import Settings
-
-if TYPE_CHECKING:
-    from alert_worker.ports import SentMarksPort
 
 # Like RQ's failure_ttl: far longer than any path back to a claim (stuck reclaim, retries, deferrals,
 # an operator's replay after a week-end).
@@ -142,23 +138,6 @@ def _parse(raw: Any) -> SentMark:
         sent_at=float(sent_at) if isinstance(sent_at, int | float) else None,
         via=via if isinstance(via, str) else None,
     )
-
-
-@contextmanager
-def kept_until_recorded(marks: SentMarksPort, delivery_id: str, message_id: str | None, *, log: Any) -> Iterator[None]:
-    """Around the ``delivered`` write of an accepted send: the marker is written first and deleted after.
-
-    A write that fails leaves the marker and logs ``sent_marker_recorded``; one that hangs until the
-    process is stopped leaves it too. Either way the next claim finds it and sends nothing.
-    """
-    kept = marks.record(delivery_id, message_id, log=log)
-    try:
-        yield
-    except BaseException:
-        if kept:
-            log.warning("sent_marker_recorded", message_id=message_id)
-        raise
-    marks.clear(delivery_id, log=log)  # after the row says delivered; a leftover one just expires
 
 
 class NoSentMarks:
